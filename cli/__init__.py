@@ -1,0 +1,1 @@
+"""The ``minigrid`` command line."""

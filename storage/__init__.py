@@ -1,0 +1,1 @@
+"""Storage engine: drives, erasure coding and the quorum object layer."""
