@@ -1,0 +1,581 @@
+"""One long-lived connection to one peer, driving the sans-IO protocol over a websocket.
+
+A :class:`Connection` outlives the websockets it runs on: each websocket is a *session*. While a
+session is up a reader task decodes frames and dispatches messages synchronously, and a writer
+task drains the out-queue into merged frames. When a session ends, for any reason, everything in
+flight fails at once with :class:`~minigrid.errors.Disconnected`, the queues are emptied, and
+only then is the socket closed. No code path awaits a send while holding anything a reconnect
+needs, so a full queue can never keep a new session from coming up (the MinIO deadlock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from . import protocol
+from .errors import (
+    DeadlineExceeded,
+    Disconnected,
+    GridError,
+    PayloadTooLarge,
+    RemoteError,
+    RemoteProtocolError,
+)
+from .handlers import SingleHandler, UnknownHandler, handler_name
+from .protocol import Flags, Message, Op
+from .state import State, check_transition
+from .stats import ConnStats, Counters
+
+if TYPE_CHECKING:
+    from .manager import Manager
+
+log = logging.getLogger("minigrid.grid")
+
+_ERR = int(Flags.PAYLOAD_IS_ERR)
+_MORE = int(Flags.MORE)
+_SUBROUTE = int(Flags.SUBROUTE)
+_REQUEST = int(Op.REQUEST)
+_RESPONSE = int(Op.RESPONSE)
+_CLOSE_TYPES = frozenset(
+    {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED}
+)
+
+
+class _Expired(Exception):
+    """Internal: a server-side call ran past its deadline."""
+
+
+class Connection:
+    """The connection from this node to one peer. Get it from :meth:`Manager.connection`."""
+
+    def __init__(self, manager: Manager, remote: str, *, dialer: bool) -> None:
+        self.manager = manager
+        self.config = manager.config
+        self.local = manager.local
+        self.remote = remote
+        #: True when this side dials (decided by :func:`minigrid.manager.should_dial`).
+        self.dialer = dialer
+        self.remote_instance = ""
+        self._state = State.UNCONNECTED
+        self._state_changed = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._mux_ids = itertools.count(1)
+        self._generation = 0
+        # Out-queue: control overtakes data; data is bounded by count and bytes.
+        self._control: collections.deque[bytes] = collections.deque()
+        self._data: collections.deque[bytes] = collections.deque()
+        self._data_bytes = 0
+        self._space_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._writer_wake: asyncio.Future[None] | None = None
+        # In-flight work, keyed by mux id. Client ids are ours; server ids are the peer's.
+        self._client_calls: dict[int, asyncio.Future[bytes]] = {}
+        self._server_calls: dict[int, asyncio.Task[None]] = {}
+        self._partial: dict[tuple[int, int], list[bytes]] = {}
+        self.counters = Counters()
+        self.last_cause = ""
+        #: Set by the manager before it cancels a session, so the session reports why.
+        self.pending_cause = ""
+        self._last_seen = 0.0
+        self._dispatch: dict[int, Callable[[Message], None]] = {
+            int(Op.REQUEST): self._on_request,
+            int(Op.RESPONSE): self._on_response,
+            int(Op.DISCONNECT_SERVER_MUX): self._on_disconnect_server_mux,
+            int(Op.PING): self._on_ping,
+            int(Op.PONG): self._on_pong,
+        }
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> State:
+        """The current :class:`~minigrid.state.State`."""
+        return self._state
+
+    @property
+    def is_connected(self) -> bool:
+        return self._state is State.CONNECTED
+
+    def _set_state(self, new: State, cause: str = "") -> None:
+        if new is self._state:
+            return
+        check_transition(self._state, new)
+        old, self._state = self._state, new
+        if cause:
+            self.last_cause = cause if new is not State.CONNECTED else self.last_cause
+        if new is State.CONNECTED or old is State.CONNECTED or new is State.SHUTDOWN:
+            log.info(
+                "grid %s->%s: %s -> %s%s",
+                self.local,
+                self.remote,
+                old.value,
+                new.value,
+                f" ({cause})" if cause else "",
+            )
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
+
+    async def wait_state(self, wanted: State, timeout: float | None = None) -> None:
+        """Wait until the connection is in ``wanted`` (raises TimeoutError on timeout)."""
+        async with asyncio.timeout(timeout):
+            while self._state is not wanted:
+                await self._state_changed.wait()
+
+    def stats(self) -> ConnStats:
+        """A snapshot of this connection's statistics."""
+        now = self._loop.time()
+        return self.counters.snapshot(
+            now=now,
+            state=self._state.value,
+            remote=self.remote,
+            remote_instance=self.remote_instance,
+            last_seen=self._last_seen,
+            queue_messages=len(self._data) + len(self._control),
+            queue_bytes=self._data_bytes,
+            inflight_calls=len(self._client_calls),
+            inflight_handlers=len(self._server_calls),
+            last_cause=self.last_cause,
+        )
+
+    # ---------------------------------------------------------------- out-queue
+
+    def _kick(self) -> None:
+        waiter = self._writer_wake
+        if waiter is not None:
+            self._writer_wake = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _put_control(self, message: bytes) -> None:
+        """Queue a control message. Never blocks: control messages are small and few."""
+        if self._state is State.CONNECTED:
+            self._control.append(message)
+            self._kick()
+
+    def _try_put_data(self, message: bytes) -> bool:
+        if self._data and (
+            len(self._data) >= self.config.max_queue_messages
+            or self._data_bytes + len(message) > self.config.max_queue_bytes
+        ):
+            return False
+        self._data.append(message)
+        self._data_bytes += len(message)
+        self._kick()
+        return True
+
+    async def _put_data(self, message: bytes) -> None:
+        """Queue a data message, waiting (cancellably) while the queue is full."""
+        if self._state is not State.CONNECTED:
+            raise self._disconnected()
+        if self._try_put_data(message):
+            return
+        generation = self._generation
+        while True:
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._space_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._space_waiters.remove(waiter)
+            if generation != self._generation or self._state is not State.CONNECTED:
+                raise self._disconnected()
+            if self._try_put_data(message):
+                return
+
+    def _wake_space_waiters(self, count: int) -> None:
+        while count > 0 and self._space_waiters:
+            waiter = self._space_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                count -= 1
+
+    def _take_batch(self) -> list[bytes]:
+        batch: list[bytes] = []
+        control, data = self._control, self._data
+        max_messages = self.config.merge_max_messages
+        while control and len(batch) < max_messages:
+            batch.append(control.popleft())
+        size = sum(map(len, batch))
+        max_bytes = self.config.merge_max_bytes
+        taken = 0
+        while data and len(batch) < max_messages:
+            nxt = data[0]
+            if batch and size + len(nxt) > max_bytes:
+                break
+            data.popleft()
+            batch.append(nxt)
+            size += len(nxt)
+            taken += 1
+            self._data_bytes -= len(nxt)
+        if taken:
+            self._wake_space_waiters(taken)
+        return batch
+
+    async def _write_loop(
+        self, ws: aiohttp.ClientWebSocketResponse | aiohttp.web.WebSocketResponse
+    ) -> None:
+        counters = self.counters
+        while True:
+            if not self._control and not self._data:
+                self._writer_wake = self._loop.create_future()
+                await self._writer_wake
+                continue
+            batch = self._take_batch()
+            frame = protocol.merge(batch)
+            await ws.send_bytes(frame)
+            counters.frames_out += 1
+            counters.messages_out += len(batch)
+            counters.bytes_out += len(frame)
+
+    # ---------------------------------------------------------------- sessions
+
+    def _disconnected(self) -> Disconnected:
+        cause = self.last_cause or self._state.value
+        return Disconnected(
+            f"grid connection {self.local}->{self.remote} is down ({cause})", cause=cause
+        )
+
+    async def serve(
+        self,
+        ws: aiohttp.ClientWebSocketResponse | aiohttp.web.WebSocketResponse,
+        remote_instance: str,
+    ) -> str:
+        """Run one session on an open, handshaken websocket until it ends; return the cause."""
+        if self.remote_instance and remote_instance != self.remote_instance:
+            log.info(
+                "grid %s->%s: peer restarted (instance %s -> %s)",
+                self.local,
+                self.remote,
+                self.remote_instance[:8],
+                remote_instance[:8],
+            )
+        self.remote_instance = remote_instance
+        self._generation += 1
+        self._last_seen = self._loop.time()
+        self.counters.session_started(self._loop.time())
+        self._set_state(State.CONNECTED)
+        tasks = [
+            asyncio.create_task(self._read_loop(ws), name=f"grid-read {self.remote}"),
+            asyncio.create_task(self._write_loop(ws), name=f"grid-write {self.remote}"),
+        ]
+        cause = "shutdown"
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            cause = self._session_cause(done.pop())
+        except asyncio.CancelledError:
+            cause, self.pending_cause = self.pending_cause or "shutdown", ""
+            raise
+        finally:
+            for task in tasks:
+                task.cancel()
+            # Fail everything before closing the socket: callers must not wait on a slow close.
+            self._teardown(cause)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await ws.close()
+        return cause
+
+    def _session_cause(self, task: asyncio.Task[Any]) -> str:
+        if task.cancelled():
+            return "cancelled"
+        exc = task.exception()
+        if exc is None:
+            result = task.result()
+            return str(result) if result else "reset: session ended"
+        if isinstance(exc, RemoteProtocolError):
+            log.warning("grid %s->%s: protocol error from peer: %s", self.local, self.remote, exc)
+            return f"protocol-error: {exc}"
+        if isinstance(exc, (ConnectionError, aiohttp.ClientError, OSError)):
+            return f"reset: {exc.__class__.__name__}: {exc}"
+        log.error("grid %s->%s: session failed", self.local, self.remote, exc_info=exc)
+        return f"error: {exc!r}"
+
+    def _teardown(self, cause: str) -> None:
+        """End the session's bookkeeping at once: fail calls, cancel handlers, drop the queue."""
+        self._generation += 1
+        if self._state is State.CONNECTED:
+            self._set_state(State.ERROR, cause)
+        else:
+            self.last_cause = cause
+        self._control.clear()
+        self._data.clear()
+        self._data_bytes = 0
+        self._partial.clear()
+        error = self._disconnected()
+        for waiter in self._space_waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._space_waiters.clear()
+        calls, self._client_calls = self._client_calls, {}
+        for future in calls.values():
+            if not future.done():
+                future.set_exception(error)
+        handlers, self._server_calls = self._server_calls, {}
+        for task in handlers.values():
+            task.cancel()
+        self._kick()
+
+    async def _read_loop(
+        self, ws: aiohttp.ClientWebSocketResponse | aiohttp.web.WebSocketResponse
+    ) -> str:
+        counters = self.counters
+        dispatch = self._dispatch
+        loop = self._loop
+        while True:
+            msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.BINARY:
+                data: bytes = msg.data
+                self._last_seen = loop.time()
+                counters.frames_in += 1
+                counters.bytes_in += len(data)
+                messages = protocol.decode_frame(data)
+                counters.messages_in += len(messages)
+                for message in messages:
+                    handler = dispatch.get(message.op)
+                    if handler is None:
+                        raise RemoteProtocolError(f"unexpected {Op(message.op).name} in a session")
+                    handler(message)
+            elif msg.type in _CLOSE_TYPES:
+                return f"reset: closed by peer (code {ws.close_code})"
+            elif msg.type is aiohttp.WSMsgType.ERROR:
+                raise ConnectionResetError(f"websocket error: {ws.exception()!r}")
+            else:
+                raise RemoteProtocolError(f"unexpected websocket message type {msg.type!r}")
+
+    # ---------------------------------------------------------- fragmentation
+
+    def _reassemble(self, key: tuple[int, int], message: Message) -> bytes | None:
+        """Collect MORE-flagged fragments; return the whole payload at the last one."""
+        parts = self._partial.get(key)
+        if message.flags & _MORE:
+            if parts is None:
+                parts = self._partial[key] = []
+            parts.append(message.payload)
+            if sum(map(len, parts)) > protocol.MAX_REASSEMBLED:
+                raise RemoteProtocolError(
+                    f"fragmented payload over {protocol.MAX_REASSEMBLED} bytes"
+                )
+            return None
+        if parts is None:
+            return message.payload
+        del self._partial[key]
+        parts.append(message.payload)
+        return b"".join(parts)
+
+    async def _send_payload(
+        self, op: int, mux_id: int, handler_id: int, deadline_ms: int, flags: int, payload: bytes
+    ) -> None:
+        """Queue a payload as one message, or as ≤1 MiB fragments if it is larger."""
+        checksum = self.config.checksum_payloads
+        if len(payload) <= protocol.CHUNK_SIZE:
+            await self._put_data(
+                protocol.encode(
+                    op,
+                    mux_id=mux_id,
+                    deadline_ms=deadline_ms,
+                    handler_id=handler_id,
+                    flags=flags,
+                    payload=payload,
+                    checksum=checksum,
+                )
+            )
+            return
+        if len(payload) > protocol.MAX_REASSEMBLED:
+            raise PayloadTooLarge(
+                f"payload of {len(payload)} bytes is over {protocol.MAX_REASSEMBLED}"
+            )
+        for seq, (chunk, more) in enumerate(protocol.iter_chunks(payload)):
+            await self._put_data(
+                protocol.encode(
+                    op,
+                    mux_id=mux_id,
+                    seq=seq,
+                    deadline_ms=deadline_ms,
+                    handler_id=handler_id,
+                    flags=flags | (_MORE if more else 0),
+                    payload=chunk,
+                    checksum=checksum,
+                )
+            )
+
+    # ------------------------------------------------------------ single calls
+
+    async def call(
+        self,
+        handler_id: int,
+        payload: bytes = b"",
+        *,
+        subroute: str = "",
+        timeout: float | None = None,
+    ) -> bytes:
+        """Call a single-payload handler on the peer and return its response.
+
+        Raises :class:`RemoteError` when the handler fails, :class:`Disconnected` when the
+        connection is down or drops, and :class:`DeadlineExceeded` when ``timeout`` (default
+        ``config.call_timeout``) passes. On cancellation or expiry the peer is told to drop
+        the work.
+        """
+        if self._state is not State.CONNECTED:
+            raise self._disconnected()
+        if timeout is None:
+            timeout = self.config.call_timeout
+        loop = self._loop
+        mux_id = next(self._mux_ids)
+        future: asyncio.Future[bytes] = loop.create_future()
+        self._client_calls[mux_id] = future
+        expiry = loop.call_later(timeout, _expire, future, handler_id, timeout)
+        flags = 0
+        if subroute:
+            payload = protocol.with_subroute(subroute, payload)
+            flags = _SUBROUTE
+        generation = self._generation
+        try:
+            await self._send_payload(
+                _REQUEST, mux_id, int(handler_id), max(1, int(timeout * 1000)), flags, payload
+            )
+            return await future
+        except (asyncio.CancelledError, DeadlineExceeded):
+            if generation == self._generation:
+                # Tell the peer the caller is gone, so it cancels the handler and drops the result.
+                self._put_control(protocol.encode(Op.DISCONNECT_SERVER_MUX, mux_id=mux_id))
+            raise
+        finally:
+            expiry.cancel()
+            self._client_calls.pop(mux_id, None)
+
+    def _on_response(self, message: Message) -> None:
+        future = self._client_calls.get(message.mux_id)
+        if future is None or future.done():
+            self._partial.pop((_RESPONSE, message.mux_id), None)
+            return  # the caller gave up; drop the late result
+        payload = self._reassemble((_RESPONSE, message.mux_id), message)
+        if payload is None:
+            return
+        if message.flags & _ERR:
+            text = payload.decode("utf-8", "replace")
+            future.set_exception(RemoteError(text, handler=handler_name(message.handler_id)))
+        else:
+            future.set_result(payload)
+
+    def _on_request(self, message: Message) -> None:
+        payload = self._reassemble((_REQUEST, message.mux_id), message)
+        if payload is None:
+            return
+        subroute = ""
+        if message.flags & _SUBROUTE:
+            subroute, payload = protocol.split_subroute(payload)
+        try:
+            handler = self.manager.registry.single(message.handler_id, subroute)
+        except UnknownHandler as exc:
+            self._respond(message.mux_id, message.handler_id, str(exc).encode(), _ERR)
+            return
+        timeout = message.deadline_ms / 1000 if message.deadline_ms else self.config.call_timeout
+        task = self._loop.create_task(self._run_single(message.mux_id, handler, payload, timeout))
+        self._server_calls[message.mux_id] = task
+
+    async def _run_single(
+        self, mux_id: int, handler: SingleHandler, payload: bytes, timeout: float
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        expiry = self._loop.call_later(timeout, _expire_task, task)
+        try:
+            result: object = await handler.fn(payload)
+        except asyncio.CancelledError:
+            if not getattr(task, "_minigrid_expired", False):
+                raise  # the caller cancelled or the connection dropped: nobody wants an answer
+            self._respond(
+                mux_id,
+                handler.handler_id,
+                f"{handler.name}: deadline of {timeout:.3f}s exceeded".encode(),
+                _ERR,
+            )
+            task.uncancel()
+        except Exception as exc:
+            text = str(exc) or exc.__class__.__name__
+            self._respond(mux_id, handler.handler_id, text.encode(), _ERR)
+        else:
+            if not isinstance(result, bytes | bytearray | memoryview):
+                self._respond(
+                    mux_id,
+                    handler.handler_id,
+                    f"{handler.name} returned {type(result).__name__}, not bytes".encode(),
+                    _ERR,
+                )
+            else:
+                self._respond(mux_id, handler.handler_id, bytes(result), 0)
+        finally:
+            expiry.cancel()
+            if self._server_calls.get(mux_id) is task:
+                del self._server_calls[mux_id]
+
+    def _respond(self, mux_id: int, handler_id: int, payload: bytes, flags: int) -> None:
+        """Queue a response without waiting: a full queue must not pin the handler task."""
+        if self._state is not State.CONNECTED:
+            return
+        if len(payload) <= protocol.CHUNK_SIZE:
+            message = protocol.encode(
+                _RESPONSE,
+                mux_id=mux_id,
+                handler_id=handler_id,
+                flags=flags,
+                payload=payload,
+                checksum=self.config.checksum_payloads,
+            )
+            if self._try_put_data(message):
+                return
+        task = self._loop.create_task(
+            self._send_payload(_RESPONSE, mux_id, handler_id, 0, flags, payload)
+        )
+        task.add_done_callback(_consume_task_error)
+
+    def _on_disconnect_server_mux(self, message: Message) -> None:
+        task = self._server_calls.pop(message.mux_id, None)
+        self._partial.pop((_REQUEST, message.mux_id), None)
+        if task is not None:
+            task.cancel()
+
+    # ---------------------------------------------------------------- liveness
+
+    def _on_ping(self, message: Message) -> None:
+        self._put_control(protocol.encode(Op.PONG, payload=message.payload))
+
+    def _on_pong(self, message: Message) -> None:
+        pass
+
+    # ---------------------------------------------------------------- shutdown
+
+    def close(self) -> None:
+        """Shut this connection down for good; in-flight calls fail with Disconnected."""
+        if self._state is State.SHUTDOWN:
+            return
+        self._set_state(State.SHUTDOWN, "shutdown")
+        self._teardown("shutdown")
+
+
+def _expire(future: asyncio.Future[bytes], handler_id: int, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(
+            DeadlineExceeded(f"{handler_name(handler_id)}: no answer within {timeout:.3f}s")
+        )
+
+
+def _expire_task(task: asyncio.Task[None]) -> None:
+    task._minigrid_expired = True  # type: ignore[attr-defined]
+    task.cancel()
+
+
+def _consume_task_error(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and isinstance(task.exception(), GridError):
+        return  # the connection dropped while a big response was queued; nothing to do
+    if not task.cancelled() and task.exception() is not None:
+        log.error("grid: failed to queue a response", exc_info=task.exception())

@@ -1,0 +1,74 @@
+"""The grid's exception hierarchy, grouped by what the caller can do about it.
+
+``GridError``
+├── ``ProtocolError``            the bytes on the wire broke the protocol
+│   ├── ``RemoteProtocolError``  the peer sent something invalid (close that connection / mux)
+│   └── ``LocalProtocolError``   we were asked to do something the protocol forbids (misuse)
+├── ``CallError``                a call did not produce a result
+│   ├── ``RemoteError``          the handler ran and said no (its message is kept)
+│   ├── ``Disconnected``         the connection is down or went down mid-call
+│   ├── ``DeadlineExceeded``     the call's deadline passed
+│   └── ``Cancelled``            the far side cancelled the stream
+└── ``HandshakeRejected``        the peer refused our Connect (wrong secret, unknown host, version)
+
+Only ``ProtocolError`` subclasses ever leave the decoder, whatever a peer sends.
+"""
+
+from __future__ import annotations
+
+
+class GridError(Exception):
+    """Base class of every error the grid raises."""
+
+
+class ProtocolError(GridError):
+    """The protocol was broken."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that break the protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to do something the protocol does not allow."""
+
+
+class PayloadTooLarge(LocalProtocolError):
+    """A payload is over the hard cap."""
+
+
+class CallError(GridError):
+    """A call (single or stream) ended without a normal result."""
+
+
+class RemoteError(CallError):
+    """The remote handler returned an error. ``str(err)`` is the remote message."""
+
+    def __init__(self, message: str, *, handler: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.handler = handler
+
+
+class Disconnected(CallError):
+    """The connection to the peer is not up, or went down before the call finished."""
+
+    def __init__(self, message: str = "disconnected", *, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class DeadlineExceeded(CallError, TimeoutError):
+    """The call's deadline passed before a result arrived."""
+
+
+class Cancelled(CallError):
+    """The other side cancelled the stream."""
+
+
+class HandshakeRejected(GridError):
+    """The peer refused the connection; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

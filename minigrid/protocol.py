@@ -1,0 +1,367 @@
+"""The grid wire protocol, sans-IO: messages, ops, flags, encoding, decoding and caps.
+
+Every message is one msgpack array::
+
+    [mux_id, seq, deadline_ms, handler_id, op, flags, payload(bin)]
+
+A websocket frame holds one message, or one ``MERGED`` message whose payload is many packed
+messages back to back. Batching many small messages into one frame is where throughput comes
+from: one syscall and one websocket header for dozens of calls.
+
+This module never imports asyncio or aiohttp. Bytes go in, :class:`Message` objects or a
+:class:`~minigrid.errors.RemoteProtocolError` come out, and nothing else: whatever a peer sends,
+decoding either succeeds or raises a protocol error, within hard caps on every size.
+
+``deadline_ms`` is the time *remaining* when the message was sent, not an absolute instant.
+Monotonic clocks of two processes share no epoch and wall clocks jump, so the receiver rebuilds
+an absolute deadline on its own monotonic clock (see :mod:`minigrid.deadline`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+import xxhash
+
+from .errors import LocalProtocolError, PayloadTooLarge, RemoteProtocolError
+
+PROTOCOL_VERSION: Final = 1
+
+#: Payloads above this are cut into ``MORE``-flagged fragments (DESIGN §2: chunks ≤ 1 MiB).
+CHUNK_SIZE: Final = 1 << 20
+#: Hard cap on one message's payload: a chunk plus room for a subroute prefix and a checksum.
+MAX_PAYLOAD: Final = CHUNK_SIZE + 4096
+#: Hard cap on one websocket frame.
+MAX_FRAME_SIZE: Final = 4 * CHUNK_SIZE
+#: Hard cap on messages inside one merged frame.
+MAX_MERGED: Final = 4096
+#: Hard cap on a payload reassembled from fragments.
+MAX_REASSEMBLED: Final = 64 * CHUNK_SIZE
+#: Largest values of the header fields.
+MAX_MUX_ID: Final = (1 << 64) - 1
+MAX_SEQ: Final = (1 << 32) - 1
+MAX_DEADLINE_MS: Final = (1 << 32) - 1
+MAX_HANDLER_ID: Final = (1 << 16) - 1
+MAX_SUBROUTE: Final = 255
+
+
+class Op(enum.IntEnum):
+    """What a message means. Values are on the wire: never renumber."""
+
+    CONNECT = 1
+    CONNECT_RESPONSE = 2
+    PING = 3
+    PONG = 4
+    REQUEST = 5  # single call, client → server
+    RESPONSE = 6  # single call, server → client
+    CONNECT_MUX = 7  # open a stream, client → server
+    ACK_MUX = 8  # stream accepted, server → client
+    CLIENT_MSG = 9  # stream request item, client → server
+    SERVER_MSG = 10  # stream response item, server → client
+    UNBLOCK_CLIENT = 11  # server grants the client credit to send requests
+    UNBLOCK_SERVER = 12  # client grants the server credit to send responses
+    DISCONNECT_CLIENT_MUX = 13  # server → client: this mux is gone on the server
+    DISCONNECT_SERVER_MUX = 14  # client → server: the caller gave up, drop the work
+    MUX_CONNECT_ERROR = 15  # server → client: the stream could not be opened
+    MERGED = 16  # payload holds several packed messages
+
+
+class Flags(enum.IntFlag):
+    """Per-message flags. Values are on the wire: never renumber."""
+
+    NONE = 0
+    EOF = 1  # last message in this direction of the mux
+    PAYLOAD_IS_ERR = 2  # payload is a UTF-8 error message
+    PAYLOAD_IS_EMPTY = 4  # no payload (distinguishes "nothing" from b"")
+    SUBROUTE = 8  # payload starts with a one-byte length and a subroute
+    CHECKSUM = 16  # payload ends with 8 bytes of xxh3-64 over the rest
+    MORE = 32  # a fragment: more of the same payload follows
+
+
+#: Ops sent by the side that started the call; the mux id is in the caller's id space.
+CLIENT_OPS: Final = frozenset(
+    {Op.REQUEST, Op.CONNECT_MUX, Op.CLIENT_MSG, Op.UNBLOCK_SERVER, Op.DISCONNECT_SERVER_MUX}
+)
+#: Control ops overtake queued data (DESIGN §2 "control before data").
+CONTROL_OPS: Final = frozenset(
+    {
+        Op.PING,
+        Op.PONG,
+        Op.ACK_MUX,
+        Op.UNBLOCK_CLIENT,
+        Op.UNBLOCK_SERVER,
+        Op.DISCONNECT_CLIENT_MUX,
+        Op.DISCONNECT_SERVER_MUX,
+        Op.MUX_CONNECT_ERROR,
+    }
+)
+_VALID_OPS: Final = frozenset(int(op) for op in Op)
+_ALL_FLAGS: Final = int(
+    Flags.EOF
+    | Flags.PAYLOAD_IS_ERR
+    | Flags.PAYLOAD_IS_EMPTY
+    | Flags.SUBROUTE
+    | Flags.CHECKSUM
+    | Flags.MORE
+)
+_CHECKSUM_LEN: Final = 8
+
+
+@dataclass(slots=True)
+class Message:
+    """One decoded grid message. ``op`` and ``flags`` are plain ints on the hot path."""
+
+    mux_id: int
+    seq: int
+    deadline_ms: int
+    handler_id: int
+    op: int
+    flags: int
+    payload: bytes
+
+    def __repr__(self) -> str:
+        op = Op(self.op).name if self.op in _VALID_OPS else str(self.op)
+        return (
+            f"Message(op={op} mux={self.mux_id} seq={self.seq} handler={self.handler_id} "
+            f"flags={Flags(self.flags & _ALL_FLAGS)!r} payload={len(self.payload)}B)"
+        )
+
+
+_packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+
+
+def encode(
+    op: int,
+    *,
+    mux_id: int = 0,
+    seq: int = 0,
+    deadline_ms: int = 0,
+    handler_id: int = 0,
+    flags: int = 0,
+    payload: bytes = b"",
+    checksum: bool = False,
+) -> bytes:
+    """Encode one message. Raises :class:`LocalProtocolError` for values the wire cannot carry."""
+    if checksum:
+        payload = payload + xxhash.xxh3_64_digest(payload)
+        flags |= Flags.CHECKSUM
+    if len(payload) > MAX_PAYLOAD:
+        raise PayloadTooLarge(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD} cap")
+    if not (0 <= mux_id <= MAX_MUX_ID and 0 <= seq <= MAX_SEQ):
+        raise LocalProtocolError(f"mux id {mux_id} or seq {seq} out of range")
+    if not (0 <= deadline_ms <= MAX_DEADLINE_MS and 0 <= handler_id <= MAX_HANDLER_ID):
+        raise LocalProtocolError(f"deadline {deadline_ms} or handler {handler_id} out of range")
+    if op not in _VALID_OPS or flags & ~_ALL_FLAGS:
+        raise LocalProtocolError(f"unknown op {op} or flags {flags:#x}")
+    packed: bytes = _packer.pack(
+        [mux_id, seq, deadline_ms, handler_id, int(op), int(flags), payload]
+    )
+    return packed
+
+
+def _bin_header(length: int) -> bytes:
+    if length < 1 << 8:
+        return b"\xc4" + length.to_bytes(1, "big")
+    if length < 1 << 16:
+        return b"\xc5" + length.to_bytes(2, "big")
+    return b"\xc6" + length.to_bytes(4, "big")
+
+
+# [0, 0, 0, 0, MERGED, 0, <bin>]: fixarray of 7, five positive fixints.
+_MERGED_PREFIX: Final = bytes([0x97, 0, 0, 0, 0, int(Op.MERGED), 0])
+
+
+def merge(encoded: list[bytes]) -> bytes:
+    """Build one frame from already-encoded messages, copying each byte once."""
+    if len(encoded) == 1:
+        return encoded[0]
+    if len(encoded) > MAX_MERGED:
+        raise LocalProtocolError(f"{len(encoded)} messages is over the merge cap {MAX_MERGED}")
+    total = sum(map(len, encoded))
+    if total > MAX_FRAME_SIZE:
+        raise LocalProtocolError(f"merged frame of {total} bytes is over {MAX_FRAME_SIZE}")
+    return b"".join([_MERGED_PREFIX, _bin_header(total), *encoded])
+
+
+def _new_unpacker(max_bin: int) -> msgpack.Unpacker:
+    return msgpack.Unpacker(
+        raw=False,
+        use_list=True,
+        max_buffer_size=MAX_FRAME_SIZE + 64,
+        max_bin_len=max_bin,
+        max_str_len=0,
+        max_array_len=7,
+        max_map_len=0,
+        max_ext_len=0,
+    )
+
+
+def _to_message(obj: Any) -> Message:
+    """Validate one unpacked object as a message, or raise RemoteProtocolError."""
+    if type(obj) is not list or len(obj) != 7:
+        raise RemoteProtocolError(f"message is not a 7-element array: {type(obj).__name__}")
+    mux_id, seq, deadline_ms, handler_id, op, flags, payload = obj
+    if (
+        type(mux_id) is not int
+        or type(seq) is not int
+        or type(deadline_ms) is not int
+        or type(handler_id) is not int
+        or type(op) is not int
+        or type(flags) is not int
+    ):
+        raise RemoteProtocolError("message header fields must be integers")
+    if type(payload) is not bytes:
+        raise RemoteProtocolError("message payload must be bin")
+    if op not in _VALID_OPS:
+        raise RemoteProtocolError(f"unknown op {op}")
+    if flags & ~_ALL_FLAGS or flags < 0:
+        raise RemoteProtocolError(f"unknown flags {flags:#x}")
+    if not (
+        0 <= mux_id <= MAX_MUX_ID and 0 <= seq <= MAX_SEQ and 0 <= deadline_ms <= MAX_DEADLINE_MS
+    ):
+        raise RemoteProtocolError("mux id, seq or deadline out of range")
+    if not 0 <= handler_id <= MAX_HANDLER_ID:
+        raise RemoteProtocolError(f"handler id {handler_id} out of range")
+    if flags & Flags.CHECKSUM:
+        if len(payload) < _CHECKSUM_LEN:
+            raise RemoteProtocolError("checksum flag on a payload too short to carry one")
+        body, digest = payload[:-_CHECKSUM_LEN], payload[-_CHECKSUM_LEN:]
+        if xxhash.xxh3_64_digest(body) != digest:
+            raise RemoteProtocolError("payload checksum mismatch")
+        payload = body
+        flags &= ~Flags.CHECKSUM
+    return Message(mux_id, seq, deadline_ms, handler_id, op, flags, payload)
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes in any pieces, get whole messages out.
+
+    A frame may be fed one byte at a time. :meth:`end_frame` checks that a websocket frame ended
+    on a message boundary. Merged messages are expanded in place. Only
+    :class:`RemoteProtocolError` ever escapes.
+    """
+
+    def __init__(self) -> None:
+        self._unpacker = _new_unpacker(MAX_FRAME_SIZE)
+        self._fed = 0
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Add bytes and return every message they complete, in order."""
+        if self._fed - self._tell() + len(data) > MAX_FRAME_SIZE:
+            raise RemoteProtocolError(f"frame over the {MAX_FRAME_SIZE}-byte cap")
+        out: list[Message] = []
+        try:
+            self._unpacker.feed(data)
+            self._fed += len(data)
+            for obj in self._unpacker:
+                self._expand(obj, out)
+        except RemoteProtocolError:
+            raise
+        except Exception as exc:  # msgpack raises many types on garbage
+            raise RemoteProtocolError(f"malformed msgpack: {exc}") from exc
+        return out
+
+    def _tell(self) -> int:
+        try:
+            return int(self._unpacker.tell())
+        except Exception:  # pragma: no cover - tell() exists since msgpack 1.0
+            return self._fed
+
+    def end_frame(self) -> None:
+        """Raise if the bytes fed so far end inside a message."""
+        leftover = self._fed - self._tell()
+        if leftover:
+            raise RemoteProtocolError(f"frame ended inside a message ({leftover} bytes left)")
+
+    def _expand(self, obj: Any, out: list[Message]) -> None:
+        message = _to_message(obj)
+        if message.op != Op.MERGED:
+            if len(message.payload) > MAX_PAYLOAD:
+                raise RemoteProtocolError(f"payload of {len(message.payload)} bytes over cap")
+            out.append(message)
+            return
+        inner = _new_unpacker(MAX_PAYLOAD)
+        inner.feed(message.payload)
+        count = 0
+        for item in inner:
+            count += 1
+            if count > MAX_MERGED:
+                raise RemoteProtocolError(f"merged frame holds over {MAX_MERGED} messages")
+            part = _to_message(item)
+            if part.op == Op.MERGED:
+                raise RemoteProtocolError("merged message nested inside a merged message")
+            out.append(part)
+        if inner.tell() != len(message.payload):
+            raise RemoteProtocolError("merged payload ends inside a message")
+        if count == 0:
+            raise RemoteProtocolError("empty merged message")
+
+
+def decode_frame(data: bytes) -> list[Message]:
+    """Decode one complete websocket frame."""
+    decoder = FrameDecoder()
+    messages = decoder.feed(data)
+    decoder.end_frame()
+    return messages
+
+
+def iter_chunks(payload: bytes, size: int = CHUNK_SIZE) -> Iterator[tuple[bytes, bool]]:
+    """Cut ``payload`` into ``(chunk, more)`` pieces of at most ``size`` bytes."""
+    if len(payload) <= size:
+        yield payload, False
+        return
+    view = memoryview(payload)
+    for start in range(0, len(payload), size):
+        end = start + size
+        yield bytes(view[start:end]), end < len(payload)
+
+
+def with_subroute(subroute: str, payload: bytes) -> bytes:
+    """Prefix ``payload`` with a subroute (sent with :data:`Flags.SUBROUTE`)."""
+    raw = subroute.encode()
+    if len(raw) > MAX_SUBROUTE:
+        raise LocalProtocolError(f"subroute {subroute!r} is over {MAX_SUBROUTE} bytes")
+    return bytes([len(raw)]) + raw + payload
+
+
+def split_subroute(payload: bytes) -> tuple[str, bytes]:
+    """Undo :func:`with_subroute`; raises :class:`RemoteProtocolError` on a bad prefix."""
+    if not payload:
+        raise RemoteProtocolError("subroute flag on an empty payload")
+    length = payload[0]
+    if len(payload) < 1 + length:
+        raise RemoteProtocolError("subroute prefix longer than the payload")
+    try:
+        subroute = payload[1 : 1 + length].decode()
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError("subroute is not UTF-8") from exc
+    return subroute, payload[1 + length :]
+
+
+def pack_obj(obj: Any) -> bytes:
+    """msgpack-encode a small control structure."""
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def unpack_map(payload: bytes, what: str) -> dict[str, Any]:
+    """Decode a small control map (Connect, pong health, …), or raise RemoteProtocolError."""
+    try:
+        obj = msgpack.unpackb(
+            payload,
+            raw=False,
+            max_bin_len=4096,
+            max_str_len=4096,
+            max_array_len=64,
+            max_map_len=64,
+            max_ext_len=0,
+        )
+    except Exception as exc:
+        raise RemoteProtocolError(f"malformed {what} payload: {exc}") from exc
+    if not isinstance(obj, dict) or not all(isinstance(key, str) for key in obj):
+        raise RemoteProtocolError(f"{what} payload is not a map with string keys")
+    return obj

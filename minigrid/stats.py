@@ -1,0 +1,107 @@
+"""Per-connection statistics: cheap counters on the hot path, a frozen snapshot to read."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ConnStats:
+    """A snapshot of one peer connection (DESIGN §2 Observability)."""
+
+    remote: str
+    state: str
+    remote_instance: str
+    connected_for: float | None  # seconds in the current session, None when not connected
+    reconnects: int
+    last_seen_age: float | None  # seconds since any message arrived from the peer
+    rtt_last: float | None
+    rtt_p50: float | None
+    rtt_max: float | None
+    peer_loop_lag: float | None  # the peer's worst loop lag in its last window, from its pong
+    bytes_in: int
+    bytes_out: int
+    messages_in: int
+    messages_out: int
+    frames_in: int
+    frames_out: int
+    queue_messages: int
+    queue_bytes: int
+    inflight_calls: int
+    inflight_handlers: int
+    inflight_streams: int
+    last_cause: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(slots=True)
+class Counters:
+    """Mutable counters owned by one :class:`~minigrid.connection.Connection`."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    sessions: int = 0
+    connected_at: float | None = None
+    rtts: list[float] = field(default_factory=list)
+    rtt_max: float | None = None
+    peer_loop_lag: float | None = None
+
+    def session_started(self, now: float) -> None:
+        self.sessions += 1
+        self.connected_at = now
+
+    def add_rtt(self, rtt: float) -> None:
+        self.rtts.append(rtt)
+        if len(self.rtts) > 256:
+            del self.rtts[:128]
+        self.rtt_max = rtt if self.rtt_max is None else max(self.rtt_max, rtt)
+
+    def snapshot(
+        self,
+        *,
+        now: float,
+        state: str,
+        remote: str,
+        remote_instance: str,
+        last_seen: float,
+        queue_messages: int,
+        queue_bytes: int,
+        inflight_calls: int,
+        inflight_handlers: int,
+        last_cause: str,
+        inflight_streams: int = 0,
+    ) -> ConnStats:
+        connected = state == "connected" and self.connected_at is not None
+        rtts = sorted(self.rtts)
+        return ConnStats(
+            remote=remote,
+            state=state,
+            remote_instance=remote_instance,
+            connected_for=(now - self.connected_at) if connected and self.connected_at else None,
+            reconnects=max(0, self.sessions - 1),
+            last_seen_age=(now - last_seen) if last_seen else None,
+            rtt_last=self.rtts[-1] if self.rtts else None,
+            rtt_p50=rtts[len(rtts) // 2] if rtts else None,
+            rtt_max=self.rtt_max,
+            peer_loop_lag=self.peer_loop_lag,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            messages_in=self.messages_in,
+            messages_out=self.messages_out,
+            frames_in=self.frames_in,
+            frames_out=self.frames_out,
+            queue_messages=queue_messages,
+            queue_bytes=queue_bytes,
+            inflight_calls=inflight_calls,
+            inflight_handlers=inflight_handlers,
+            inflight_streams=inflight_streams,
+            last_cause=last_cause,
+        )

@@ -1,0 +1,263 @@
+"""Helpers for tests and for users: grids of managers on 127.0.0.1 with free ports.
+
+* :func:`local_grid` starts N managers in this process, each with its own aiohttp server on a
+  real loopback socket, and waits until every pair is connected.
+* :class:`NodeProcess` starts a manager in a child process (``python -m minigrid.testing``) on a
+  socket the parent bound first, so no port can be taken in between.
+* :func:`register_test_handlers` installs the echo, error, sleep and loop-blocking handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from .config import GridConfig, profile
+from .handlers import HandlerID
+from .manager import Manager
+
+TEST_SECRET = "minigrid-test-secret"
+
+
+def listening_socket() -> socket.socket:
+    """A TCP socket bound to a free port on 127.0.0.1 and listening."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+def host_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+async def _echo(payload: bytes) -> bytes:
+    return payload
+
+
+async def _error(payload: bytes) -> bytes:
+    raise ValueError(payload.decode("utf-8", "replace") or "test error")
+
+
+async def _sleep(payload: bytes) -> bytes:
+    await asyncio.sleep(float(payload.decode() or "3600"))
+    return b"slept"
+
+
+async def _block_loop(payload: bytes) -> bytes:
+    # Deliberately blocks the event loop: used to show a stalled peer.
+    end = time.monotonic() + float(payload.decode() or "1")
+    while time.monotonic() < end:
+        pass
+    return b"unblocked"
+
+
+def register_test_handlers(manager: Manager) -> None:
+    """Install the test handlers: echo, error, sleep(seconds), block_loop(seconds)."""
+    manager.register_single(HandlerID.TEST_ECHO, _echo)
+    manager.register_single(HandlerID.TEST_ECHO, _echo, subroute="/d1")
+    manager.register_single(HandlerID.TEST_ERROR, _error)
+    manager.register_single(HandlerID.TEST_SLEEP, _sleep)
+    manager.register_single(HandlerID.TEST_BLOCK_LOOP, _block_loop)
+
+
+@dataclass
+class LocalGrid:
+    """Managers started by :func:`local_grid`, index i serving ``hosts[i]``."""
+
+    managers: list[Manager]
+    hosts: list[str]
+    runners: list[web.AppRunner] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for manager in self.managers:
+            await manager.close()
+        for runner in self.runners:
+            await runner.cleanup()
+
+
+async def serve_manager(manager: Manager, sock: socket.socket) -> web.AppRunner:
+    """Serve ``manager``'s grid route on an already-listening socket."""
+    app = web.Application()
+    manager.add_routes(app)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    return runner
+
+
+@contextlib.asynccontextmanager
+async def local_grid(
+    count: int,
+    *,
+    secret: str = TEST_SECRET,
+    config: GridConfig | None = None,
+    register: Callable[[Manager], None] | None = register_test_handlers,
+    extra_peers: Sequence[str] = (),
+    connect_timeout: float = 10.0,
+) -> AsyncIterator[LocalGrid]:
+    """Start ``count`` connected managers on loopback; close them all on exit."""
+    sockets = [listening_socket() for _ in range(count)]
+    hosts = [host_of(sock) for sock in sockets]
+    grid = LocalGrid([], hosts)
+    try:
+        for host, sock in zip(hosts, sockets, strict=True):
+            manager = Manager(host, [*hosts, *extra_peers], secret, config=config)
+            if register is not None:
+                register(manager)
+            grid.managers.append(manager)
+            grid.runners.append(await serve_manager(manager, sock))
+        for manager in grid.managers:
+            await manager.start()
+        if not extra_peers:
+            await asyncio.gather(*(m.wait_connected(connect_timeout) for m in grid.managers))
+        yield grid
+    finally:
+        await grid.close()
+        for sock in sockets:
+            sock.close()
+
+
+class NodeProcess:
+    """A grid node with the test handlers, running in a child process."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        peers: Sequence[str],
+        *,
+        secret: str = TEST_SECRET,
+        profile_name: str = "fast",
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.host = host_of(sock)
+        self._sock = sock
+        self.args = [
+            sys.executable,
+            "-m",
+            "minigrid.testing",
+            "--fd",
+            str(sock.fileno()),
+            "--host",
+            self.host,
+            "--secret",
+            secret,
+            "--profile",
+            profile_name,
+            *[arg for peer in peers for arg in ("--peer", peer)],
+            *extra_args,
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start the child and wait for its READY line."""
+        self.proc = subprocess.Popen(
+            self.args,
+            pass_fds=[self._sock.fileno()],
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if line.startswith(b"READY") or not line:
+                break
+        if not line.startswith(b"READY"):
+            self.kill()
+            raise RuntimeError(f"grid node {self.host} did not start (last line {line!r})")
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL the child and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+        self.wait()
+
+    def stop(self) -> None:
+        """SIGTERM the child (SIGKILL after 5s) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.wait()
+
+    def wait(self) -> None:
+        if self.proc is not None:
+            self.proc.wait()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+    def __enter__(self) -> NodeProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def _run_node(args: argparse.Namespace) -> None:
+    sock = socket.socket(fileno=args.fd)
+    config = profile(args.profile)
+    manager = Manager(args.host, args.peer, args.secret, config=config)
+    register_test_handlers(manager)
+    runner = await serve_manager(manager, sock)
+    await manager.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    print("READY", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await manager.close()
+        await runner.cleanup()
+        sock.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m minigrid.testing``: one grid node with the test handlers."""
+    parser = argparse.ArgumentParser(prog="python -m minigrid.testing")
+    parser.add_argument("--fd", type=int, required=True, help="inherited listening socket")
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--peer", action="append", default=[])
+    parser.add_argument("--secret", default=TEST_SECRET)
+    parser.add_argument("--profile", default="fast")
+    parser.add_argument("--uvloop", action="store_true")
+    args = parser.parse_args(argv)
+    if os.environ.get("MINIGRID_LOG"):
+        import logging
+
+        logging.basicConfig(level=os.environ["MINIGRID_LOG"].upper(), stream=sys.stderr)
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(_run_node(args))
+    else:
+        asyncio.run(_run_node(args))
+
+
+if __name__ == "__main__":
+    main()
