@@ -202,6 +202,7 @@ class Manager:
 
     async def _dial(self, conn: Connection) -> tuple[aiohttp.ClientWebSocketResponse, str]:
         assert self._session is not None
+        conn.counters.dial_attempts += 1
         token = auth.make_token(self._key, self.local)
         async with asyncio.timeout(self.config.handshake_timeout):
             try:

@@ -248,16 +248,21 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._unpacker = _new_unpacker(MAX_FRAME_SIZE)
         self._fed = 0
+        # Offset just past the last complete message; ``Unpacker.tell()`` also counts bytes of
+        # a message it has only partly parsed, so it cannot say where a message ended.
+        self._boundary = 0
 
     def feed(self, data: bytes) -> list[Message]:
         """Add bytes and return every message they complete, in order."""
-        if self._fed - self._tell() + len(data) > MAX_FRAME_SIZE:
+        if self._fed - self._boundary + len(data) > MAX_FRAME_SIZE:
             raise RemoteProtocolError(f"frame over the {MAX_FRAME_SIZE}-byte cap")
         out: list[Message] = []
+        unpacker = self._unpacker
         try:
-            self._unpacker.feed(data)
+            unpacker.feed(data)
             self._fed += len(data)
-            for obj in self._unpacker:
+            for obj in unpacker:
+                self._boundary = unpacker.tell()
                 self._expand(obj, out)
         except RemoteProtocolError:
             raise
@@ -265,15 +270,9 @@ class FrameDecoder:
             raise RemoteProtocolError(f"malformed msgpack: {exc}") from exc
         return out
 
-    def _tell(self) -> int:
-        try:
-            return int(self._unpacker.tell())
-        except Exception:  # pragma: no cover - tell() exists since msgpack 1.0
-            return self._fed
-
     def end_frame(self) -> None:
         """Raise if the bytes fed so far end inside a message."""
-        leftover = self._fed - self._tell()
+        leftover = self._fed - self._boundary
         if leftover:
             raise RemoteProtocolError(f"frame ended inside a message ({leftover} bytes left)")
 

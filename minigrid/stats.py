@@ -16,6 +16,7 @@ class ConnStats:
     remote_instance: str
     connected_for: float | None  # seconds in the current session, None when not connected
     reconnects: int
+    dial_attempts: int
     last_seen_age: float | None  # seconds since any message arrived from the peer
     rtt_last: float | None
     rtt_p50: float | None
@@ -49,6 +50,7 @@ class Counters:
     frames_in: int = 0
     frames_out: int = 0
     sessions: int = 0
+    dial_attempts: int = 0
     connected_at: float | None = None
     rtts: list[float] = field(default_factory=list)
     rtt_max: float | None = None
@@ -87,6 +89,7 @@ class Counters:
             remote_instance=remote_instance,
             connected_for=(now - self.connected_at) if connected and self.connected_at else None,
             reconnects=max(0, self.sessions - 1),
+            dial_attempts=self.dial_attempts,
             last_seen_age=(now - last_seen) if last_seen else None,
             rtt_last=self.rtts[-1] if self.rtts else None,
             rtt_p50=rtts[len(rtts) // 2] if rtts else None,
