@@ -1,0 +1,549 @@
+"""LocalDrive: a drive that is a directory on this machine.
+
+Layout under the drive root::
+
+    format.mgp                              the format file
+    .minigrid.sys/tmp/<upload id>/          writes in progress (emptied when the drive opens)
+    .minigrid.sys/trash/                    volumes being deleted
+    <bucket>/<key>/__mg.meta                the object's metadata (msgpack + checksum)
+    <bucket>/<key>/__mg.data.<data dir>/shard   the shard, bitrot-framed
+
+Every filesystem call runs in the loop's default thread pool, so the event loop never blocks on
+the disk. Every path is built with :func:`storage.names.safe_join`, so no name can reach outside
+the root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import re
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
+
+from storage import bitrot, listing
+from storage.drive import DiskInfo, ListPage, ShardWriter, VolumeInfo
+from storage.errors import (
+    DriveFull,
+    DriveNotFound,
+    DriveOffline,
+    FileCorrupt,
+    FileNotFound,
+    InvalidArgument,
+    StorageError,
+    UnformattedDrive,
+    VolumeExists,
+    VolumeNotEmpty,
+    VolumeNotFound,
+)
+from storage.format import FORMAT_FILE, FormatInfo, decode_format, encode_format
+from storage.latency import LatencyWindow
+from storage.meta import ObjectMeta, decode_meta, encode_meta
+from storage.names import (
+    DATA_DIR_PREFIX,
+    SHARD_FILE,
+    SYSTEM_VOLUME,
+    object_location,
+    safe_join,
+    validate_bucket,
+)
+
+T = TypeVar("T")
+
+_UPLOAD_ID_RE = re.compile(r"^[0-9a-zA-Z-]{1,64}$")
+_PREV_META = "prev.meta"
+_NO_PREV = "no-prev"
+_NEW_DATA_DIR = "new.ddir"
+
+
+def _os_error(exc: OSError, what: str) -> StorageError:
+    """Translate an OSError into the storage hierarchy."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DriveFull(f"{what}: {exc.strerror}")
+    if exc.errno == errno.ENOENT:
+        return FileNotFound(f"{what}: not found")
+    return StorageError(f"{what}: {exc.strerror or exc}")
+
+
+def _check_upload_id(upload_id: str) -> str:
+    if not _UPLOAD_ID_RE.match(upload_id):
+        raise InvalidArgument(f"bad upload id {upload_id!r}")
+    return upload_id
+
+
+def _write_file(path: str, data: bytes, fsync: bool) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        if fsync:
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+class LocalShardWriter:
+    """Streams one shard into a drive's temporary area, framing each chunk with its hash."""
+
+    def __init__(self, drive: LocalDrive, fd: int, path: str) -> None:
+        self._drive = drive
+        self._fd: int | None = fd
+        self._path = path
+        self._closed = False
+
+    def _write_sync(self, chunk: bytes) -> None:
+        assert self._fd is not None
+        head = bitrot.digest(chunk)
+        written = os.writev(self._fd, [head, chunk])
+        if written != len(head) + len(chunk):  # a short write: finish the rest the slow way
+            rest = (head + chunk)[written:]
+            while rest:
+                rest = rest[os.write(self._fd, rest) :]
+
+    async def write(self, chunk: bytes) -> None:
+        if self._fd is None:
+            raise InvalidArgument("shard writer is closed")
+        await self._drive.run("write_shard", self._write_sync, chunk)
+
+    def _close_sync(self, fsync: bool) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def commit(self) -> None:
+        await self._drive.run("commit_shard", self._close_sync, self._drive.fsync)
+
+    async def abort(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        if not self._closed:
+            self._closed = True
+            await asyncio.get_running_loop().run_in_executor(
+                None, shutil.rmtree, os.path.dirname(os.path.dirname(self._path)), True
+            )
+
+
+class LocalDrive:
+    """A directory-backed drive. Create it with :meth:`open`."""
+
+    def __init__(self, root: str, endpoint: str | None = None, *, fsync: bool = False) -> None:
+        self.root = os.path.abspath(root)
+        self._endpoint = endpoint or self.root
+        self.fsync = fsync
+        self.healing = False
+        self._online = True
+        self._drive_id = ""
+        self._latency = LatencyWindow()
+        self._tmp_root = os.path.join(self.root, SYSTEM_VOLUME, "tmp")
+        self._trash_root = os.path.join(self.root, SYSTEM_VOLUME, "trash")
+
+    @classmethod
+    async def open(
+        cls, root: str, endpoint: str | None = None, *, fsync: bool = False, create: bool = True
+    ) -> LocalDrive:
+        """Open a drive directory, creating it when ``create``, and empty its temporary area."""
+        drive = cls(root, endpoint, fsync=fsync)
+        await asyncio.get_running_loop().run_in_executor(None, drive._open_sync, create)
+        return drive
+
+    def _open_sync(self, create: bool) -> None:
+        if not os.path.isdir(self.root):
+            if not create:
+                raise DriveNotFound(f"drive {self.root} does not exist")
+            os.makedirs(self.root, exist_ok=True)
+        for area in (self._tmp_root, self._trash_root):
+            shutil.rmtree(area, ignore_errors=True)
+            os.makedirs(area, exist_ok=True)
+        try:
+            self._drive_id = self._read_format_sync().drive_id
+        except StorageError:
+            self._drive_id = ""
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    def is_online(self) -> bool:
+        return self._online
+
+    def set_online(self, online: bool) -> None:
+        """Mark the drive offline (every call fails at once with DriveOffline) or back online."""
+        self._online = online
+
+    def _check_online(self) -> None:
+        if not self._online:
+            raise DriveOffline(f"drive {self._endpoint} is offline")
+
+    async def run(self, op: str, func: Callable[..., T], *args: object) -> T:
+        """Run blocking ``func`` in the thread pool, timing it and translating errors."""
+        self._check_online()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            return await loop.run_in_executor(None, func, *args)
+        except StorageError:
+            raise
+        except OSError as exc:
+            if not await loop.run_in_executor(None, os.path.isdir, self.root):
+                raise DriveNotFound(f"drive {self._endpoint} is gone") from exc
+            raise _os_error(exc, f"{op} on {self._endpoint}") from exc
+        finally:
+            self._latency.record(op, loop.time() - started)
+
+    def _volume_dir(self, volume: str) -> str:
+        return safe_join(self.root, validate_bucket(volume))
+
+    def _require_volume(self, volume: str) -> str:
+        path = self._volume_dir(volume)
+        if not os.path.isdir(path):
+            raise VolumeNotFound(f"volume {volume} not found on {self._endpoint}")
+        return path
+
+    def _object_paths(self, volume: str, key: str) -> tuple[str, str]:
+        """``(object directory, metadata file)`` for a key."""
+        rel_dir, meta_name = object_location(key)
+        obj_dir = safe_join(self.root, validate_bucket(volume), rel_dir)
+        return obj_dir, os.path.join(obj_dir, meta_name)
+
+    def _upload_dir(self, upload_id: str) -> str:
+        return os.path.join(self._tmp_root, _check_upload_id(upload_id))
+
+    def _prune(self, start: str, stop: str) -> None:
+        """Remove empty directories from ``start`` up to, not including, ``stop``."""
+        path = start
+        while path != stop and path.startswith(stop + os.sep):
+            try:
+                os.rmdir(path)
+            except OSError:
+                return
+            path = os.path.dirname(path)
+
+    # --- identity and format ----------------------------------------------------------------
+
+    async def disk_info(self) -> DiskInfo:
+        stat = await self.run("disk_info", os.statvfs, self.root)
+        return DiskInfo(
+            total=stat.f_blocks * stat.f_frsize,
+            free=stat.f_bavail * stat.f_frsize,
+            used=(stat.f_blocks - stat.f_bfree) * stat.f_frsize,
+            inodes_total=stat.f_files,
+            inodes_free=stat.f_favail,
+            healing=self.healing,
+            drive_id=self._drive_id,
+            endpoint=self._endpoint,
+            latency=self._latency.snapshot(),
+        )
+
+    def _read_format_sync(self) -> FormatInfo:
+        try:
+            with open(os.path.join(self.root, FORMAT_FILE), "rb") as handle:
+                blob = handle.read()
+        except FileNotFoundError as exc:
+            raise UnformattedDrive(f"drive {self._endpoint} is not formatted") from exc
+        return decode_format(blob)
+
+    async def read_format(self) -> FormatInfo:
+        return await self.run("read_format", self._read_format_sync)
+
+    def _write_format_sync(self, fmt: FormatInfo) -> None:
+        tmp = os.path.join(self._tmp_root, f"format-{uuid.uuid4().hex}")
+        os.makedirs(self._tmp_root, exist_ok=True)
+        _write_file(tmp, encode_format(fmt), self.fsync)
+        os.replace(tmp, os.path.join(self.root, FORMAT_FILE))
+        self._drive_id = fmt.drive_id
+
+    async def write_format(self, fmt: FormatInfo) -> None:
+        await self.run("write_format", self._write_format_sync, fmt)
+
+    # --- volumes ----------------------------------------------------------------------------
+
+    def _make_volume_sync(self, volume: str) -> None:
+        try:
+            os.mkdir(self._volume_dir(volume))
+        except FileExistsError as exc:
+            raise VolumeExists(f"volume {volume} exists on {self._endpoint}") from exc
+
+    async def make_volume(self, volume: str) -> None:
+        await self.run("make_volume", self._make_volume_sync, volume)
+
+    def _volume_info(self, name: str, path: str) -> VolumeInfo:
+        return VolumeInfo(name=name, created_ns=os.stat(path).st_mtime_ns)
+
+    def _list_volumes_sync(self) -> list[VolumeInfo]:
+        volumes = []
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                    try:
+                        validate_bucket(entry.name)
+                    except StorageError:
+                        continue
+                    volumes.append(self._volume_info(entry.name, entry.path))
+        return sorted(volumes, key=lambda v: v.name)
+
+    async def list_volumes(self) -> list[VolumeInfo]:
+        return await self.run("list_volumes", self._list_volumes_sync)
+
+    def _stat_volume_sync(self, volume: str) -> VolumeInfo:
+        return self._volume_info(volume, self._require_volume(volume))
+
+    async def stat_volume(self, volume: str) -> VolumeInfo:
+        return await self.run("stat_volume", self._stat_volume_sync, volume)
+
+    def _delete_volume_sync(self, volume: str, force: bool) -> None:
+        path = self._require_volume(volume)
+        if not force and listing.walk_page(path, "", "", "", 1).entries:
+            raise VolumeNotEmpty(f"volume {volume} is not empty on {self._endpoint}")
+        trash = os.path.join(self._trash_root, uuid.uuid4().hex)
+        os.makedirs(self._trash_root, exist_ok=True)
+        os.rename(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    async def delete_volume(self, volume: str, force: bool = False) -> None:
+        await self.run("delete_volume", self._delete_volume_sync, volume, force)
+
+    # --- metadata ---------------------------------------------------------------------------
+
+    def _read_metadata_sync(self, volume: str, key: str) -> ObjectMeta:
+        _, meta_path = self._object_paths(volume, key)
+        try:
+            with open(meta_path, "rb") as handle:
+                blob = handle.read()
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            self._require_volume(volume)
+            raise FileNotFound(f"{volume}/{key} not found on {self._endpoint}") from exc
+        return decode_meta(blob, f"{volume}/{key} on {self._endpoint}")
+
+    async def read_metadata(self, volume: str, key: str) -> ObjectMeta:
+        return await self.run("read_metadata", self._read_metadata_sync, volume, key)
+
+    def _write_metadata_sync(self, volume: str, key: str, meta: ObjectMeta) -> None:
+        self._require_volume(volume)
+        obj_dir, meta_path = self._object_paths(volume, key)
+        os.makedirs(obj_dir, exist_ok=True)
+        os.makedirs(self._tmp_root, exist_ok=True)
+        tmp = os.path.join(self._tmp_root, f"meta-{uuid.uuid4().hex}")
+        _write_file(tmp, encode_meta(meta), self.fsync)
+        os.replace(tmp, meta_path)
+
+    async def write_metadata(self, volume: str, key: str, meta: ObjectMeta) -> None:
+        await self.run("write_metadata", self._write_metadata_sync, volume, key, meta)
+
+    def _delete_object_sync(self, volume: str, key: str) -> None:
+        vol_dir = self._require_volume(volume)
+        obj_dir, meta_path = self._object_paths(volume, key)
+        data_dir: str | None
+        try:
+            data_dir = self._read_metadata_sync(volume, key).data_dir
+        except FileCorrupt:
+            data_dir = None
+        os.unlink(meta_path)  # the object is gone from here on; the rest is cleanup
+        if data_dir:
+            shutil.rmtree(os.path.join(obj_dir, DATA_DIR_PREFIX + data_dir), ignore_errors=True)
+        self._prune(obj_dir, vol_dir)
+
+    async def delete_object(self, volume: str, key: str) -> None:
+        await self.run("delete_object", self._delete_object_sync, volume, key)
+
+    # --- writing shards and committing ------------------------------------------------------
+
+    def _create_shard_sync(self, upload_id: str) -> tuple[int, str]:
+        data_dir = os.path.join(self._upload_dir(upload_id), "data")
+        os.makedirs(data_dir, exist_ok=True)
+        path = os.path.join(data_dir, SHARD_FILE)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), path
+
+    async def create_shard(self, upload_id: str) -> ShardWriter:
+        fd, path = await self.run("create_shard", self._create_shard_sync, upload_id)
+        return LocalShardWriter(self, fd, path)
+
+    def _rename_data_sync(self, upload_id: str, volume: str, key: str, meta: ObjectMeta) -> None:
+        vol_dir = self._require_volume(volume)
+        up_dir = self._upload_dir(upload_id)
+        obj_dir, meta_path = self._object_paths(volume, key)
+        os.makedirs(up_dir, exist_ok=True)
+        _write_file(os.path.join(up_dir, _NEW_DATA_DIR), meta.data_dir.encode(), False)
+        staged = os.path.join(up_dir, "data")
+        for _attempt in range(3):  # a concurrent delete may prune obj_dir between the calls
+            os.makedirs(obj_dir, exist_ok=True)
+            try:
+                if os.path.isdir(staged):
+                    os.rename(staged, os.path.join(obj_dir, DATA_DIR_PREFIX + meta.data_dir))
+                break
+            except FileNotFoundError:
+                if not os.path.isdir(vol_dir):
+                    raise
+        else:
+            raise FileNotFound(f"could not place the data of {volume}/{key}")
+        # Keep the version being replaced so undo_rename can put it back.
+        try:
+            os.link(meta_path, os.path.join(up_dir, _PREV_META))
+        except FileNotFoundError:
+            _write_file(os.path.join(up_dir, _NO_PREV), b"", False)
+        tmp_meta = os.path.join(up_dir, "new.meta")
+        _write_file(tmp_meta, encode_meta(meta), self.fsync)
+        os.replace(tmp_meta, meta_path)  # the commit point on this drive
+
+    async def rename_data(self, upload_id: str, volume: str, key: str, meta: ObjectMeta) -> None:
+        await self.run("rename_data", self._rename_data_sync, upload_id, volume, key, meta)
+
+    def _commit_rename_sync(self, upload_id: str, volume: str, key: str) -> None:
+        up_dir = self._upload_dir(upload_id)
+        obj_dir, _ = self._object_paths(volume, key)
+        try:
+            with open(os.path.join(up_dir, _PREV_META), "rb") as handle:
+                previous = decode_meta(handle.read()).data_dir
+        except (FileNotFoundError, FileCorrupt):
+            previous = ""
+        try:
+            with open(os.path.join(up_dir, _NEW_DATA_DIR), "rb") as handle:
+                installed = handle.read().decode()
+        except FileNotFoundError:
+            installed = ""
+        if previous and previous != installed:
+            shutil.rmtree(os.path.join(obj_dir, DATA_DIR_PREFIX + previous), ignore_errors=True)
+        shutil.rmtree(up_dir, ignore_errors=True)
+
+    async def commit_rename(self, upload_id: str, volume: str, key: str) -> None:
+        await self.run("commit_rename", self._commit_rename_sync, upload_id, volume, key)
+
+    def _undo_rename_sync(self, upload_id: str, volume: str, key: str) -> None:
+        vol_dir = self._volume_dir(volume)
+        up_dir = self._upload_dir(upload_id)
+        obj_dir, meta_path = self._object_paths(volume, key)
+        prev = os.path.join(up_dir, _PREV_META)
+        if os.path.exists(prev):
+            os.replace(prev, meta_path)
+        elif os.path.exists(os.path.join(up_dir, _NO_PREV)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(meta_path)
+        try:
+            with open(os.path.join(up_dir, _NEW_DATA_DIR), "rb") as handle:
+                installed = handle.read().decode()
+        except FileNotFoundError:
+            installed = ""
+        if installed:
+            shutil.rmtree(os.path.join(obj_dir, DATA_DIR_PREFIX + installed), ignore_errors=True)
+        shutil.rmtree(up_dir, ignore_errors=True)
+        self._prune(obj_dir, vol_dir)
+
+    async def undo_rename(self, upload_id: str, volume: str, key: str) -> None:
+        await self.run("undo_rename", self._undo_rename_sync, upload_id, volume, key)
+
+    # --- reading shards ---------------------------------------------------------------------
+
+    def _shard_path(self, volume: str, key: str, data_dir: str) -> str:
+        obj_dir, _ = self._object_paths(volume, key)
+        if not data_dir or "/" in data_dir or data_dir in (".", ".."):
+            raise InvalidArgument(f"bad data dir {data_dir!r}")
+        return os.path.join(obj_dir, DATA_DIR_PREFIX + data_dir, SHARD_FILE)
+
+    def _open_shard_sync(self, volume: str, key: str, data_dir: str, framed_size: int) -> int:
+        path = self._shard_path(volume, key, data_dir)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise FileNotFound(f"shard of {volume}/{key} missing on {self._endpoint}") from exc
+        size = os.fstat(fd).st_size
+        if size != framed_size:
+            os.close(fd)
+            raise FileCorrupt(
+                f"shard of {volume}/{key} on {self._endpoint} is {size} bytes, "
+                f"expected {framed_size}"
+            )
+        return fd
+
+    def _read_chunk_sync(self, fd: int, position: int, size: int, where: str) -> bytes:
+        expected = os.pread(fd, bitrot.HASH_SIZE, position)
+        chunk = os.pread(fd, size, position + bitrot.HASH_SIZE)
+        if len(chunk) != size:
+            raise FileCorrupt(f"shard truncated in {where}")
+        bitrot.verify(expected, chunk, where)
+        return chunk
+
+    async def read_shard(
+        self,
+        volume: str,
+        key: str,
+        data_dir: str,
+        *,
+        chunk_size: int,
+        shard_size: int,
+        offset: int,
+        length: int,
+    ) -> AsyncIterator[bytes]:
+        if offset < 0 or length < 0 or offset + length > shard_size:
+            raise InvalidArgument(f"shard range {offset}+{length} outside {shard_size} bytes")
+        framed = bitrot.framed_size(shard_size, chunk_size)
+        fd = await self.run("open_shard", self._open_shard_sync, volume, key, data_dir, framed)
+        where = f"{volume}/{key} on {self._endpoint}"
+        try:
+            first, count = bitrot.chunk_span(offset, length, chunk_size)
+            end = offset + length
+            for index in range(first, first + count):
+                start = index * chunk_size
+                size = min(chunk_size, shard_size - start)
+                position = index * (chunk_size + bitrot.HASH_SIZE)
+                chunk = await self.run(
+                    "read_shard", self._read_chunk_sync, fd, position, size, where
+                )
+                lo = max(offset - start, 0)
+                hi = min(end - start, size)
+                yield chunk if (lo == 0 and hi == size) else chunk[lo:hi]
+        finally:
+            os.close(fd)
+
+    def _verify_shard_sync(
+        self, volume: str, key: str, data_dir: str, chunk_size: int, shard_size: int
+    ) -> None:
+        framed = bitrot.framed_size(shard_size, chunk_size)
+        fd = self._open_shard_sync(volume, key, data_dir, framed)
+        where = f"{volume}/{key} on {self._endpoint}"
+        try:
+            for index in range(bitrot.chunk_count(shard_size, chunk_size)):
+                size = min(chunk_size, shard_size - index * chunk_size)
+                self._read_chunk_sync(fd, index * (chunk_size + bitrot.HASH_SIZE), size, where)
+        finally:
+            os.close(fd)
+
+    async def verify_shard(
+        self, volume: str, key: str, data_dir: str, *, chunk_size: int, shard_size: int
+    ) -> None:
+        await self.run(
+            "verify_shard", self._verify_shard_sync, volume, key, data_dir, chunk_size, shard_size
+        )
+
+    # --- listing ----------------------------------------------------------------------------
+
+    def _list_page_sync(
+        self, volume: str, prefix: str, delimiter: str, start_after: str, limit: int
+    ) -> ListPage:
+        return listing.walk_page(
+            self._require_volume(volume), prefix, delimiter, start_after, limit
+        )
+
+    async def list_objects_page(
+        self, volume: str, prefix: str, delimiter: str, start_after: str, limit: int
+    ) -> ListPage:
+        if limit <= 0:
+            raise InvalidArgument("listing limit must be positive")
+        return await self.run(
+            "list_objects", self._list_page_sync, volume, prefix, delimiter, start_after, limit
+        )
+
+
+def iter_upload_ids(drive: LocalDrive) -> Iterator[str]:
+    """The uploads in progress in a drive's temporary area (for tests and diagnostics)."""
+    try:
+        yield from sorted(os.listdir(drive._tmp_root))
+    except FileNotFoundError:
+        return
