@@ -1,0 +1,187 @@
+"""Test helpers that ship with the library: a fault-injecting drive wrapper and set builders.
+
+:class:`FaultyDrive` wraps any :class:`~storage.drive.Drive` and can take it offline, fail its
+writes or commits, or hold its shard reads at an :class:`asyncio.Event` (a "slow" drive whose
+slowness a test controls exactly, with no sleeps).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+from storage.drive import DiskInfo, Drive, ListPage, ShardWriter, VolumeInfo
+from storage.errors import DriveFull, DriveOffline, StorageError
+from storage.format import FormatInfo
+from storage.local import LocalDrive
+from storage.meta import ObjectMeta
+from storage.objects import ObjectLayer
+
+
+class _FailingWriter:
+    def __init__(self, inner: ShardWriter, after: int) -> None:
+        self._inner = inner
+        self._left = after
+
+    async def write(self, chunk: bytes) -> None:
+        if self._left <= 0:
+            raise DriveFull("injected write failure")
+        self._left -= 1
+        await self._inner.write(chunk)
+
+    async def commit(self) -> None:
+        await self._inner.commit()
+
+    async def abort(self) -> None:
+        await self._inner.abort()
+
+
+class FaultyDrive:
+    """A Drive wrapper with switchable faults. ``calls`` counts every method called."""
+
+    def __init__(self, inner: Drive) -> None:
+        self.inner = inner
+        self.offline = False
+        self.fail_writes_after: int | None = None  # shard chunks accepted before failing
+        self.fail_rename = False
+        self.read_gate: Any = None  # an asyncio.Event; shard reads wait for it when set
+        self.reads_waiting = 0
+        self.calls: Counter[str] = Counter()
+
+    def _enter(self, name: str) -> None:
+        self.calls[name] += 1
+        if self.offline:
+            raise DriveOffline(f"drive {self.inner.endpoint} is offline (injected)")
+
+    @property
+    def endpoint(self) -> str:
+        return self.inner.endpoint
+
+    def is_online(self) -> bool:
+        return not self.offline and self.inner.is_online()
+
+    async def disk_info(self) -> DiskInfo:
+        self._enter("disk_info")
+        return await self.inner.disk_info()
+
+    async def read_format(self) -> FormatInfo:
+        self._enter("read_format")
+        return await self.inner.read_format()
+
+    async def write_format(self, fmt: FormatInfo) -> None:
+        self._enter("write_format")
+        await self.inner.write_format(fmt)
+
+    async def make_volume(self, volume: str) -> None:
+        self._enter("make_volume")
+        await self.inner.make_volume(volume)
+
+    async def list_volumes(self) -> list[VolumeInfo]:
+        self._enter("list_volumes")
+        return await self.inner.list_volumes()
+
+    async def stat_volume(self, volume: str) -> VolumeInfo:
+        self._enter("stat_volume")
+        return await self.inner.stat_volume(volume)
+
+    async def delete_volume(self, volume: str, force: bool = False) -> None:
+        self._enter("delete_volume")
+        await self.inner.delete_volume(volume, force)
+
+    async def read_metadata(self, volume: str, key: str) -> ObjectMeta:
+        self._enter("read_metadata")
+        return await self.inner.read_metadata(volume, key)
+
+    async def write_metadata(self, volume: str, key: str, meta: ObjectMeta) -> None:
+        self._enter("write_metadata")
+        await self.inner.write_metadata(volume, key, meta)
+
+    async def delete_object(self, volume: str, key: str) -> None:
+        self._enter("delete_object")
+        await self.inner.delete_object(volume, key)
+
+    async def create_shard(self, upload_id: str) -> ShardWriter:
+        self._enter("create_shard")
+        writer = await self.inner.create_shard(upload_id)
+        if self.fail_writes_after is not None:
+            return _FailingWriter(writer, self.fail_writes_after)
+        return writer
+
+    async def rename_data(self, upload_id: str, volume: str, key: str, meta: ObjectMeta) -> None:
+        self._enter("rename_data")
+        if self.fail_rename:
+            raise StorageError("injected rename failure")
+        await self.inner.rename_data(upload_id, volume, key, meta)
+
+    async def commit_rename(self, upload_id: str, volume: str, key: str) -> None:
+        self._enter("commit_rename")
+        await self.inner.commit_rename(upload_id, volume, key)
+
+    async def undo_rename(self, upload_id: str, volume: str, key: str) -> None:
+        self._enter("undo_rename")
+        await self.inner.undo_rename(upload_id, volume, key)
+
+    async def read_shard(
+        self,
+        volume: str,
+        key: str,
+        data_dir: str,
+        *,
+        chunk_size: int,
+        shard_size: int,
+        offset: int,
+        length: int,
+    ) -> AsyncIterator[bytes]:
+        self._enter("read_shard")
+        chunks = self.inner.read_shard(
+            volume,
+            key,
+            data_dir,
+            chunk_size=chunk_size,
+            shard_size=shard_size,
+            offset=offset,
+            length=length,
+        )
+        try:
+            async for chunk in chunks:
+                if self.read_gate is not None and not self.read_gate.is_set():
+                    self.reads_waiting += 1
+                    await self.read_gate.wait()
+                yield chunk
+        finally:
+            closer = getattr(chunks, "aclose", None)
+            if closer is not None:
+                await closer()
+
+    async def verify_shard(
+        self, volume: str, key: str, data_dir: str, *, chunk_size: int, shard_size: int
+    ) -> None:
+        self._enter("verify_shard")
+        await self.inner.verify_shard(
+            volume, key, data_dir, chunk_size=chunk_size, shard_size=shard_size
+        )
+
+    async def list_objects_page(
+        self, volume: str, prefix: str, delimiter: str, start_after: str, limit: int
+    ) -> ListPage:
+        self._enter("list_objects_page")
+        return await self.inner.list_objects_page(volume, prefix, delimiter, start_after, limit)
+
+
+async def open_local_drives(root: str, count: int) -> list[LocalDrive]:
+    """``count`` local drives in ``root/d0`` .. ``root/d{count-1}``."""
+    return [await LocalDrive.open(os.path.join(root, f"d{i}")) for i in range(count)]
+
+
+async def local_layer(
+    root: str, count: int, *, faulty: bool = False, **options: Any
+) -> tuple[ObjectLayer, list[Any]]:
+    """An object layer over one set of ``count`` local drives (wrapped in FaultyDrive when
+    ``faulty``). Returns the layer and the drives in set position order."""
+    drives: list[Any] = await open_local_drives(root, count)
+    if faulty:
+        drives = [FaultyDrive(d) for d in drives]
+    layer = await ObjectLayer.open(drives, count, **options)
+    return layer, list(layer.sets[0].drives)
