@@ -645,7 +645,10 @@ class ObjectLayer:
         validate_bucket(bucket)
         validate_object(key)
         eset = self._set_for(bucket, key)
-        results = await self._on_drives(eset, lambda d: d.read_metadata(bucket, key))
+        # Taking the key's lock keeps a reader in this process from seeing a version whose
+        # commit is still in progress (and might yet be rolled back).
+        async with self._key_lock(bucket, key):
+            results = await self._on_drives(eset, lambda d: d.read_metadata(bucket, key))
         votes: Counter[tuple[Any, ...]] = Counter(
             r.version_key() for r in results if isinstance(r, ObjectMeta)
         )

@@ -36,8 +36,10 @@ def shard_files(drive_root: str) -> list[str]:
 
 
 def flip_byte(path: str, position: int) -> None:
+    """Invert one byte; a negative position counts from the end."""
+    whence = os.SEEK_END if position < 0 else os.SEEK_SET
     with open(path, "r+b") as handle:
-        handle.seek(position)
+        handle.seek(position, whence)
         value = handle.read(1)
-        handle.seek(position)
+        handle.seek(-1, os.SEEK_CUR)
         handle.write(bytes([value[0] ^ 0xFF]))
