@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -64,6 +64,7 @@ from storage.reader import ReadStats, ShardFetcher, ShardSource
 T = TypeVar("T")
 
 INLINE_LIMIT = 128 * 1024
+ENCODE_AHEAD = 2  # blocks encoding in the thread pool ahead of the one being written
 MAX_KEYS = 1000
 
 
@@ -502,37 +503,51 @@ class ObjectLayer:
         blocks: _BlockSource,
         md5: Any,
     ) -> list[ShardWriter | None]:
-        """Encode and write every block, keeping one block encoding while the last is written."""
+        """Encode and write every block.
+
+        Up to ``ENCODE_AHEAD`` blocks encode in the thread pool while the previous block is
+        written, so the encoder, the MD5 and the drive writes run at the same time.
+        """
         opened = await self._on_drives(eset, lambda d: d.create_shard(upload_id))
         writers: list[ShardWriter | None] = [
             None if isinstance(w, StorageError) else w for w in opened
         ]
         distribution = template.erasure.distribution
         loop = asyncio.get_running_loop()
-        encoding: asyncio.Future[list[bytes]] | None = None
+        encoding: deque[tuple[bytes, asyncio.Future[list[bytes]]]] = deque()
         writing: asyncio.Task[None] | None = None
+        source_done = False
+
+        async def refill() -> None:
+            nonlocal source_done
+            while not source_done and len(encoding) < ENCODE_AHEAD:
+                block = await blocks.next()
+                if block is None:
+                    source_done = True
+                    return
+                encoding.append((block, loop.run_in_executor(None, erasure.encode, block)))
+
         try:
             self._require_writers(eset, writers, opened)
-            block: bytes | None = first
-            encoding = loop.run_in_executor(None, erasure.encode, first)
-            while block is not None:
-                assert encoding is not None
-                shards = await encoding
-                encoding = None
+            encoding.append((first, loop.run_in_executor(None, erasure.encode, first)))
+            await refill()
+            while encoding:
+                block, future = encoding.popleft()
+                shards = await future
                 writing = asyncio.create_task(
                     self._write_block(eset, writers, distribution, shards, block, md5)
                 )
-                block = await blocks.next()
-                if block is not None:
-                    encoding = loop.run_in_executor(None, erasure.encode, block)
+                await refill()
                 await writing
                 writing = None
         except BaseException:
-            for pending in (encoding, writing):
-                if pending is not None:
-                    pending.cancel()
-                    with contextlib.suppress(BaseException):
-                        await pending
+            pending: list[asyncio.Future[Any]] = [f for _, f in encoding]
+            if writing is not None:
+                pending.append(writing)
+            for future in pending:
+                future.cancel()
+                with contextlib.suppress(BaseException):
+                    await future
             await self._abort_all(writers)
             raise
         return writers
