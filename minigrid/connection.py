@@ -22,6 +22,7 @@ import aiohttp
 
 from . import protocol
 from .errors import (
+    Cancelled,
     DeadlineExceeded,
     Disconnected,
     GridError,
@@ -33,6 +34,7 @@ from .handlers import SingleHandler, UnknownHandler, handler_name
 from .protocol import Flags, Message, Op
 from .state import State, check_transition
 from .stats import ConnStats, Counters
+from .streams import ClientStream, ServerStream
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -44,6 +46,7 @@ _MORE = int(Flags.MORE)
 _SUBROUTE = int(Flags.SUBROUTE)
 _REQUEST = int(Op.REQUEST)
 _RESPONSE = int(Op.RESPONSE)
+_CLIENT_OPS = frozenset(int(op) for op in protocol.CLIENT_OPS)
 _CLOSE_TYPES = frozenset(
     {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED}
 )
@@ -78,11 +81,15 @@ class Connection:
         # In-flight work, keyed by mux id. Client ids are ours; server ids are the peer's.
         self._client_calls: dict[int, asyncio.Future[bytes]] = {}
         self._server_calls: dict[int, asyncio.Task[None]] = {}
+        self._client_streams: dict[int, ClientStream] = {}
+        self._server_streams: dict[int, ServerStream] = {}
         self._partial: dict[tuple[int, int], list[bytes]] = {}
         self.counters = Counters()
         self.last_cause = ""
         #: Set by the manager before it cancels a session, so the session reports why.
         self.pending_cause = ""
+        self._drop: asyncio.Future[str] | None = None
+        self._transport: asyncio.Transport | None = None
         self._last_seen = 0.0
         self._dispatch: dict[int, Callable[[Message], None]] = {
             int(Op.REQUEST): self._on_request,
@@ -90,6 +97,14 @@ class Connection:
             int(Op.DISCONNECT_SERVER_MUX): self._on_disconnect_server_mux,
             int(Op.PING): self._on_ping,
             int(Op.PONG): self._on_pong,
+            int(Op.CONNECT_MUX): self._on_connect_mux,
+            int(Op.ACK_MUX): self._on_ack_mux,
+            int(Op.CLIENT_MSG): self._on_client_msg,
+            int(Op.SERVER_MSG): self._on_server_msg,
+            int(Op.UNBLOCK_CLIENT): self._on_unblock_client,
+            int(Op.UNBLOCK_SERVER): self._on_unblock_server,
+            int(Op.DISCONNECT_CLIENT_MUX): self._on_disconnect_client_mux,
+            int(Op.MUX_CONNECT_ERROR): self._on_mux_connect_error,
         }
 
     # ------------------------------------------------------------------ state
@@ -141,6 +156,7 @@ class Connection:
             queue_bytes=self._data_bytes,
             inflight_calls=len(self._client_calls),
             inflight_handlers=len(self._server_calls),
+            inflight_streams=len(self._client_streams) + len(self._server_streams),
             last_cause=self.last_cause,
         )
 
@@ -157,6 +173,14 @@ class Connection:
         """Queue a control message. Never blocks: control messages are small and few."""
         if self._state is State.CONNECTED:
             self._control.append(message)
+            self._kick()
+
+    def _put_terminal(self, message: bytes) -> None:
+        """Queue the last message of a stream direction past the bound: it must never wait,
+        and there is at most one per mux."""
+        if self._state is State.CONNECTED:
+            self._data.append(message)
+            self._data_bytes += len(message)
             self._kick()
 
     def _try_put_data(self, message: bytes) -> bool:
@@ -262,9 +286,13 @@ class Connection:
         self._last_seen = self._loop.time()
         self.counters.session_started(self._loop.time())
         self._set_state(State.CONNECTED)
-        tasks = [
+        self._drop = self._loop.create_future()
+        writer = getattr(ws, "_writer", None)
+        self._transport = getattr(writer, "transport", None)
+        tasks: list[asyncio.Future[Any]] = [
             asyncio.create_task(self._read_loop(ws), name=f"grid-read {self.remote}"),
             asyncio.create_task(self._write_loop(ws), name=f"grid-write {self.remote}"),
+            self._drop,
         ]
         cause = "shutdown"
         try:
@@ -284,7 +312,26 @@ class Connection:
                     await ws.close()
         return cause
 
-    def _session_cause(self, task: asyncio.Task[Any]) -> str:
+    def pause_reading(self, paused: bool = True) -> None:
+        """Stop (or resume) reading this session's socket, as a frozen peer would.
+
+        Fault injection for tests and labs: the peer's writes back up into its out-queue."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def drop(self, cause: str = "reset: dropped on request") -> None:
+        """End the current session as if the socket had been reset (fault injection, tests).
+
+        The dialing side redials as usual."""
+        if self._drop is not None and not self._drop.done():
+            self._drop.set_result(cause)
+
+    def _session_cause(self, task: asyncio.Future[Any]) -> str:
         if task.cancelled():
             return "cancelled"
         exc = task.exception()
@@ -322,6 +369,15 @@ class Connection:
         handlers, self._server_calls = self._server_calls, {}
         for task in handlers.values():
             task.cancel()
+        client_streams, self._client_streams = self._client_streams, {}
+        for client_stream in client_streams.values():
+            client_stream.on_disconnect(error)
+        server_streams, self._server_streams = self._server_streams, {}
+        for server_stream in server_streams.values():
+            server_stream._send_closed = True
+            server_stream._fail(error)
+            if server_stream.task is not None:
+                server_stream.task.cancel()
         self._kick()
 
     async def _read_loop(
@@ -543,6 +599,167 @@ class Connection:
         self._partial.pop((_REQUEST, message.mux_id), None)
         if task is not None:
             task.cancel()
+        stream = self._server_streams.pop(message.mux_id, None)
+        if stream is not None:
+            self._cancel_server_stream(stream, "the client cancelled the stream")
+
+    # ----------------------------------------------------------------- streams
+
+    def stream(
+        self,
+        handler_id: int,
+        payload: bytes = b"",
+        *,
+        subroute: str = "",
+        timeout: float | None = None,
+    ) -> ClientStream:
+        """Open a stream to a streaming handler on the peer; use with ``async with``.
+
+        ``timeout`` is the whole stream's deadline (none by default: long streams are kept
+        honest by liveness checks instead). See :mod:`minigrid.streams`.
+        """
+        if self._state is not State.CONNECTED:
+            raise self._disconnected()
+        return ClientStream(
+            self,
+            next(self._mux_ids),
+            int(handler_id),
+            handler_name(handler_id),
+            payload,
+            subroute,
+            timeout,
+        )
+
+    def _cancel_server_stream(self, stream: ServerStream, reason: str) -> None:
+        stream._send_closed = True  # nobody is listening: send no terminal message
+        stream._fail(Cancelled(f"{stream.handler_name}: {reason}"))
+        if stream.task is not None:
+            stream.task.cancel()
+
+    def _on_connect_mux(self, message: Message) -> None:
+        payload = message.payload
+        subroute = ""
+        if message.flags & _SUBROUTE:
+            subroute, payload = protocol.split_subroute(payload)
+        try:
+            handler = self.manager.registry.stream(message.handler_id, subroute)
+        except UnknownHandler as exc:
+            self._put_control(
+                protocol.encode(
+                    Op.MUX_CONNECT_ERROR, mux_id=message.mux_id, payload=str(exc).encode()
+                )
+            )
+            return
+        if message.mux_id in self._server_streams:
+            raise RemoteProtocolError(f"stream mux id {message.mux_id} opened twice")
+        stream = ServerStream(self, message.mux_id, handler, payload)
+        self._server_streams[message.mux_id] = stream
+        # The acknowledgement is control: it never waits behind a full data queue.
+        ack = protocol.pack_obj({"in": handler.in_capacity, "out": handler.out_capacity})
+        self._put_control(protocol.encode(Op.ACK_MUX, mux_id=message.mux_id, payload=ack))
+        timeout = message.deadline_ms / 1000 if message.deadline_ms else None
+        stream.task = self._loop.create_task(self._run_stream(stream, timeout))
+
+    async def _run_stream(self, stream: ServerStream, timeout: float | None) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        expiry = self._loop.call_later(timeout, _expire_task, task) if timeout else None
+        try:
+            await stream.handler.fn(stream)
+        except asyncio.CancelledError:
+            if not getattr(task, "_minigrid_expired", False):
+                raise
+            task.uncancel()
+            stream._send_end(f"{stream.handler_name}: stream deadline of {timeout}s exceeded")
+        except Exception as exc:
+            stream._send_end(str(exc) or exc.__class__.__name__)
+        else:
+            stream._send_end()
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+            if self._server_streams.get(stream.mux_id) is stream:
+                del self._server_streams[stream.mux_id]
+
+    def _mux_breach(self, message: Message, exc: RemoteProtocolError) -> None:
+        """The peer broke the protocol on one mux: fail that mux only, on both sides."""
+        log.warning(
+            "grid %s->%s: protocol error on mux %d: %s",
+            self.local,
+            self.remote,
+            message.mux_id,
+            exc,
+        )
+        client = self._client_streams.get(message.mux_id)
+        if client is not None and message.op not in _CLIENT_OPS:
+            client._fail(
+                RemoteError(f"protocol error on this stream: {exc}", handler=client.handler_name)
+            )
+            client._tell_server()
+            client._release()
+            return
+        server = self._server_streams.pop(message.mux_id, None)
+        if server is not None:
+            self._put_control(
+                protocol.encode(
+                    Op.DISCONNECT_CLIENT_MUX,
+                    mux_id=message.mux_id,
+                    payload=f"protocol error: {exc}".encode(),
+                )
+            )
+            self._cancel_server_stream(server, f"protocol error: {exc}")
+
+    def _on_client_msg(self, message: Message) -> None:
+        stream = self._server_streams.get(message.mux_id)
+        if stream is None:
+            return  # already ended here; the client will hear about it
+        try:
+            stream.on_item(message.seq, message.flags, message.payload)
+        except RemoteProtocolError as exc:
+            self._mux_breach(message, exc)
+
+    def _on_server_msg(self, message: Message) -> None:
+        stream = self._client_streams.get(message.mux_id)
+        if stream is None:
+            return  # the caller already left; drop it
+        try:
+            stream.on_item(message.seq, message.flags, message.payload)
+        except RemoteProtocolError as exc:
+            self._mux_breach(message, exc)
+
+    def _on_ack_mux(self, message: Message) -> None:
+        stream = self._client_streams.get(message.mux_id)
+        if stream is not None:
+            try:
+                stream.on_ack(message.payload)
+            except RemoteProtocolError as exc:
+                self._mux_breach(message, exc)
+
+    def _on_unblock_client(self, message: Message) -> None:
+        stream = self._client_streams.get(message.mux_id)
+        if stream is not None:
+            try:
+                stream._on_grant(message.payload)
+            except RemoteProtocolError as exc:
+                self._mux_breach(message, exc)
+
+    def _on_unblock_server(self, message: Message) -> None:
+        stream = self._server_streams.get(message.mux_id)
+        if stream is not None:
+            try:
+                stream._on_grant(message.payload)
+            except RemoteProtocolError as exc:
+                self._mux_breach(message, exc)
+
+    def _on_disconnect_client_mux(self, message: Message) -> None:
+        stream = self._client_streams.get(message.mux_id)
+        if stream is not None:
+            stream.on_remote_cancel(message.payload.decode("utf-8", "replace"))
+
+    def _on_mux_connect_error(self, message: Message) -> None:
+        stream = self._client_streams.get(message.mux_id)
+        if stream is not None:
+            stream.on_connect_error(message.payload.decode("utf-8", "replace"))
 
     # ---------------------------------------------------------------- liveness
 

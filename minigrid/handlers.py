@@ -10,8 +10,15 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .mux import check_capacity
+
+if TYPE_CHECKING:
+    from .streams import ServerStream
 
 SingleFn = Callable[[bytes], Awaitable[bytes]]
+StreamFn = Callable[["ServerStream"], Awaitable[None]]
 
 
 class HandlerID(enum.IntEnum):
@@ -51,6 +58,21 @@ class SingleHandler:
         return handler_name(self.handler_id)
 
 
+@dataclass(frozen=True, slots=True)
+class StreamHandler:
+    """A streaming handler: an initial payload, then requests in and responses out."""
+
+    handler_id: int
+    subroute: str
+    fn: StreamFn
+    in_capacity: int
+    out_capacity: int
+
+    @property
+    def name(self) -> str:
+        return handler_name(self.handler_id)
+
+
 class UnknownHandler(LookupError):
     """No handler for this ID or subroute; the message is sent back as a RemoteError."""
 
@@ -60,21 +82,57 @@ class Registry:
 
     def __init__(self) -> None:
         self._single: dict[tuple[int, str], SingleHandler] = {}
+        self._streams: dict[tuple[int, str], StreamHandler] = {}
         self._subroutes: dict[int, set[str]] = {}
 
     def add_single(self, handler_id: int, fn: SingleFn, *, subroute: str = "") -> None:
         """Register a single-payload handler, optionally for one static subroute."""
-        key = (int(handler_id), subroute)
-        if key in self._single:
-            raise ValueError(f"{handler_name(handler_id)} subroute {subroute!r} registered twice")
+        key = self._claim(handler_id, subroute)
         self._single[key] = SingleHandler(int(handler_id), subroute, fn)
+
+    def add_stream(
+        self,
+        handler_id: int,
+        fn: StreamFn,
+        *,
+        subroute: str = "",
+        in_capacity: int = 0,
+        out_capacity: int = 1,
+    ) -> None:
+        """Register a streaming handler. ``in_capacity=0`` means it takes no requests."""
+        check_capacity("in_capacity", in_capacity)
+        if check_capacity("out_capacity", out_capacity) < 1:
+            raise ValueError("out_capacity must be at least 1")
+        key = self._claim(handler_id, subroute)
+        self._streams[key] = StreamHandler(int(handler_id), subroute, fn, in_capacity, out_capacity)
+
+    def _claim(self, handler_id: int, subroute: str) -> tuple[int, str]:
+        key = (int(handler_id), subroute)
+        if key in self._single or key in self._streams:
+            raise ValueError(f"{handler_name(handler_id)} subroute {subroute!r} registered twice")
         self._subroutes.setdefault(int(handler_id), set()).add(subroute)
+        return key
+
+    def stream(self, handler_id: int, subroute: str) -> StreamHandler:
+        """Find a stream handler or raise :class:`UnknownHandler` with a clear reason."""
+        found = self._streams.get((handler_id, subroute))
+        if found is not None:
+            return found
+        if (handler_id, subroute) in self._single:
+            raise UnknownHandler(
+                f"{handler_name(handler_id)} is a single-call handler, not a stream"
+            )
+        raise UnknownHandler(self._explain(handler_id, subroute))
 
     def single(self, handler_id: int, subroute: str) -> SingleHandler:
         """Find a single handler or raise :class:`UnknownHandler` with a clear reason."""
         found = self._single.get((handler_id, subroute))
         if found is not None:
             return found
+        if (handler_id, subroute) in self._streams:
+            raise UnknownHandler(
+                f"{handler_name(handler_id)} is a stream handler, not a single call"
+            )
         raise UnknownHandler(self._explain(handler_id, subroute))
 
     def _explain(self, handler_id: int, subroute: str) -> str:

@@ -33,7 +33,7 @@ from . import auth, protocol, sockets
 from .config import GridConfig
 from .connection import Connection
 from .errors import GridError, HandshakeRejected, RemoteProtocolError
-from .handlers import Registry, SingleFn
+from .handlers import Registry, SingleFn, StreamFn
 from .protocol import Op
 from .state import State
 from .stats import ConnStats
@@ -104,6 +104,20 @@ class Manager:
     def register_single(self, handler_id: int, fn: SingleFn, *, subroute: str = "") -> None:
         """Register a raw single-payload handler (see also :mod:`minigrid.typed`)."""
         self.registry.add_single(handler_id, fn, subroute=subroute)
+
+    def register_stream(
+        self,
+        handler_id: int,
+        fn: StreamFn,
+        *,
+        subroute: str = "",
+        in_capacity: int = 0,
+        out_capacity: int = 1,
+    ) -> None:
+        """Register a streaming handler (see :mod:`minigrid.streams`)."""
+        self.registry.add_stream(
+            handler_id, fn, subroute=subroute, in_capacity=in_capacity, out_capacity=out_capacity
+        )
 
     def add_routes(self, app: web.Application) -> None:
         """Serve the grid route on an aiohttp application."""

@@ -21,11 +21,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+import msgpack
 from aiohttp import web
 
 from .config import GridConfig, profile
 from .handlers import HandlerID
 from .manager import Manager
+from .streams import ServerStream
 
 TEST_SECRET = "minigrid-test-secret"
 
@@ -65,13 +67,54 @@ async def _block_loop(payload: bytes) -> bytes:
     return b"unblocked"
 
 
+async def _stream_echo(stream: ServerStream) -> None:
+    async for item in stream:
+        await stream.send(item)
+
+
+def generate_request(count: int, size: int, fail_after: int = -1) -> bytes:
+    """The initial payload of TEST_STREAM_GENERATE: ``count`` items of ``size`` bytes, each
+    starting with its index; with ``fail_after`` ≥ 0 the handler raises after that many."""
+    return msgpack.packb([count, size, fail_after])  # type: ignore[no-any-return]
+
+
+def generated_item(index: int, size: int) -> bytes:
+    """Item ``index`` of TEST_STREAM_GENERATE."""
+    head = index.to_bytes(4, "big")
+    return (head + bytes(max(0, size - 4)))[: max(size, 4)]
+
+
+async def _stream_generate(stream: ServerStream) -> None:
+    count, size, fail_after = msgpack.unpackb(stream.payload)
+    for index in range(count):
+        if index == fail_after:
+            raise RuntimeError(f"generator failed after {index} items")
+        await stream.send(generated_item(index, size))
+
+
+async def _stream_sink(stream: ServerStream) -> None:
+    total = 0
+    async for item in stream:
+        total += len(item)
+    await stream.send(str(total).encode())
+
+
+async def _stream_stall(stream: ServerStream) -> None:
+    await asyncio.Event().wait()
+
+
 def register_test_handlers(manager: Manager) -> None:
-    """Install the test handlers: echo, error, sleep(seconds), block_loop(seconds)."""
+    """Install the test handlers: echo, error, sleep(seconds), block_loop(seconds), and the
+    streams echo (in 8/out 8), generate (out 8), sink (in 8) and stall (in 5, never reads)."""
     manager.register_single(HandlerID.TEST_ECHO, _echo)
     manager.register_single(HandlerID.TEST_ECHO, _echo, subroute="/d1")
     manager.register_single(HandlerID.TEST_ERROR, _error)
     manager.register_single(HandlerID.TEST_SLEEP, _sleep)
     manager.register_single(HandlerID.TEST_BLOCK_LOOP, _block_loop)
+    manager.register_stream(HandlerID.TEST_STREAM_ECHO, _stream_echo, in_capacity=8, out_capacity=8)
+    manager.register_stream(HandlerID.TEST_STREAM_GENERATE, _stream_generate, out_capacity=8)
+    manager.register_stream(HandlerID.TEST_STREAM_SINK, _stream_sink, in_capacity=8)
+    manager.register_stream(HandlerID.TEST_STREAM_STALL, _stream_stall, in_capacity=5)
 
 
 @dataclass

@@ -63,11 +63,13 @@ async def test_drive_read_detects_one_flipped_byte(drive: LocalDrive) -> None:
     data = payload(3 * 4096 + 100, seed=2)
     await _write_shard(drive, data, 4096)
     args = {"chunk_size": 4096, "shard_size": len(data)}
-    whole = b"".join([c async for c in drive.read_shard("bkt", "obj", "dd1", offset=0,
-                                                       length=len(data), **args)])
+    whole = b"".join(
+        [c async for c in drive.read_shard("bkt", "obj", "dd1", offset=0, length=len(data), **args)]
+    )
     assert whole == data
-    part = b"".join([c async for c in drive.read_shard("bkt", "obj", "dd1", offset=4000,
-                                                      length=5000, **args)])
+    part = b"".join(
+        [c async for c in drive.read_shard("bkt", "obj", "dd1", offset=4000, length=5000, **args)]
+    )
     assert part == data[4000:9000]
     (path,) = shard_files(drive.root)
     flip_byte(path, 2 * (4096 + 16) + 16 + 7)  # inside the third chunk
@@ -75,8 +77,9 @@ async def test_drive_read_detects_one_flipped_byte(drive: LocalDrive) -> None:
         await drive.verify_shard("bkt", "obj", "dd1", **args)
     received = []
     with pytest.raises(FileCorrupt):
-        async for chunk in drive.read_shard("bkt", "obj", "dd1", offset=0, length=len(data),
-                                            **args):
+        async for chunk in drive.read_shard(
+            "bkt", "obj", "dd1", offset=0, length=len(data), **args
+        ):
             received.append(chunk)
     assert b"".join(received) == data[: 2 * 4096]  # good chunks before the bad one
     # A range that avoids the damaged chunk still reads.

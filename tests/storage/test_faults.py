@@ -57,9 +57,7 @@ async def test_get_with_m_drives_wiped(faulty_set: Set, heal_reports: list[HealR
 
 
 @pytest.mark.asyncio
-async def test_get_with_m_shards_corrupted(
-    faulty_set: Set, heal_reports: list[HealReport]
-) -> None:
+async def test_get_with_m_shards_corrupted(faulty_set: Set, heal_reports: list[HealReport]) -> None:
     layer, drives = faulty_set
     data = payload(2 * MIB + 5, seed=11)
     await layer.put_object("bkt", "obj", data)
@@ -120,7 +118,9 @@ async def test_put_with_m_drives_failing(tmp_path: Path) -> None:
     info = await layer.put_object("bkt", "obj", data)
     assert info.etag == hashlib.md5(data).hexdigest()
     assert {(r.position, r.reason) for r in reports} == {
-        (1, "write-missed"), (4, "write-missed"), (6, "write-missed")
+        (1, "write-missed"),
+        (4, "write-missed"),
+        (6, "write-missed"),
     }
     assert await read_all(layer, "bkt", "obj") == data
     for pos in (4, 6):
@@ -191,7 +191,10 @@ async def test_crash_mid_commit_never_tears_an_object(tmp_path: Path) -> None:
     new = payload(MIB + 100, seed=19)
     erasure = Erasure(4, 4)
     new_meta = type(meta)(
-        size=len(new), etag="new", mod_time_ns=meta.mod_time_ns + 1, data_dir="crashed",
+        size=len(new),
+        etag="new",
+        mod_time_ns=meta.mod_time_ns + 1,
+        data_dir="crashed",
         erasure=meta.erasure,
     )
     blocks = [erasure.encode(new[i : i + MIB]) for i in range(0, len(new), MIB)]

@@ -22,8 +22,12 @@ from storage.meta import ErasureInfo, ObjectMeta
 
 def meta_for(data_dir: str, size: int = 1, inline: bytes | None = b"x") -> ObjectMeta:
     return ObjectMeta(
-        size=size, etag="e", mod_time_ns=1, data_dir=data_dir,
-        erasure=ErasureInfo(1, 0, 1 << 20, (0,), 0), inline=inline,
+        size=size,
+        etag="e",
+        mod_time_ns=1,
+        data_dir=data_dir,
+        erasure=ErasureInfo(1, 0, 1 << 20, (0,), 0),
+        inline=inline,
     )
 
 
@@ -131,8 +135,14 @@ async def test_listing_is_in_key_order(drive: LocalDrive) -> None:
     assert not page.truncated
     page = await drive.list_objects_page("bkt", "", "/", "", 100)
     assert [(e.name, e.is_prefix) for e in page.entries] == [
-        ("a", False), ("a-b", False), ("a.txt", False), ("a/", True), ("a0", False),
-        ("ab/", True), ("b", False), ("z/", True),
+        ("a", False),
+        ("a-b", False),
+        ("a.txt", False),
+        ("a/", True),
+        ("a0", False),
+        ("ab/", True),
+        ("b", False),
+        ("z/", True),
     ]
     page = await drive.list_objects_page("bkt", "a/", "/", "", 100)
     assert [e.name for e in page.entries] == ["a/", "a/b", "a/b/"]

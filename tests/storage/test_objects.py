@@ -49,13 +49,20 @@ async def test_put_get_head_delete(tmp_path: Path) -> None:
     await layer.make_bucket("bkt")
     data = payload(3 * MIB + 12345, seed=3)
     info = await layer.put_object(
-        "bkt", "dir/obj", chunks_of(data, 100_000), size=len(data),
-        content_type="text/plain", user_meta={"colour": "blue"},
+        "bkt",
+        "dir/obj",
+        chunks_of(data, 100_000),
+        size=len(data),
+        content_type="text/plain",
+        user_meta={"colour": "blue"},
     )
     assert info.etag == hashlib.md5(data).hexdigest()
     head = await layer.head_object("bkt", "dir/obj")
     assert (head.size, head.etag, head.content_type, head.user_meta) == (
-        len(data), info.etag, "text/plain", {"colour": "blue"},
+        len(data),
+        info.etag,
+        "text/plain",
+        {"colour": "blue"},
     )
     assert await read_all(layer, "bkt", "dir/obj") == data
     assert await read_all(layer, "bkt", "dir/obj", MIB - 5, MIB + 10) == data[MIB - 5 : 2 * MIB + 5]
@@ -123,8 +130,25 @@ def _reference(keys: list[str], prefix: str, delimiter: str) -> list[str]:
 
 
 KEYS = [
-    "a", "a-b", "a/", "a/b", "a/b/c", "a/b/d", "a.txt", "a0", "b/x/y", "b/x/z", "b/y",
-    "c", "ph/1", "ph/2", "ph/3/4", "zz", "ü/é", "x-1/y", "x/1",
+    "a",
+    "a-b",
+    "a/",
+    "a/b",
+    "a/b/c",
+    "a/b/d",
+    "a.txt",
+    "a0",
+    "b/x/y",
+    "b/x/z",
+    "b/y",
+    "c",
+    "ph/1",
+    "ph/2",
+    "ph/3/4",
+    "zz",
+    "ü/é",
+    "x-1/y",
+    "x/1",
 ]
 
 
@@ -137,13 +161,22 @@ async def test_listing_pages_match_reference(tmp_path: Path, max_keys: int) -> N
     for key in KEYS:
         await layer.put_object("bkt", key, key.encode())
     assert {layer._set_for("bkt", k).index for k in KEYS} == {0, 1}
-    for prefix, delimiter in [("", ""), ("", "/"), ("a", "/"), ("a/", "/"), ("b/", ""),
-                              ("ph/", "/"), ("", "-"), ("nothing", "")]:
+    for prefix, delimiter in [
+        ("", ""),
+        ("", "/"),
+        ("a", "/"),
+        ("a/", "/"),
+        ("b/", ""),
+        ("ph/", "/"),
+        ("", "-"),
+        ("nothing", ""),
+    ]:
         seen: list[str] = []
         token = None
         while True:
-            page = await layer.list_objects("bkt", prefix, delimiter, max_keys=max_keys,
-                                            continuation_token=token)
+            page = await layer.list_objects(
+                "bkt", prefix, delimiter, max_keys=max_keys, continuation_token=token
+            )
             entries = sorted([o.key for o in page.objects] + page.prefixes)
             assert len(entries) <= max_keys
             seen.extend(entries)

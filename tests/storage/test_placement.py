@@ -65,4 +65,3 @@ def test_distribution_is_a_rotation() -> None:
         assert dist == tuple((p - start) % 8 for p in range(8))
         starts.add(start)
     assert len(starts) > 4  # data shards land on different drives for different objects
-
