@@ -136,6 +136,11 @@ class Connection:
             )
         self._state_changed.set()
         self._state_changed = asyncio.Event()
+        for listener in self.manager.state_listeners:
+            try:
+                listener(self, old, new, self.last_cause)
+            except Exception:
+                log.exception("grid: state listener failed")
 
     async def wait_state(self, wanted: State, timeout: float | None = None) -> None:
         """Wait until the connection is in ``wanted`` (raises TimeoutError on timeout)."""

@@ -24,8 +24,26 @@ StreamFn = Callable[["ServerStream"], Awaitable[None]]
 class HandlerID(enum.IntEnum):
     """Every handler ID. Never renumber; retire IDs instead of reusing them."""
 
-    # Storage (remote drives): filled by the cluster issue.
+    # Storage: remote drives (subroute = the drive path on the serving node).
     DISK_INFO = 10
+    READ_FORMAT = 11
+    WRITE_FORMAT = 12
+    MAKE_VOLUME = 13
+    LIST_VOLUMES = 14
+    STAT_VOLUME = 15
+    DELETE_VOLUME = 16
+    READ_METADATA = 17
+    WRITE_METADATA = 18
+    DELETE_OBJECT = 19
+    CREATE_SHARD = 20  # stream: chunks in, commit or abort
+    RENAME_DATA = 21
+    COMMIT_RENAME = 22
+    UNDO_RENAME = 23
+    READ_SHARD = 24  # stream: verified chunks out
+    VERIFY_SHARD = 25
+    LIST_OBJECTS_PAGE = 26
+    # Node-level calls (admin info, faults): 40–59.
+    NODE_INFO = 40
     # Reserved for tests, benchmarks and the demo: 200–249.
     TEST_ECHO = 200
     TEST_ERROR = 201

@@ -23,7 +23,7 @@ import hashlib
 import logging
 import random
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import aiohttp
@@ -98,6 +98,9 @@ class Manager:
         self._log_once = _LogOnce()
         self._closed = False
         self._started = False
+        #: Called synchronously as ``listener(conn, old_state, new_state, cause)`` on every
+        #: state change, e.g. to keep a peer table in step with the grid.
+        self.state_listeners: list[Callable[[Connection, State, State, str], None]] = []
 
     # ------------------------------------------------------------------ setup
 
