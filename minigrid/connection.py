@@ -329,12 +329,14 @@ class Connection:
         else:
             transport.resume_reading()
 
-    def drop(self, cause: str = "reset: dropped on request") -> None:
+    def drop(self, cause: str = "reset: dropped on request") -> bool:
         """End the current session as if the socket had been reset (fault injection, tests).
 
-        The dialing side redials as usual."""
+        The dialing side redials as usual. Returns False if no session was running."""
         if self._drop is not None and not self._drop.done():
             self._drop.set_result(cause)
+            return True
+        return False
 
     def _session_cause(self, task: asyncio.Future[Any]) -> str:
         if task.cancelled():

@@ -349,12 +349,21 @@ async def test_disconnect_during_stream_setup_ends_clean_on_both_sides() -> None
     async with leak_checked_grid(config=quick_redial) as grid:
         for attempt in range(30):
             conn = grid.managers[0].connection(grid.hosts[1])
-            await conn.wait_state(conn.state.CONNECTED, timeout=15)
+            server = grid.managers[1].connection(grid.hosts[0])
+            # Both ends must be in the new session, or drop() has nothing to end.
+            await eventually(
+                lambda: (
+                    conn.stats().connected_for is not None
+                    and server._drop is not None
+                    and not server._drop.done()
+                ),
+                what="both sides connected",
+            )
             stream = conn.stream(HandlerID.TEST_STREAM_STALL)
             opening = asyncio.create_task(stream.open())
             for _ in range(attempt % 6):
                 await asyncio.sleep(0)
-            (conn if attempt % 2 else grid.managers[1].connection(grid.hosts[0])).drop()
+            assert (conn if attempt % 2 else server).drop()
             with contextlib.suppress(Disconnected):
                 await opening
             with pytest.raises(Disconnected):
