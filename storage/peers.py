@@ -1,0 +1,165 @@
+"""The peer table: this node's view of every peer, driven by the grid's connection state.
+
+The grid calls :meth:`PeerTable._on_state` synchronously on every connection state change
+(``manager.state_listeners``). The table decides there and then, with no I/O:
+
+- a peer whose connection leaves CONNECTED is **offline**: every RemoteDrive on it is marked
+  offline at once, so new operations skip it (``is_online()`` is False) and calls that slip
+  through fail with DriveOffline before touching the grid. Calls already in flight fail at once
+  too: the grid fails them with Disconnected, which RemoteDrive turns into DriveOffline;
+- a peer whose connection reaches CONNECTED is **online** again, and so are its drives.
+
+Each change is logged once, as one line (``peer 127.0.0.1:9002 offline (reset: ...)``,
+``peer 127.0.0.1:9002 back online after 3.2s``). Redials that keep failing while a peer is
+offline only update its ``last_cause``, and failed requests are never logged here or in
+RemoteDrive: hundreds of queued requests failing together must not set off a storm of log
+lines (Tahoe-LAFS ticket #502).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from minigrid.connection import Connection
+from minigrid.manager import Manager
+from minigrid.state import State
+from storage.remote import RemoteDrive
+
+log = logging.getLogger("storage.peers")
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """A snapshot of one peer for the admin API."""
+
+    host: str
+    online: bool
+    state: str  # the grid connection state: connected, connecting, error, ...
+    since: float  # loop time (monotonic) of the last online/offline change
+    for_seconds: float  # how long the peer has been online (or offline)
+    last_cause: str  # why the connection last went down or failed to come up
+    changes: int  # online/offline changes seen since the table started
+    drives: tuple[str, ...]  # endpoints of this peer's drives in use here
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(eq=False)
+class _Peer:
+    host: str
+    online: bool
+    state: State
+    since: float
+    ever_online: bool
+    last_cause: str = ""
+    changes: int = 0
+    drives: list[RemoteDrive] = field(default_factory=list)
+
+
+class PeerTable:
+    """Follows every peer's grid connection and keeps its RemoteDrives' availability in step.
+
+    Create it once per node, after the manager and before (or after) ``manager.start()``, and
+    build remote drives with :meth:`remote_drive` (or register them with :meth:`add_drive`).
+    """
+
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+        self._loop = asyncio.get_running_loop()
+        self._peers: dict[str, _Peer] = {}
+        for host in manager.peers:
+            self._entry(host)
+        manager.state_listeners.append(self._on_state)
+
+    def _entry(self, host: str) -> _Peer:
+        peer = self._peers.get(host)
+        if peer is None:
+            state = State.UNCONNECTED
+            cause = ""
+            try:
+                conn = self.manager.connection(host)
+            except KeyError:
+                pass  # the manager has not started yet; its first state change fills this in
+            else:
+                state, cause = conn.state, conn.last_cause
+            online = state is State.CONNECTED
+            peer = _Peer(host, online, state, self._loop.time(), online, last_cause=cause)
+            self._peers[host] = peer
+        return peer
+
+    def close(self) -> None:
+        """Stop following the grid."""
+        if self._on_state in self.manager.state_listeners:
+            self.manager.state_listeners.remove(self._on_state)
+
+    # --- drives -------------------------------------------------------------------------------
+
+    def remote_drive(self, host: str, path: str, **options: Any) -> RemoteDrive:
+        """A RemoteDrive for drive ``path`` on peer ``host``, kept in step with the peer's state.
+
+        ``options`` go to :class:`~storage.remote.RemoteDrive` (timeouts, cache TTL)."""
+        drive = RemoteDrive(self.manager.connection(host), path, **options)
+        self.add_drive(drive)
+        return drive
+
+    def add_drive(self, drive: RemoteDrive) -> None:
+        """Keep ``drive``'s availability in step with its peer's connection."""
+        peer = self._entry(drive.host)
+        peer.drives.append(drive)
+        drive.set_online(peer.online)
+
+    def is_online(self, host: str) -> bool:
+        """Whether the table holds ``host`` online (False for an unknown host)."""
+        peer = self._peers.get(host)
+        return peer is not None and peer.online
+
+    # --- following the grid -------------------------------------------------------------------
+
+    def _on_state(self, conn: Connection, old: State, new: State, cause: str) -> None:
+        """The grid's synchronous state listener: bookkeeping first, one log line per change."""
+        peer = self._entry(conn.remote)
+        peer.state = new
+        if new is not State.CONNECTED and cause:
+            peer.last_cause = cause
+        online = new is State.CONNECTED
+        if online == peer.online:
+            return
+        now = self._loop.time()
+        elapsed = now - peer.since
+        peer.online, peer.since = online, now
+        peer.changes += 1
+        for drive in peer.drives:
+            drive.set_online(online)
+        if online and peer.ever_online:
+            log.info("peer %s back online after %.1fs", peer.host, elapsed)
+        elif online:
+            log.info("peer %s online", peer.host)
+        else:
+            log.warning("peer %s offline (%s)", peer.host, peer.last_cause or new.value)
+        peer.ever_online = peer.ever_online or online
+
+    # --- admin API ----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, PeerInfo]:
+        """Every peer's state, since when, the last cause and its drives, by host."""
+        now = self._loop.time()
+        return {
+            host: PeerInfo(
+                host=host,
+                online=peer.online,
+                state=peer.state.value,
+                since=peer.since,
+                for_seconds=round(now - peer.since, 3),
+                last_cause=peer.last_cause,
+                changes=peer.changes,
+                drives=tuple(drive.endpoint for drive in peer.drives),
+            )
+            for host, peer in sorted(self._peers.items())
+        }
+
+
+__all__ = ["PeerInfo", "PeerTable"]
