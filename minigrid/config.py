@@ -32,10 +32,16 @@ class GridConfig:
     #: Default deadline of a call.
     call_timeout: float = 30.0
     #: Time allowed for dialing plus the Connect exchange.
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 5.0
     #: Reconnect backoff: the first delay is uniform in [initial, 2 × initial], doubling to cap.
     backoff_initial: float = 1.0
     backoff_cap: float = 10.0
+    #: After a session that was up ends, the first redial waits only up to this long: most
+    #: drops are transient, and this is not a retry of a failed dial.
+    first_redial_max: float = 0.25
+    #: While unconnected, the accepting side pokes the dialing side this often ("I am here,
+    #: dial me now"), so a reachable peer never waits out a long backoff.
+    poke_interval: float = 2.0
     #: Bounds of the out-queue of data messages (control messages are few and unbounded).
     max_queue_messages: int = 4096
     max_queue_bytes: int = 32 << 20
@@ -64,6 +70,7 @@ PROFILES: Final[dict[str, GridConfig]] = {
         stream_ping_interval=15.0,
         stream_timeout=60.0,
         stream_client_timeout=60.0,
+        handshake_timeout=10.0,
         tcp_user_timeout=30.0,
     ),
 }

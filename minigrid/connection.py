@@ -31,6 +31,15 @@ from .errors import (
     RemoteProtocolError,
 )
 from .handlers import SingleHandler, UnknownHandler, handler_name
+from .liveness import (
+    LOCAL_STALLED,
+    NETWORK_SILENT,
+    PEER_RESTARTED,
+    REMOTE_STALLED,
+    Health,
+    cause_kind,
+    diagnose_silence,
+)
 from .protocol import Flags, Message, Op
 from .state import State, check_transition
 from .stats import ConnStats, Counters
@@ -90,6 +99,10 @@ class Connection:
         self.pending_cause = ""
         self._drop: asyncio.Future[str] | None = None
         self._transport: asyncio.Transport | None = None
+        self._peer_health: Health | None = None
+        # The last disconnect, while a later report (a pong with a long stall, a new instance)
+        # may still revise its diagnosis: (when it happened, its cause).
+        self._revisable: tuple[float, str] | None = None
         self._last_seen = 0.0
         self._dispatch: dict[int, Callable[[Message], None]] = {
             int(Op.REQUEST): self._on_request,
@@ -147,6 +160,10 @@ class Connection:
         async with asyncio.timeout(timeout):
             while self._state is not wanted:
                 await self._state_changed.wait()
+
+    async def wait_change(self) -> None:
+        """Wait for the next state change."""
+        await self._state_changed.wait()
 
     def stats(self) -> ConnStats:
         """A snapshot of this connection's statistics."""
@@ -279,14 +296,11 @@ class Connection:
     ) -> str:
         """Run one session on an open, handshaken websocket until it ends; return the cause."""
         if self.remote_instance and remote_instance != self.remote_instance:
-            log.info(
-                "grid %s->%s: peer restarted (instance %s -> %s)",
-                self.local,
-                self.remote,
-                self.remote_instance[:8],
-                remote_instance[:8],
+            self._revise(
+                f"{PEER_RESTARTED}: instance {self.remote_instance[:8]} -> {remote_instance[:8]}"
             )
         self.remote_instance = remote_instance
+        self._peer_health = None
         self._generation += 1
         self._last_seen = self._loop.time()
         self.counters.session_started(self._loop.time())
@@ -297,6 +311,7 @@ class Connection:
         tasks: list[asyncio.Future[Any]] = [
             asyncio.create_task(self._read_loop(ws), name=f"grid-read {self.remote}"),
             asyncio.create_task(self._write_loop(ws), name=f"grid-write {self.remote}"),
+            asyncio.create_task(self._liveness_loop(), name=f"grid-liveness {self.remote}"),
             self._drop,
         ]
         cause = "shutdown"
@@ -343,8 +358,16 @@ class Connection:
             return "cancelled"
         exc = task.exception()
         if exc is None:
-            result = task.result()
-            return str(result) if result else "reset: session ended"
+            result = str(task.result() or "reset: session ended")
+            if cause_kind(result) == "reset":
+                now = self._loop.time()
+                stall = self.manager.monitor.stalled_during(now - self.config.dead_after, now)
+                if stall >= self.config.dead_after / 2:
+                    return (
+                        f"{LOCAL_STALLED}: our loop stalled {stall:.1f}s and the peer "
+                        f"gave up on us ({result})"
+                    )
+            return result
         if isinstance(exc, RemoteProtocolError):
             log.warning("grid %s->%s: protocol error from peer: %s", self.local, self.remote, exc)
             return f"protocol-error: {exc}"
@@ -356,7 +379,9 @@ class Connection:
     def _teardown(self, cause: str) -> None:
         """End the session's bookkeeping at once: fail calls, cancel handlers, drop the queue."""
         self._generation += 1
+        self._log_casualties(cause)
         if self._state is State.CONNECTED:
+            self._revisable = (self._loop.time(), cause)
             self._set_state(State.ERROR, cause)
         else:
             self.last_cause = cause
@@ -386,6 +411,136 @@ class Connection:
             if server_stream.task is not None:
                 server_stream.task.cancel()
         self._kick()
+
+    def _log_casualties(self, cause: str) -> None:
+        """One line for everything a lost session takes with it, never one per call."""
+        handlers = [task.get_name() for task in self._server_calls.values()]
+        handlers += [
+            f"{st.handler_name} {st.subroute}".strip() for st in self._server_streams.values()
+        ]
+        calls, streams = len(self._client_calls), len(self._client_streams)
+        if not (handlers or calls or streams) or cause == "shutdown":
+            return
+        named = collections.Counter(handlers)
+        listed = ", ".join(
+            f"{name} x{count}" if count > 1 else name for name, count in named.items()
+        )
+        log.warning(
+            "grid %s->%s: session lost (%s): failed %d calls and %d streams; cancelled %d "
+            "handlers%s",
+            self.local,
+            self.remote,
+            cause,
+            calls,
+            streams,
+            len(handlers),
+            f" ({listed})" if listed else "",
+        )
+
+    def _revise(self, cause: str) -> None:
+        """A later report explains the last disconnect better: say so once, and keep it."""
+        if self._revisable is None:
+            return
+        when, earlier = self._revisable
+        self._revisable = None
+        if cause_kind(earlier) == cause_kind(cause):
+            return
+        self.last_cause = f"{cause} (revised from {cause_kind(earlier)})"
+        log.warning(
+            "grid %s->%s: the disconnect %.1fs ago was most likely %s, not %s",
+            self.local,
+            self.remote,
+            self._loop.time() - when,
+            cause,
+            cause_kind(earlier),
+        )
+
+    async def _liveness_loop(self) -> str:
+        """Ping the peer, watch for silence, and keep streams honest. Returns a cause."""
+        config, loop, monitor = self.config, self._loop, self.manager.monitor
+        tick = min(0.25, config.ping_interval / 4)
+        next_ping = loop.time()
+        while True:
+            expected = loop.time() + tick
+            await asyncio.sleep(tick)
+            now = loop.time()
+            late = now - expected
+            silence = now - self._last_seen
+            if late >= config.dead_after / 2 or (
+                silence > config.dead_after
+                and monitor.stalled_during(self._last_seen, now) >= config.dead_after / 2
+            ):
+                # Our own loop was stalled: the silence is ours. Give the peer a fresh window.
+                log.warning(
+                    "grid %s->%s: local loop stalled %.1fs; not accusing the peer for that window",
+                    self.local,
+                    self.remote,
+                    max(late, silence),
+                )
+                self._last_seen = now
+                next_ping = now
+                continue
+            if silence > config.dead_after:
+                return diagnose_silence(silence, self._peer_health, config.ping_interval)
+            if now >= next_ping:
+                next_ping = now + config.ping_interval
+                self._put_control(protocol.encode(Op.PING, payload=protocol.pack_obj({"t": now})))
+            self._check_streams(now)
+
+    def _check_streams(self, now: float) -> None:
+        config = self.config
+        for stream in list(self._client_streams.values()):
+            if now - stream.last_seen > config.stream_client_timeout:
+                stream.on_disconnect(
+                    Disconnected(
+                        f"{stream.handler_name}: the server stopped answering this stream for "
+                        f"{now - stream.last_seen:.1f}s",
+                        cause=NETWORK_SILENT,
+                    )
+                )
+                self._put_control(protocol.encode(Op.DISCONNECT_SERVER_MUX, mux_id=stream.mux_id))
+            elif now - stream.last_ping >= config.stream_ping_interval:
+                stream.last_ping = now
+                self._put_control(protocol.encode(Op.PING, mux_id=stream.mux_id))
+        for server in list(self._server_streams.values()):
+            age = now - server.last_seen
+            if age > config.stream_timeout:
+                health = self._peer_health
+                why = (
+                    f"remote loop stalled {health.loop_lag:.1f}s at last contact"
+                    if health is not None and health.loop_lag >= config.ping_interval / 2
+                    else "no traffic on this stream; remote loop healthy at last contact"
+                )
+                log.warning(
+                    "canceling remote connection %s->%s not seen for %.1fs "
+                    "(handler=%s subroute=%s): %s",
+                    self.local,
+                    self.remote,
+                    age,
+                    server.handler_name,
+                    server.subroute or "-",
+                    why,
+                )
+                del self._server_streams[server.mux_id]
+                self._put_control(
+                    protocol.encode(
+                        Op.DISCONNECT_CLIENT_MUX,
+                        mux_id=server.mux_id,
+                        payload=f"server canceled the stream: not seen for {age:.1f}s".encode(),
+                    )
+                )
+                self._cancel_server_stream(server, f"client not seen for {age:.1f}s")
+
+    def health(self) -> Health:
+        """This node's health as reported in pongs."""
+        monitor = self.manager.monitor
+        return Health(
+            loop_lag=monitor.worst_lag(),
+            queue=len(self._data) + len(self._control),
+            calls=len(self._client_calls) + len(self._server_calls),
+            streams=len(self._client_streams) + len(self._server_streams),
+            stall=monitor.longest_stall(),
+        )
 
     async def _read_loop(
         self, ws: aiohttp.ClientWebSocketResponse | aiohttp.web.WebSocketResponse
@@ -542,7 +697,9 @@ class Connection:
             self._respond(message.mux_id, message.handler_id, str(exc).encode(), _ERR)
             return
         timeout = message.deadline_ms / 1000 if message.deadline_ms else self.config.call_timeout
-        task = self._loop.create_task(self._run_single(message.mux_id, handler, payload, timeout))
+        task = self._loop.create_task(
+            self._run_single(message.mux_id, handler, payload, timeout), name=handler.name
+        )
         self._server_calls[message.mux_id] = task
 
     async def _run_single(
@@ -720,6 +877,7 @@ class Connection:
         stream = self._server_streams.get(message.mux_id)
         if stream is None:
             return  # already ended here; the client will hear about it
+        stream.last_seen = self._loop.time()
         try:
             stream.on_item(message.seq, message.flags, message.payload)
         except RemoteProtocolError as exc:
@@ -729,6 +887,7 @@ class Connection:
         stream = self._client_streams.get(message.mux_id)
         if stream is None:
             return  # the caller already left; drop it
+        stream.last_seen = self._loop.time()
         try:
             stream.on_item(message.seq, message.flags, message.payload)
         except RemoteProtocolError as exc:
@@ -771,10 +930,41 @@ class Connection:
     # ---------------------------------------------------------------- liveness
 
     def _on_ping(self, message: Message) -> None:
-        self._put_control(protocol.encode(Op.PONG, payload=message.payload))
+        if message.mux_id:
+            stream = self._server_streams.get(message.mux_id)
+            if stream is None:
+                self._put_control(
+                    protocol.encode(
+                        Op.DISCONNECT_CLIENT_MUX,
+                        mux_id=message.mux_id,
+                        payload=b"stream unknown on the server",
+                    )
+                )
+                return
+            stream.last_seen = self._loop.time()
+            self._put_control(protocol.encode(Op.PONG, mux_id=message.mux_id))
+            return
+        ping = protocol.unpack_map(message.payload, "PING")
+        reply = self.health().to_wire()
+        reply["t"] = ping.get("t", 0)
+        self._put_control(protocol.encode(Op.PONG, payload=protocol.pack_obj(reply)))
 
     def _on_pong(self, message: Message) -> None:
-        pass
+        now = self._loop.time()
+        if message.mux_id:
+            stream = self._client_streams.get(message.mux_id)
+            if stream is not None:
+                stream.last_seen = now
+            return
+        pong = protocol.unpack_map(message.payload, "PONG")
+        sent = pong.get("t")
+        if isinstance(sent, float | int) and 0 <= now - sent < 3600:
+            self.counters.add_rtt(now - sent)
+        health = Health.from_wire(pong)
+        self._peer_health = health
+        self.counters.peer_loop_lag = health.loop_lag
+        if self._revisable is not None and health.stall >= self.config.dead_after / 2:
+            self._revise(f"{REMOTE_STALLED}: the peer reports its loop stalled {health.stall:.1f}s")
 
     # ---------------------------------------------------------------- shutdown
 

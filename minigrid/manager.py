@@ -34,6 +34,7 @@ from .config import GridConfig
 from .connection import Connection
 from .errors import GridError, HandshakeRejected, RemoteProtocolError
 from .handlers import Registry, SingleFn, StreamFn
+from .liveness import PEER_RESTARTED, LoopMonitor
 from .protocol import Op
 from .state import State
 from .stats import ConnStats
@@ -41,6 +42,7 @@ from .stats import ConnStats
 log = logging.getLogger("minigrid.grid")
 
 GRID_PATH: Final = "/minigrid/grid/v1"
+POKE_PATH: Final = GRID_PATH + "/poke"
 _WS_MAX = protocol.MAX_FRAME_SIZE + 1024
 
 
@@ -101,6 +103,9 @@ class Manager:
         #: Called synchronously as ``listener(conn, old_state, new_state, cause)`` on every
         #: state change, e.g. to keep a peer table in step with the grid.
         self.state_listeners: list[Callable[[Connection, State, State, str], None]] = []
+        #: This process's event-loop lag, reported to peers in every pong.
+        self.monitor = LoopMonitor(interval=self.config.lag_interval)
+        self._pokes: dict[str, asyncio.Event] = {}
 
     # ------------------------------------------------------------------ setup
 
@@ -125,6 +130,7 @@ class Manager:
     def add_routes(self, app: web.Application) -> None:
         """Serve the grid route on an aiohttp application."""
         app.router.add_get(GRID_PATH, self._accept)
+        app.router.add_post(POKE_PATH, self._poked)
 
     @property
     def closed(self) -> bool:
@@ -139,14 +145,18 @@ class Manager:
         if self._started:
             return
         self._started = True
+        self.monitor.start()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, force_close=True)
         )
         for peer in self._peers:
             conn = Connection(self, peer, dialer=should_dial(self.local, peer))
             self._connections[peer] = conn
+            self._pokes[peer] = asyncio.Event()
             if conn.dialer:
                 self._spawn(self._dial_loop(conn), f"grid-dial {peer}")
+            else:
+                self._spawn(self._poke_loop(conn), f"grid-poke {peer}")
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -186,12 +196,15 @@ class Manager:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+        await self.monitor.stop()
 
     # ----------------------------------------------------------------- dialing
 
     async def _dial_loop(self, conn: Connection) -> None:
         delay = 0.0
+        poked = self._pokes[conn.remote]
         while not self._closed:
+            poked.clear()
             conn._set_state(State.CONNECTING)
             try:
                 ws, instance = await self._dial(conn)
@@ -203,19 +216,24 @@ class Manager:
                 log.debug("grid %s->%s: %s", self.local, conn.remote, cause)
             else:
                 self._log_once.clear(conn.remote)
-                delay = 0.0
                 self._serving[conn.remote] = task = asyncio.current_task()  # type: ignore[assignment]
                 try:
                     cause = await conn.serve(ws, instance)
                 finally:
                     if self._serving.get(conn.remote) is task:
                         del self._serving[conn.remote]
+                delay = -1.0  # the session was up: redial almost at once
             if self.closed:
                 return
             if conn.state is not State.ERROR:
                 conn._set_state(State.ERROR, cause)
             delay = _next_backoff(delay, self.config)
-            await asyncio.sleep(delay)
+            if poked.is_set():
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await poked.wait()
+                log.debug("grid %s->%s: poked, dialing now", self.local, conn.remote)
 
     async def _dial(self, conn: Connection) -> tuple[aiohttp.ClientWebSocketResponse, str]:
         assert self._session is not None
@@ -259,9 +277,9 @@ class Manager:
 
     # --------------------------------------------------------------- accepting
 
-    def _reject(self, status: int, key: str, reason: str) -> web.Response:
+    def _reject(self, status: int, key: str, reason: str, what: str = "dial") -> web.Response:
         self._log_once.warn(
-            f"accept:{key}", f"grid {self.local}: rejected dial from {key}: {reason}"
+            f"{what}:{key}", f"grid {self.local}: rejected {what} from {key}: {reason}"
         )
         return web.Response(status=status, text=reason)
 
@@ -325,6 +343,51 @@ class Manager:
                 del self._serving[host]
         return ws
 
+    async def _poke_loop(self, conn: Connection) -> None:
+        """As the accepting side, tell the dialer we are reachable whenever we are unconnected."""
+        assert self._session is not None
+        url = grid_url(conn.remote).replace(GRID_PATH, POKE_PATH)
+        while not self._closed:
+            if conn.state is not State.CONNECTED:
+                token = auth.make_token(self._key, self.local)
+                try:
+                    async with asyncio.timeout(1.0):
+                        async with self._session.post(
+                            url,
+                            data=protocol.pack_obj({"instance": self.instance_id}),
+                            headers={"Authorization": f"Bearer {token}"},
+                        ) as response:
+                            await response.read()
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    log.debug("grid %s: poke to %s failed: %s", self.local, conn.remote, exc)
+            # While connected, sleep until the state changes; while not, poke every interval.
+            timeout = None if conn.is_connected else self.config.poke_interval
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await conn.wait_change()
+
+    async def _poked(self, request: web.Request) -> web.Response:
+        """A peer we dial says it is reachable (and which instance it is)."""
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return web.Response(status=401, text="missing grid bearer token")
+        try:
+            host = auth.verify_token(self._key, header[7:])
+        except auth.TokenError as exc:
+            return self._reject(403, request.remote or "?", str(exc), what="poke")
+        conn = self._connections.get(host)
+        if conn is None or not conn.dialer:
+            return web.Response(status=403, text=f"{host!r} is not a peer that {self.local} dials")
+        try:
+            body = protocol.unpack_map(await request.read(), "poke")
+        except GridError:
+            body = {}
+        instance = body.get("instance")
+        if conn.is_connected and isinstance(instance, str) and instance != conn.remote_instance:
+            conn.drop(f"{PEER_RESTARTED}: poked by new instance {instance[:8]}")
+        self._pokes[host].set()
+        return web.Response(status=204)
+
     async def _replace_session(self, conn: Connection, instance: str) -> None:
         """A new dial while a session is up: the old one is dead (or the peer restarted)."""
         old = self._serving.get(conn.remote)
@@ -364,8 +427,12 @@ async def _receive_one(
 
 
 def _next_backoff(previous: float, config: GridConfig) -> float:
-    """Jittered exponential backoff: ~1–2s first, doubling to the cap."""
-    if previous <= 0:
+    """Jittered exponential backoff: ~1–2s first, doubling to the cap.
+
+    ``previous < 0`` means a session was up until now: wait only a moment."""
+    if previous < 0:
+        return config.first_redial_max * random.random()
+    if previous == 0:
         return config.backoff_initial * (1 + random.random())
     return min(config.backoff_cap, previous * 2) * (0.75 + random.random() * 0.25)
 

@@ -71,6 +71,9 @@ class _End:
         self._send_waiter: asyncio.Future[None] | None = None
         self._send_closed = False
         self._peer_done = False  # the far side finished sending (its End arrived)
+        #: Monotonic time anything last arrived for this mux (stream liveness).
+        self.last_seen = asyncio.get_running_loop().time()
+        self.last_ping = self.last_seen
 
     def _wake_all(self) -> None:
         _wake(self._recv_waiter)

@@ -227,6 +227,8 @@ async def test_wrong_secret_is_rejected_and_logged_once(caplog: pytest.LogCaptur
         assert len(dialer_lines) == 1, [r.getMessage() for r in dialer_lines]
         assert "HTTP 403" in dialer_lines[0].getMessage()
         assert len(acceptor_lines) == 1
+        poke_lines = [r for r in caplog.records if "rejected poke from" in r.getMessage()]
+        assert len(poke_lines) <= 1  # the acceptor's "dial me" pokes are refused too, quietly
         assert "bad token signature" in acceptor_lines[0].getMessage()
     finally:
         for manager in managers:

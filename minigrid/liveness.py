@@ -1,0 +1,158 @@
+"""Liveness: the loop-lag monitor, the health a pong carries, and the diagnosis of a failure.
+
+A peer is declared dead when *nothing at all* has arrived from it for ``dead_after`` seconds
+(any message is proof of life, not only pongs). Before accusing it, a node checks its own loop:
+if its timers fired late by about as long as the silence, the silence is probably its own fault
+(a local stall), and the peer gets a fresh window instead.
+
+When a session ends, the cause is one of::
+
+    remote-stalled   the peer's last pong reported a growing loop lag, or it came back and
+                     reported a long stall
+    local-stalled    our own loop lag exceeded the window
+    network-silent   no bytes arrived and nothing suggests a stall
+    reset            the connection was closed or reset
+    peer-restarted   the peer came back with a new instance ID
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("minigrid.grid")
+
+REMOTE_STALLED = "remote-stalled"
+LOCAL_STALLED = "local-stalled"
+NETWORK_SILENT = "network-silent"
+RESET = "reset"
+PEER_RESTARTED = "peer-restarted"
+CAUSES = (REMOTE_STALLED, LOCAL_STALLED, NETWORK_SILENT, RESET, PEER_RESTARTED)
+
+#: A timer that fires this late (seconds) counts as a stall of the loop, and is logged.
+STALL_THRESHOLD = 0.5
+#: How long a stall is remembered (and reported to peers in pongs).
+STALL_MEMORY = 120.0
+
+
+def cause_kind(cause: str) -> str:
+    """The category of a cause string (``"network-silent: ..."`` → ``"network-silent"``)."""
+    return cause.split(":", 1)[0].strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What a pong says about its sender."""
+
+    loop_lag: float  # worst loop lag in its last window, seconds
+    queue: int  # out-queue depth, messages
+    calls: int  # single calls in flight, both directions
+    streams: int  # streams open, both directions
+    stall: float  # its longest recent loop stall, seconds (0 if none)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "lag": self.loop_lag,
+            "q": self.queue,
+            "calls": self.calls,
+            "streams": self.streams,
+            "stall": self.stall,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Health:
+        def number(key: str) -> float:
+            value = data.get(key, 0)
+            return float(value) if isinstance(value, int | float) else 0.0
+
+        return cls(
+            number("lag"),
+            int(number("q")),
+            int(number("calls")),
+            int(number("streams")),
+            number("stall"),
+        )
+
+
+class LoopMonitor:
+    """Measures this process's event-loop lag: a timer that notes how late it fires."""
+
+    def __init__(self, interval: float = 0.1, window: float = 5.0) -> None:
+        self.interval = interval
+        self.window = window
+        self._samples: collections.deque[tuple[float, float]] = collections.deque()
+        self._stalls: collections.deque[tuple[float, float]] = collections.deque()  # (end, length)
+        self._task: asyncio.Task[None] | None = None
+        self.last_tick = 0.0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        expected = loop.time() + self.interval
+        while True:
+            await asyncio.sleep(self.interval)
+            now = loop.time()
+            self.record(now, max(0.0, now - expected))
+            expected = now + self.interval
+
+    def record(self, now: float, lag: float) -> None:
+        """Note that a timer due at ``now - lag`` fired at ``now``."""
+        self.last_tick = now
+        self._samples.append((now, lag))
+        while self._samples and self._samples[0][0] < now - self.window:
+            self._samples.popleft()
+        if lag >= STALL_THRESHOLD:
+            self._stalls.append((now, lag))
+            log.warning(
+                "local event loop stalled for %.1fs (timers fired late); peers are not "
+                "accused for that window",
+                lag,
+            )
+        while self._stalls and self._stalls[0][0] < now - STALL_MEMORY:
+            self._stalls.popleft()
+
+    def worst_lag(self) -> float:
+        """The worst lag in the current window, seconds."""
+        return max((lag for _, lag in self._samples), default=0.0)
+
+    def longest_stall(self) -> float:
+        """The longest stall remembered, seconds."""
+        return max((length for _, length in self._stalls), default=0.0)
+
+    def stalled_during(self, start: float, now: float) -> float:
+        """The longest stall that overlapped ``[start, now]``, seconds.
+
+        A stall of length L that ended at E covered ``[E - L, E]``.
+        """
+        return max(
+            (length for end, length in self._stalls if end >= start and end - length <= now),
+            default=0.0,
+        )
+
+
+def diagnose_silence(silence: float, health: Health | None, ping_interval: float) -> str:
+    """Name the likely cause of ``silence`` seconds without any message from the peer."""
+    if health is not None and health.loop_lag >= max(0.25, ping_interval / 2):
+        return (
+            f"{REMOTE_STALLED}: no traffic for {silence:.1f}s; remote loop lag was "
+            f"{health.loop_lag:.1f}s at last contact"
+        )
+    lag = f"{health.loop_lag * 1000:.0f} ms" if health is not None else "unknown"
+    return (
+        f"{NETWORK_SILENT}: no traffic at all for {silence:.1f}s; remote loop healthy at "
+        f"last contact (lag {lag})"
+    )
