@@ -144,6 +144,14 @@ class PeerTable:
 
     # --- admin API ----------------------------------------------------------------------------
 
+    def _last_cause(self, peer: _Peer) -> str:
+        # The grid may revise a diagnosis later (a pong reporting a stall, a new instance ID)
+        # without a state change, so read the connection's current word on it.
+        try:
+            return self.manager.connection(peer.host).last_cause or peer.last_cause
+        except KeyError:
+            return peer.last_cause
+
     def snapshot(self) -> dict[str, PeerInfo]:
         """Every peer's state, since when, the last cause and its drives, by host."""
         now = self._loop.time()
@@ -154,7 +162,7 @@ class PeerTable:
                 state=peer.state.value,
                 since=peer.since,
                 for_seconds=round(now - peer.since, 3),
-                last_cause=peer.last_cause,
+                last_cause=self._last_cause(peer),
                 changes=peer.changes,
                 drives=tuple(drive.endpoint for drive in peer.drives),
             )
