@@ -138,6 +138,8 @@ class PeerTable:
             log.info("peer %s back online after %.1fs", peer.host, elapsed)
         elif online:
             log.info("peer %s online", peer.host)
+        elif new is State.SHUTDOWN:  # this node is shutting down: nothing is wrong
+            log.info("peer %s offline (local shutdown)", peer.host)
         else:
             log.warning("peer %s offline (%s)", peer.host, peer.last_cause or new.value)
         peer.ever_online = peer.ever_online or online

@@ -392,6 +392,7 @@ class RemoteShardWriter:
         self._drive = drive
         self._stream = stream
         self._state = "open"  # open → committed | aborted | failed
+        self._loop = asyncio.get_running_loop()
 
     def _failed(self, exc: GridError) -> StorageError:
         self._state = "failed"
@@ -442,6 +443,12 @@ class RemoteShardWriter:
         if self._state == "open" or self._state == "failed":
             self._state = "aborted"
         self._stream.cancel()
+
+    def __del__(self) -> None:
+        if not self._stream.done:
+            # Dropped without commit or abort: abort, so the server removes the file.
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                self._loop.call_soon_threadsafe(self._stream.cancel)
 
 
 __all__ = [

@@ -395,6 +395,15 @@ async def test_shard_abort_removes_the_temporary_file(tmp_path: Path) -> None:
         with pytest.raises(InvalidArgument):
             await writer.write(b"z")
 
+        # A writer dropped without commit or abort is aborted too.
+        dropped = await pair.remote0.create_shard("up-dropped")
+        await dropped.write(b"d" * CHUNK)
+        del dropped
+        gc.collect()
+        await eventually(
+            lambda: list(iter_upload_ids(pair.local0)) == [], what="the dropped upload removed"
+        )
+
         # Commit, then abort: the abort is a no-op, the shard stays for rename_data.
         writer = await pair.remote0.create_shard("up-kept")
         await writer.write(b"z" * CHUNK)
