@@ -26,6 +26,7 @@ from storage.peers import PeerTable
 from storage.remote import RemoteDrive
 from tests.conftest import eventually
 from tests.storage.storage_helpers import MIB, chunks_of, payload, read_all
+from tests.storage.test_remote_drive import loop_errors_checked
 
 NODES = 4
 PATHS = ("/d0", "/d1")
@@ -68,7 +69,7 @@ async def cluster(tmp_path: Path, config: GridConfig | None = None) -> AsyncIter
     def register(manager: Manager) -> None:
         serve_drives(manager, dict(zip(PATHS, next(served), strict=True)))
 
-    async with local_grid(NODES, register=register, config=config) as grid:
+    async with loop_errors_checked(), local_grid(NODES, register=register, config=config) as grid:
         nodes: list[Node] = []
         for n, manager in enumerate(grid.managers):
             peers = PeerTable(manager)

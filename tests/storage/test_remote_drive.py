@@ -96,11 +96,27 @@ async def served_pair(tmp_path: Path, config: GridConfig | None = None) -> Async
     def register(manager: Manager) -> None:
         serve_drives(manager, next(served))
 
-    async with local_grid(2, register=register, config=config) as grid:
+    async with loop_errors_checked(), local_grid(2, register=register, config=config) as grid:
         conn = grid.managers[0].connection(grid.hosts[1])
         pair = Pair(grid, local0, local1, gated, RemoteDrive(conn, "/d0"), RemoteDrive(conn, "/d1"))
         yield pair
         await eventually(lambda: quiet(grid), what="no mux, call or handler left")
+
+
+@contextlib.asynccontextmanager
+async def loop_errors_checked() -> AsyncIterator[None]:
+    """Fail if anything reaches the loop's exception handler (a lost task error, say)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        yield
+        gc.collect()
+        await asyncio.sleep(0)  # let callbacks scheduled by finalizers run
+        assert errors == [], errors
+    finally:
+        loop.set_exception_handler(previous)
 
 
 def meta_for(data_dir: str, size: int, inline: bytes | None = None) -> ObjectMeta:
