@@ -175,42 +175,54 @@ async def local_grid(
 
 
 class NodeProcess:
-    """A grid node with the test handlers, running in a child process."""
+    """A grid node with the test handlers, running in a child process.
+
+    Give it a listening socket (inherited, so no port can be taken in between), or a ``listen``
+    address that the child binds itself (needed inside another network namespace, with
+    ``prefix=["ip", "netns", "exec", NAME]``). ``overrides`` set :class:`GridConfig` fields.
+    With ``log_path`` the child logs at INFO to that file. The child exits when its parent dies.
+    """
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | None,
         peers: Sequence[str],
         *,
         secret: str = TEST_SECRET,
         profile_name: str = "fast",
         extra_args: Sequence[str] = (),
+        listen: str = "",
+        overrides: dict[str, float] | None = None,
+        log_path: str = "",
+        prefix: Sequence[str] = (),
     ) -> None:
-        self.host = host_of(sock)
+        self.host = host_of(sock) if sock is not None else listen
         self._sock = sock
+        where = ["--fd", str(sock.fileno())] if sock is not None else ["--listen", listen]
+        settings = [f"{key}={value}" for key, value in (overrides or {}).items()]
         self.args = [
-            sys.executable,
-            "-m",
-            "minigrid.testing",
-            "--fd",
-            str(sock.fileno()),
-            "--host",
-            self.host,
-            "--secret",
-            secret,
-            "--profile",
-            profile_name,
+            *prefix,
+            sys.executable, "-m", "minigrid.testing", *where,
+            "--host", self.host, "--secret", secret, "--profile", profile_name,
             *[arg for peer in peers for arg in ("--peer", peer)],
+            *[arg for setting in settings for arg in ("--set", setting)],
             *extra_args,
-        ]
+        ]  # fmt: skip
+        self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> None:
         """Start the child and wait for its READY line."""
+        env = dict(os.environ)
+        if self.log_path:
+            env["MINIGRID_LOG"] = "INFO"
+            env["MINIGRID_LOG_FILE"] = self.log_path
         self.proc = subprocess.Popen(
             self.args,
-            pass_fds=[self._sock.fileno()],
+            pass_fds=[self._sock.fileno()] if self._sock is not None else [],
             stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,  # the child exits when this pipe closes (parent gone)
+            env=env,
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -250,8 +262,18 @@ class NodeProcess:
     def wait(self) -> None:
         if self.proc is not None:
             self.proc.wait()
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
+            for pipe in (self.proc.stdout, self.proc.stdin):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+
+    def log_text(self) -> str:
+        """What the child has logged so far (needs ``log_path``)."""
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+                return handle.read()
+        except OSError:
+            return ""
 
     def __enter__(self) -> NodeProcess:
         self.start()
@@ -262,8 +284,19 @@ class NodeProcess:
 
 
 async def _run_node(args: argparse.Namespace) -> None:
-    sock = socket.socket(fileno=args.fd)
-    config = profile(args.profile)
+    if args.fd is not None:
+        sock = socket.socket(fileno=args.fd)
+    else:
+        address, port = args.listen.rsplit(":", 1)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, int(port)))
+        sock.listen(128)
+    overrides: dict[str, float] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = float(value)
+    config = profile(args.profile, **overrides)
     manager = Manager(args.host, args.peer, args.secret, config=config)
     register_test_handlers(manager)
     runner = await serve_manager(manager, sock)
@@ -271,6 +304,9 @@ async def _run_node(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if not sys.stdin.isatty():
+        # Exit when the parent goes away and the stdin pipe closes.
+        loop.add_reader(0, lambda: None if os.read(0, 4096) else stop.set())
     print("READY", flush=True)
     try:
         await stop.wait()
@@ -283,7 +319,9 @@ async def _run_node(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m minigrid.testing``: one grid node with the test handlers."""
     parser = argparse.ArgumentParser(prog="python -m minigrid.testing")
-    parser.add_argument("--fd", type=int, required=True, help="inherited listening socket")
+    parser.add_argument("--fd", type=int, help="inherited listening socket")
+    parser.add_argument("--listen", default="", help="address:port to bind instead of --fd")
+    parser.add_argument("--set", action="append", default=[], help="GridConfig field=value")
     parser.add_argument("--host", required=True)
     parser.add_argument("--peer", action="append", default=[])
     parser.add_argument("--secret", default=TEST_SECRET)
@@ -293,7 +331,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if os.environ.get("MINIGRID_LOG"):
         import logging
 
-        logging.basicConfig(level=os.environ["MINIGRID_LOG"].upper(), stream=sys.stderr)
+        logging.basicConfig(
+            level=os.environ["MINIGRID_LOG"].upper(),
+            filename=os.environ.get("MINIGRID_LOG_FILE") or None,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
     if args.uvloop:
         import uvloop
 
