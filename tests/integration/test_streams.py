@@ -352,7 +352,7 @@ async def test_disconnect_during_stream_setup_ends_clean_on_both_sides() -> None
             server = grid.managers[1].connection(grid.hosts[0])
             # Both ends must be in the new session, or drop() has nothing to end.
             await eventually(
-                lambda: (
+                lambda conn=conn, server=server: (  # type: ignore[misc]
                     conn.stats().connected_for is not None
                     and server._drop is not None
                     and not server._drop.done()
