@@ -106,7 +106,7 @@ def chunked_headers(server: GatewayServer, path: str, mode: str, data: bytes, en
 
 
 def signed_chunked_put(
-    server: GatewayServer, path: str, data: bytes, *, corrupt: bool = False, trailer: bool = False
+    server: GatewayServer, path: str, data: bytes, *, corrupt: str = "", trailer: bool = False
 ) -> Any:
     mode = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" + ("-TRAILER" if trailer else "")
     crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
@@ -118,8 +118,13 @@ def signed_chunked_put(
     size = len(encode_signed_chunks(data, 64 * 1024, headers=probe, trailer=trailers))
     headers = chunked_headers(server, path, mode, data, size, **extra)
     body = bytearray(encode_signed_chunks(data, 64 * 1024, headers=headers, trailer=trailers))
-    if corrupt:
-        body[len(body) // 2] ^= 0xFF  # a payload byte in a middle chunk
+    if corrupt == "signature":  # one hex digit of the third chunk's signature
+        at = body.index(b"chunk-signature=", body.index(b"chunk-signature=", 100) + 100) + 16
+        at = body.index(b"chunk-signature=", at) + 16
+        body[at] = ord("0") if body[at] != ord("0") else ord("1")
+    elif corrupt == "data":  # a payload byte in the second chunk
+        at = body.index(b"\r\n", body.index(b"\r\n") + 2 + 64 * 1024 + 2) + 2 + 500
+        body[at] ^= 0xFF
     return send(server.port, "PUT", path, headers, bytes(body))
 
 
@@ -131,11 +136,12 @@ def test_signed_chunked_upload(server: GatewayServer, s3: Any, bucket: str, trai
     assert s3.get_object(Bucket=bucket, Key="chunked")["Body"].read() == data
 
 
-def test_corrupted_chunk_signature_commits_nothing(
-    server: GatewayServer, s3: Any, bucket: str
+@pytest.mark.parametrize("corrupt", ["signature", "data"])
+def test_corrupted_chunk_commits_nothing(
+    server: GatewayServer, s3: Any, bucket: str, corrupt: str
 ) -> None:
     data = payload(MIB + 3, seed=8)
-    response = signed_chunked_put(server, f"/{bucket}/tampered", data, corrupt=True)
+    response = signed_chunked_put(server, f"/{bucket}/tampered", data, corrupt=corrupt)
     assert response.status == 403
     assert response.code == "SignatureDoesNotMatch"
     assert absent(s3, bucket, "tampered")
