@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from storage.local import iter_upload_ids
 from tests.s3.helpers import (
     MIB,
     GatewayServer,
@@ -24,6 +25,12 @@ from tests.s3.helpers import (
     send,
     signed_headers,
 )
+
+
+def no_uploads_in_progress(server: GatewayServer) -> bool:
+    """Every drive's temporary area is empty: an aborted write left no shards behind."""
+    assert server.layer is not None
+    return all(not list(iter_upload_ids(drive)) for drive in server.layer.sets[0].drives)
 
 
 def absent(s3: Any, bucket: str, key: str) -> bool:
@@ -78,6 +85,7 @@ def test_sha256_mismatch_commits_nothing(
         assert response.status == 400
         assert response.code == "XAmzContentSHA256Mismatch"
     assert absent(s3, bucket, "fresh")
+    assert no_uploads_in_progress(server)
     assert s3.get_object(Bucket=bucket, Key="kept")["Body"].read() == b"version one"
 
 
@@ -145,6 +153,7 @@ def test_corrupted_chunk_commits_nothing(
     assert response.status == 403
     assert response.code == "SignatureDoesNotMatch"
     assert absent(s3, bucket, "tampered")
+    assert no_uploads_in_progress(server)
 
 
 def test_unsigned_trailer_with_wrong_crc_commits_nothing(
@@ -161,6 +170,7 @@ def test_unsigned_trailer_with_wrong_crc_commits_nothing(
     assert response.status == 400
     assert response.code == "BadDigest"
     assert absent(s3, bucket, "badcrc")
+    assert no_uploads_in_progress(server)
 
 
 def test_decoded_length_must_match(server: GatewayServer, s3: Any, bucket: str) -> None:
