@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 RESERVED_BUCKET = "minigrid"
 MAX_USER_META_BYTES = 2048
 MAX_CONFIG_BODY = 64 * 1024
+MAX_DELETE_BODY = 1024 * 1024  # S3's own limit: 1000 keys of up to 1 KiB each
 XML_TYPE = "application/xml"
 
 # Subresources S3 has and this gateway does not build, and what to call them in the error.
@@ -44,7 +45,6 @@ _UNSUPPORTED = {
     "uploads": "multipart upload",
     "uploadId": "multipart upload",
     "partNumber": "multipart upload",
-    "delete": "multi-object delete (DeleteObjects)",
     "acl": "ACLs",
     "policy": "bucket policies",
     "versioning": "versioning",
@@ -187,7 +187,26 @@ class S3Gateway:
             "PUT": self._create_bucket,
             "HEAD": self._head_bucket,
             "DELETE": self._delete_bucket,
+            "POST": self._post_bucket,
         }
+
+    async def _post_bucket(self, call: _Call) -> web.Response:
+        if "delete" not in call.request.rel_url.query:
+            raise errors.not_implemented(
+                "POST on a bucket is only DeleteObjects (?delete) in the minigrid S3 gateway"
+            )
+        document = await self._body(call).read_small(MAX_DELETE_BODY)
+        keys, quiet = xml.parse_delete(document)
+        deleted: list[str] = []
+        failed: list[tuple[str, errors.S3Error]] = []
+        for key in keys:
+            try:
+                with contextlib.suppress(ObjectNotFound):
+                    await self.layer.delete_object(call.bucket, key)
+                deleted.append(key)
+            except Exception as exc:
+                failed.append((key, errors.from_exception(exc)))
+        return self._xml(call, xml.delete_result([] if quiet else deleted, failed))
 
     def _object_ops(self) -> dict[str, Callable[[_Call], Awaitable[web.StreamResponse]]]:
         return {
@@ -218,7 +237,8 @@ class S3Gateway:
     async def _create_bucket(self, call: _Call) -> web.Response:
         # An optional CreateBucketConfiguration body is read (and verified) but not needed:
         # the gateway serves one region.
-        await self._body(call).read_small(MAX_CONFIG_BODY)
+        if call.request.body_exists:
+            await self._body(call).read_small(MAX_CONFIG_BODY)
         await self.layer.make_bucket(call.bucket)
         return web.Response(status=200, headers=call.headers({"Location": f"/{call.bucket}"}))
 
@@ -347,6 +367,9 @@ class S3Gateway:
                 await response.write(first)
             async for chunk in chunks:
                 await response.write(chunk)
+        except ConnectionResetError:
+            log.debug("s3 GET %s/%s: the client went away", call.bucket, call.key)
+            return response
         except Exception as exc:
             log.warning("s3 GET %s/%s failed mid-stream: %s", call.bucket, call.key, exc)
             raise StreamAborted(f"GET {call.bucket}/{call.key} failed mid-stream") from exc

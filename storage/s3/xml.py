@@ -5,9 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import quote
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from storage.objects import BucketInfo, ListResult, ObjectInfo
+from storage.s3 import errors
+
+MAX_DELETE_KEYS = 1000
 
 NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
 _HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -139,3 +143,44 @@ def list_objects_v1(
         parts.append(_el("EncodingType", "url"))
     parts += _contents(result.objects, enc) + _prefixes(result.prefixes, enc)
     return _document("ListBucketResult", parts)
+
+
+def parse_delete(document: bytes) -> tuple[list[str], bool]:
+    """The keys and the Quiet flag of a DeleteObjects request body."""
+    try:
+        root = ElementTree.fromstring(document)
+    except ElementTree.ParseError as exc:
+        raise errors.malformed_xml(f"the Delete document does not parse: {exc}") from exc
+    if _local(root.tag) != "Delete":
+        raise errors.malformed_xml("the request body must be a <Delete> document")
+    keys: list[str] = []
+    quiet = False
+    for child in root:
+        name = _local(child.tag)
+        if name == "Quiet":
+            quiet = (child.text or "").strip().lower() == "true"
+        elif name == "Object":
+            key = next((c.text for c in child if _local(c.tag) == "Key"), None)
+            if not key:
+                raise errors.malformed_xml("every <Object> needs a <Key>")
+            keys.append(key)
+    if not keys or len(keys) > MAX_DELETE_KEYS:
+        raise errors.malformed_xml(f"a Delete document names 1-{MAX_DELETE_KEYS} objects")
+    return keys, quiet
+
+
+def delete_result(deleted: Sequence[str], failed: Sequence[tuple[str, errors.S3Error]]) -> bytes:
+    parts = [f"<Deleted>{_el('Key', key)}</Deleted>" for key in deleted]
+    parts += [
+        "<Error>"
+        + _el("Key", key)
+        + _el("Code", error.code)
+        + _el("Message", error.message)
+        + "</Error>"
+        for key, error in failed
+    ]
+    return _document("DeleteResult", parts)
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]

@@ -336,6 +336,18 @@ def test_presigned_get(s3: Any, server: GatewayServer, bucket: str) -> None:
     denied.value.close()
 
 
+def test_delete_objects(s3: Any, bucket: str) -> None:
+    for key in ["x/1", "x/2", "y"]:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"")
+    result = s3.delete_objects(
+        Bucket=bucket,
+        Delete={"Objects": [{"Key": "x/1"}, {"Key": "x/2"}, {"Key": "never"}, {"Key": "../bad"}]},
+    )
+    assert sorted(d["Key"] for d in result["Deleted"]) == ["never", "x/1", "x/2"]
+    assert [e["Key"] for e in result["Errors"]] == ["../bad"]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["y"]
+
+
 def test_multipart_is_not_implemented(s3: Any, bucket: str) -> None:
     with pytest.raises(ClientError) as refused:
         s3.create_multipart_upload(Bucket=bucket, Key="mp")

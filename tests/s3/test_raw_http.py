@@ -217,10 +217,19 @@ def test_signature_mismatch_shows_the_canonical_request(server: GatewayServer) -
 
 
 def test_unsupported_operations_say_so(server: GatewayServer, bucket: str) -> None:
-    for method, path in [("POST", f"/{bucket}?delete"), ("GET", f"/{bucket}?versioning"),
+    for method, path in [("GET", f"/{bucket}?acl"), ("GET", f"/{bucket}?versioning"),
                          ("PUT", f"/{bucket}/k?tagging")]:  # fmt: skip
         headers = signed_headers(server.port, method, path, "UNSIGNED-PAYLOAD")
         response = send(server.port, method, path, headers)
         assert response.status == 501, path
         assert response.code == "NotImplemented"
         assert b"is not built" in response.body
+
+
+def test_create_bucket_without_a_body_or_length(server: GatewayServer, s3: Any) -> None:
+    path = "/no-length-bucket"
+    response = send(
+        server.port, "PUT", path, signed_headers(server.port, "PUT", path, "UNSIGNED-PAYLOAD")
+    )
+    assert response.status == 200, response.body
+    s3.head_bucket(Bucket="no-length-bucket")
