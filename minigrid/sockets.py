@@ -28,7 +28,7 @@ def tune(sock: Any, config: GridConfig) -> None:
     ):
         option = getattr(socket, name, None)
         if option is not None and value > 0:
-            options.append((socket.IPPROTO_TCP, option, value))
+            options.append((socket.IPPROTO_TCP, option, int(value)))
     for level, option, value in options:
         try:
             sock.setsockopt(level, option, value)
