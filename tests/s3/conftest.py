@@ -65,18 +65,22 @@ def server(
 
 
 @pytest.fixture(scope="session")
-def s3(server: GatewayServer) -> Any:
+def s3(server: GatewayServer) -> Iterator[Any]:
     """A boto3 client with the default configuration, over plain HTTP."""
-    return client(server.url)
+    s3_client = client(server.url)
+    yield s3_client
+    s3_client.close()
 
 
 @pytest.fixture(scope="session")
-def s3_tls(server: GatewayServer, tls_files: tuple[Path, Path] | None) -> Any:
+def s3_tls(server: GatewayServer, tls_files: tuple[Path, Path] | None) -> Iterator[Any]:
     """A default boto3 client over HTTPS: there boto3 sends aws-chunked bodies with a
     STREAMING-UNSIGNED-PAYLOAD-TRAILER and a CRC32 trailer."""
     if tls_files is None:
         pytest.skip("the openssl command is needed to make a test certificate")
-    return client(server.tls_url, verify=str(tls_files[0]))
+    s3_client = client(server.tls_url, verify=str(tls_files[0]))
+    yield s3_client
+    s3_client.close()
 
 
 @pytest.fixture

@@ -329,6 +329,13 @@ def test_presigned_get(s3: Any, server: GatewayServer, bucket: str) -> None:
     )
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.read() == b"presigned body"
+    put_url = s3.generate_presigned_url(
+        "put_object", Params={"Bucket": bucket, "Key": "uploaded"}, ExpiresIn=60
+    )
+    request = urllib.request.Request(put_url, data=b"via presigned put", method="PUT")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    assert s3.get_object(Bucket=bucket, Key="uploaded")["Body"].read() == b"via presigned put"
     tampered = url.replace("Key=shared", "Key=other").replace("/shared?", "/other?")
     with pytest.raises(urllib.error.HTTPError) as denied:
         urllib.request.urlopen(tampered, timeout=10)
