@@ -56,8 +56,12 @@ class GatewayServer:
     ``clock_offset`` shifts the gateway's clock (for the skew tests).
     """
 
-    def __init__(self, root: str, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, root: str, tls: ssl.SSLContext | None = None, *, faulty: bool = False
+    ) -> None:
         self.root = root
+        self.faulty = faulty
+        self.drives: list[Any] = []
         self.clock_offset = 0.0
         self._tls = tls
         self._sock = _bound_socket()
@@ -108,7 +112,7 @@ class GatewayServer:
 
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self.layer, _ = await local_layer(self.root, 4)
+        self.layer, self.drives = await local_layer(self.root, 4, faulty=self.faulty)
         app = web.Application(client_max_size=1024)
         app.router.add_get("/minigrid/health/live", _live)
         gateway = S3Gateway(
