@@ -7,7 +7,6 @@ clock, and returns the verified :class:`Authenticated` context the body readers 
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -172,8 +171,3 @@ class Authenticator:
         return Authenticated(
             parsed.credential.access_key, key, scope, amz_date, parsed.signature, payload
         )
-
-
-def amz_now(clock: Callable[[], float]) -> str:
-    """The current time in x-amz-date form (for tests and clients)."""
-    return dt.datetime.fromtimestamp(clock(), dt.UTC).strftime(sigv4.AMZ_DATE_FORMAT)
