@@ -459,7 +459,9 @@ class Connection:
         """Ping the peer, watch for silence, and keep streams honest. Returns a cause."""
         config, loop, monitor = self.config, self._loop, self.manager.monitor
         tick = min(0.25, config.ping_interval / 4)
-        next_ping = loop.time()
+        next_ping = loop.time() + config.ping_interval
+        # A first ping at once: RTT and the peer's health are known from the start.
+        self._put_control(protocol.encode(Op.PING, payload=protocol.pack_obj({"t": loop.time()})))
         while True:
             expected = loop.time() + tick
             await asyncio.sleep(tick)
