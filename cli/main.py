@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import click
 
+from .admin import admin
+from .cluster import cluster
 from .grid import grid
+from .node import node
+from .objects import COMMANDS
 
 
 @click.group()
@@ -14,3 +18,11 @@ def main() -> None:
 
 
 main.add_command(grid)
+main.add_command(node)
+main.add_command(cluster)
+main.add_command(admin)
+for command in COMMANDS:
+    main.add_command(command)
+
+if __name__ == "__main__":
+    main()

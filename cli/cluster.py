@@ -1,0 +1,605 @@
+"""``minigrid cluster up | status | down``: a local cluster of node processes on 127.0.0.1.
+
+``up`` writes everything about the cluster into ``DIR/cluster.json`` (mode 0600): the node
+configuration that every node reads (``minigrid node run --config DIR/cluster.json --node N``),
+the generated secrets and keys, and under ``"cluster"`` the processes (PID, start time, log).
+
+How the nodes are started:
+
+- the CLI binds every node's port itself first, so a taken port fails at once and is named;
+  each node inherits its bound socket (``--listen-fd``), so nothing can take the port between
+  the check and the node's start (and ``--base-port 0`` gives free ports);
+- each node is a new session (``setsid``), detached from the terminal, with stdin from
+  /dev/null and stdout/stderr appended to ``DIR/logs/nodeN.log``;
+- ``up`` returns once every node's ``/minigrid/health/ready`` answers 200, or fails within the
+  timeout naming the node, its log and the log's last lines (and stops what it started).
+
+A PID is trusted only together with the process's start time from ``/proc/PID/stat``, so a
+reused PID is never mistaken for a node (and never signalled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import json
+import os
+import secrets
+import signal
+import socket
+import string
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from storage.config import ConfigError, choose_set_size
+
+CLUSTER_FILE = "cluster.json"
+DEFAULT_DATA_DIR = ".minigrid"
+DATA_DIR_ENV = "MINIGRID_DATA_DIR"
+UP_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+HOST = "127.0.0.1"
+
+
+class ClusterError(Exception):
+    """The cluster cannot do what was asked; the message says why and what to do."""
+
+
+def resolve_data_dir(option: str | None) -> Path:
+    """``--data-dir``, else ``$MINIGRID_DATA_DIR``, else ``./.minigrid``."""
+    return Path(option or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).absolute()
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone (or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()
+    if not fields or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def pid_alive(pid: int | None, ticks: int | None) -> bool:
+    """Whether ``pid`` is still the process that was started (same start time), not a zombie."""
+    if not pid:
+        return False
+    # Reap it if it is our own child that has exited (tests start nodes in-process).
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    now = start_ticks(pid)
+    return now is not None and (ticks is None or now == ticks)
+
+
+@dataclass
+class NodeProcess:
+    node: int
+    pid: int | None = None
+    ticks: int | None = None
+    log: str = ""
+
+    def alive(self) -> bool:
+        return pid_alive(self.pid, self.ticks)
+
+    def signal(self, signum: int) -> bool:
+        """Send ``signum`` if the process is still the node; False if it was not running."""
+        if not self.alive():
+            return False
+        assert self.pid is not None
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "pid": self.pid, "start_ticks": self.ticks, "log": self.log}
+
+
+# --- cluster.json -----------------------------------------------------------------------------
+
+
+def _key(length: int, alphabet: str) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def new_credentials() -> dict[str, str]:
+    upper = string.ascii_uppercase + string.digits
+    mixed = string.ascii_letters + string.digits
+    return {
+        "secret": secrets.token_hex(32),
+        "access_key": "MG" + _key(18, upper),
+        "secret_key": _key(40, mixed),
+        "admin_access_key": "MGADMIN" + _key(13, upper),
+        "admin_secret_key": _key(40, mixed),
+    }
+
+
+@dataclass
+class ClusterFile:
+    """``DIR/cluster.json``: the node configuration plus the local processes."""
+
+    path: Path
+    config: dict[str, Any]
+    processes: list[NodeProcess] = field(default_factory=list)
+    created: str = ""
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def urls(self) -> list[str]:
+        return [str(node["url"]) for node in self.config["nodes"]]
+
+    def log_path(self, node: int) -> Path:
+        return self.data_dir / "logs" / f"node{node}.log"
+
+    @classmethod
+    def load(cls, data_dir: Path) -> ClusterFile | None:
+        path = data_dir / CLUSTER_FILE
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ClusterError(f"cannot read {path}: {exc}") from exc
+        local = raw.pop("cluster", {})
+        raw.pop("version", None)
+        processes = [
+            NodeProcess(int(p["node"]), p.get("pid"), p.get("start_ticks"), str(p.get("log", "")))
+            for p in local.get("processes", [])
+        ]
+        return cls(path, raw, processes, str(local.get("created", "")))
+
+    def save(self) -> None:
+        """Write atomically, readable by the owner only (it holds the secrets)."""
+        document = {
+            "version": 1,
+            **self.config,
+            "cluster": {
+                "data_dir": str(self.data_dir),
+                "created": self.created,
+                "processes": [p.to_dict() for p in self.processes],
+            },
+        }
+        tmp = self.path.with_name(f".{CLUSTER_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle, indent=2)
+            handle.write("\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+
+    def process(self, node: int) -> NodeProcess:
+        for entry in self.processes:
+            if entry.node == node:
+                return entry
+        entry = NodeProcess(node, log=str(self.log_path(node)))
+        self.processes.append(entry)
+        self.processes.sort(key=lambda p: p.node)
+        return entry
+
+
+def new_cluster(
+    data_dir: Path, nodes: int, drives: int, ports: list[int], parity: int | None, profile: str
+) -> ClusterFile:
+    node_list = [
+        {
+            "url": f"http://{HOST}:{port}",
+            "drives": [str(data_dir / f"node{n}" / f"d{d}") for d in range(drives)],
+        }
+        for n, port in enumerate(ports)
+    ]
+    config: dict[str, Any] = {
+        "nodes": node_list,
+        "deployment_id": str(uuid.uuid4()),
+        **new_credentials(),
+        "region": "us-east-1",
+        "profile": profile,
+    }
+    if parity is not None:
+        config["parity"] = parity
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return ClusterFile(data_dir / CLUSTER_FILE, config, [], created)
+
+
+# --- starting ---------------------------------------------------------------------------------
+
+
+def bind_port(port: int, node: int) -> socket.socket:
+    """A listening socket on 127.0.0.1:port (0 = any free port), or a clear error."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((HOST, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ClusterError(
+                f"port {port} (node {node}) is already in use: stop what uses it, or pick "
+                f"other ports with --base-port"
+            ) from exc
+        raise ClusterError(f"cannot listen on {HOST}:{port} (node {node}): {exc}") from exc
+    sock.listen(1024)
+    return sock
+
+
+def spawn_node(cluster: ClusterFile, node: int, sock: socket.socket) -> NodeProcess:
+    """Start node ``node`` detached, on the already-listening ``sock``."""
+    entry = cluster.process(node)
+    log_path = cluster.log_path(node)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = sock.fileno()
+    argv = [
+        sys.executable, "-m", "cli.main", "node", "run",
+        "--config", str(cluster.path), "--node", str(node), "--listen-fd", str(fd),
+    ]  # fmt: skip
+    # The node takes its configuration from cluster.json alone: MINIGRID_* variables meant for
+    # the object commands (MINIGRID_ACCESS_KEY, ...) must not override it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIGRID_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(log_path, "ab") as log:
+        log.write(f"--- starting node {node} at {dt.datetime.now().isoformat()}\n".encode())
+    os.set_inheritable(fd, True)
+    try:
+        pid = os.posix_spawn(
+            sys.executable,
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                 0o644),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,
+        )  # fmt: skip
+    finally:
+        os.set_inheritable(fd, False)
+    entry.pid, entry.ticks, entry.log = pid, start_ticks(pid), str(log_path)
+    return entry
+
+
+def http_json(url: str, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:
+    """GET ``url``: ``(status, JSON body)``; status 0 when there is no answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read() or b"{}")
+        except ValueError:
+            body = {}
+        exc.close()
+        return exc.code, body
+    except (OSError, ValueError) as exc:
+        return 0, {"reason": f"no answer: {getattr(exc, 'reason', exc)}"}
+
+
+def readiness(url: str, timeout: float = 1.0) -> tuple[bool, dict[str, Any]]:
+    status, body = http_json(url + "/minigrid/health/ready", timeout)
+    return status == 200, body
+
+
+def log_tail(path: str | Path, lines: int = 12) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+def wait_ready(cluster: ClusterFile, timeout: float) -> None:
+    """Wait until every node answers ready; fail naming the first node that did not."""
+    deadline = time.monotonic() + timeout
+    pending = dict(enumerate(cluster.urls))
+    last: dict[int, dict[str, Any]] = {}
+    while pending:
+        for node, url in list(pending.items()):
+            entry = cluster.process(node)
+            if not entry.alive():
+                raise ClusterError(
+                    f"node {node} ({url}) exited during startup; its log {entry.log} ends:\n"
+                    f"{log_tail(entry.log)}"
+                )
+            ok, body = readiness(url, timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            if ok:
+                del pending[node]
+            else:
+                last[node] = body
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            node = min(pending)
+            entry = cluster.process(node)
+            reason = last.get(node, {}).get("reason", "no answer")
+            raise ClusterError(
+                f"node {node} ({pending[node]}) did not become ready within {timeout:.0f}s "
+                f"({reason}); its log {entry.log} ends:\n{log_tail(entry.log)}"
+            )
+        time.sleep(0.1)
+
+
+@dataclass
+class UpResult:
+    cluster: ClusterFile
+    started: list[int]
+    already_running: bool
+
+
+def cluster_up(
+    data_dir: Path,
+    *,
+    nodes: int | None = None,
+    drives: int | None = None,
+    base_port: int | None = None,
+    parity: int | None = None,
+    profile: str | None = None,
+    timeout: float = UP_TIMEOUT,
+) -> UpResult:
+    """Start the cluster in ``data_dir`` (create it if new); start only nodes that are down."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "logs").mkdir(exist_ok=True)
+    cluster = ClusterFile.load(data_dir)
+    if cluster is None:
+        count, per_node = nodes or 4, drives or 2
+        try:
+            choose_set_size(count * per_node, count)
+        except ConfigError as exc:
+            raise ClusterError(f"{count} nodes x {per_node} drives: {exc}") from exc
+        base = 9000 if base_port is None else base_port
+        ports = [base + n if base else 0 for n in range(count)]
+        sockets = {n: bind_port(port, n) for n, port in enumerate(ports)}
+        ports = [sockets[n].getsockname()[1] for n in range(count)]
+        cluster = new_cluster(data_dir, count, per_node, ports, parity, profile or "fast")
+    else:
+        _check_same(cluster, nodes, drives, base_port, parity, profile)
+        down = [n for n in range(len(cluster.urls)) if not cluster.process(n).alive()]
+        sockets = {}
+        try:
+            for n in down:
+                sockets[n] = bind_port(int(cluster.urls[n].rsplit(":", 1)[1]), n)
+        except ClusterError:
+            for sock in sockets.values():
+                sock.close()
+            raise
+    started = sorted(sockets)
+    try:
+        cluster.save()
+        for n in started:
+            spawn_node(cluster, n, sockets[n])
+        cluster.save()
+    finally:
+        for sock in sockets.values():
+            sock.close()
+    try:
+        wait_ready(cluster, timeout)
+    except ClusterError:
+        stop_nodes(cluster, started)
+        raise
+    return UpResult(cluster, started, already_running=not started)
+
+
+def _check_same(
+    cluster: ClusterFile,
+    nodes: int | None,
+    drives: int | None,
+    base_port: int | None,
+    parity: int | None,
+    profile: str | None,
+) -> None:
+    config = cluster.config
+    have = {
+        "--nodes": len(config["nodes"]),
+        "--drives": len(config["nodes"][0]["drives"]),
+        "--base-port": int(config["nodes"][0]["url"].rsplit(":", 1)[1]),
+        "--parity": config.get("parity"),
+        "--profile": config.get("profile", "fast"),
+    }
+    wanted = {"--nodes": nodes, "--drives": drives, "--base-port": base_port,
+              "--parity": parity, "--profile": profile}  # fmt: skip
+    for flag, value in wanted.items():
+        if value is None or (flag == "--base-port" and value == 0) or value == have[flag]:
+            continue
+        raise ClusterError(
+            f"a cluster already exists in {cluster.data_dir} with {flag} {have[flag]}; "
+            f"run 'minigrid cluster down' and remove the directory to start a different one"
+        )
+
+
+# --- stopping ---------------------------------------------------------------------------------
+
+
+def _wait_gone(entries: list[NodeProcess], timeout: float) -> list[NodeProcess]:
+    deadline = time.monotonic() + timeout
+    alive = [e for e in entries if e.alive()]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [e for e in alive if e.alive()]
+    return alive
+
+
+def stop_nodes(cluster: ClusterFile, nodes: list[int] | None = None) -> list[int]:
+    """SIGTERM each node's process, SIGKILL what is left after a timeout; returns the nodes
+    that were running. Their PIDs are cleared from cluster.json."""
+    chosen = [p for p in cluster.processes if nodes is None or p.node in nodes]
+    running = [p for p in chosen if p.signal(signal.SIGTERM)]
+    for entry in running:  # a frozen (SIGSTOPped) node must wake up to see its SIGTERM
+        entry.signal(signal.SIGCONT)
+    left = _wait_gone(running, STOP_TIMEOUT)
+    for entry in left:
+        entry.signal(signal.SIGKILL)
+    still = _wait_gone(left, STOP_TIMEOUT)
+    if still:
+        raise ClusterError(f"processes {[e.pid for e in still]} did not stop, even with SIGKILL")
+    for entry in chosen:
+        entry.pid, entry.ticks = None, None
+    cluster.save()
+    return [e.node for e in running]
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def cluster_status(cluster: ClusterFile) -> list[dict[str, Any]]:
+    rows = []
+    for node, url in enumerate(cluster.urls):
+        entry = cluster.process(node)
+        alive = entry.alive()
+        ready, body = readiness(url) if alive else (False, {"reason": "not running"})
+        rows.append(
+            {
+                "node": node,
+                "url": url,
+                "pid": entry.pid if alive else None,
+                "alive": alive,
+                "ready": ready,
+                "drives_online": body.get("drives_online"),
+                "drives": body.get("drives"),
+                "reason": body.get("reason", ""),
+                "log": entry.log or str(cluster.log_path(node)),
+            }
+        )
+    return rows
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+data_dir_option = click.option(
+    "--data-dir", default=None, metavar="DIR",
+    help=f"the cluster's directory [env {DATA_DIR_ENV}; default ./{DEFAULT_DATA_DIR}]",
+)  # fmt: skip
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _require(data_dir: Path) -> ClusterFile:
+    try:
+        cluster = ClusterFile.load(data_dir)
+    except ClusterError as exc:
+        _fail(str(exc))
+        raise AssertionError from exc  # not reached
+    if cluster is None:
+        _fail(f"no cluster in {data_dir} (start one with 'minigrid cluster up')")
+    assert cluster is not None
+    return cluster
+
+
+@click.group()
+def cluster() -> None:
+    """Start, inspect and stop a local cluster on 127.0.0.1."""
+
+
+@cluster.command()
+@click.option("--nodes", type=click.IntRange(1, 32), default=None, help="node processes [4]")
+@click.option("--drives", type=click.IntRange(1, 16), default=None, help="drives per node [2]")
+@data_dir_option
+@click.option("--base-port", type=click.IntRange(0, 65535), default=None,
+              help="port of node 0; node N listens on base+N (0 = free ports) [9000]")
+@click.option("--parity", type=int, default=None, help="parity shards per set [by set size]")
+@click.option("--profile", type=click.Choice(["fast", "minio"]), default=None,
+              help="grid liveness profile [fast]")
+@click.option("--timeout", type=float, default=UP_TIMEOUT, show_default=True,
+              help="seconds to wait for every node to be ready")  # fmt: skip
+def up(
+    nodes: int | None,
+    drives: int | None,
+    data_dir: str | None,
+    base_port: int | None,
+    parity: int | None,
+    profile: str | None,
+    timeout: float,
+) -> None:
+    """Start the nodes in the background and wait until the cluster is ready.
+
+    Running it again is harmless: it starts only the nodes that are not running."""
+    folder = resolve_data_dir(data_dir)
+    try:
+        result = cluster_up(folder, nodes=nodes, drives=drives, base_port=base_port,
+                            parity=parity, profile=profile, timeout=timeout)  # fmt: skip
+    except ClusterError as exc:
+        _fail(str(exc))
+        return
+    urls = result.cluster.urls
+    if result.already_running:
+        click.echo(f"already running: {len(urls)} nodes, all ready ({folder})")
+        return
+    restarted = "" if len(result.started) == len(urls) else f" (started nodes {result.started})"
+    click.echo(f"cluster ready: {len(urls)} nodes{restarted}")
+    for node, url in enumerate(urls):
+        click.echo(f"  node {node}  {url}")
+    click.echo(f"credentials and PIDs: {result.cluster.path}")
+    click.echo(f"logs: {folder / 'logs'}")
+
+
+@cluster.command()
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def status(data_dir: str | None, as_json: bool) -> None:
+    """Show every node: PID, alive, ready and drives online."""
+    rows = cluster_status(_require(resolve_data_dir(data_dir)))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="minigrid cluster")
+    for column in ("node", "url", "pid", "alive", "ready", "drives online", "note"):
+        table.add_column(column)
+    for row in rows:
+        drives = "-" if row["drives"] is None else f"{row['drives_online']}/{row['drives']}"
+        table.add_row(
+            str(row["node"]), row["url"], str(row["pid"] or "-"), _yes(row["alive"]),
+            _yes(row["ready"]), drives, "" if row["ready"] else str(row["reason"]),
+        )  # fmt: skip
+    Console().print(table)
+    if not all(row["ready"] for row in rows):
+        sys.exit(1)
+
+
+def _yes(value: bool) -> str:
+    return "[green]yes[/]" if value else "[red]no[/]"
+
+
+@cluster.command()
+@data_dir_option
+def down(data_dir: str | None) -> None:
+    """Stop every node by its PID (SIGTERM, then SIGKILL after a timeout)."""
+    cluster_file = _require(resolve_data_dir(data_dir))
+    try:
+        stopped = stop_nodes(cluster_file)
+    except ClusterError as exc:
+        _fail(str(exc))
+    click.echo(f"stopped {len(stopped)} node(s)" if stopped else "no node was running")
+
+
+__all__ = [
+    "ClusterError",
+    "ClusterFile",
+    "NodeProcess",
+    "cluster",
+    "cluster_status",
+    "cluster_up",
+    "pid_alive",
+    "resolve_data_dir",
+    "stop_nodes",
+]

@@ -1,0 +1,198 @@
+"""The node's own HTTP routes: health checks, the admin JSON API and ``/metrics``.
+
+- ``GET /minigrid/health/live``: 200 while the process serves HTTP at all.
+- ``GET /minigrid/health/ready``: 200 when every erasure set has a write quorum of usable
+  drives, else 503; both with a JSON body saying why.
+- ``GET /minigrid/admin/v1/info``: this node, every drive of the cluster as this node sees it,
+  every grid connection and the peer table. ``GET /minigrid/admin/v1/config``: the
+  configuration with the secrets hidden. ``/minigrid/admin/v1/fault/...``: refused unless the
+  node runs with ``--allow-faults`` (no fault is built yet).
+- ``GET /metrics``: Prometheus text, unauthenticated (as a scrape target usually is). A
+  *signed* ``GET /metrics`` is an S3 request for the bucket ``metrics`` and goes to the gateway.
+
+The admin API is authenticated with AWS Signature V4 and the **admin** credentials (service
+``s3``, the node's region), the same scheme MinIO's admin API uses, so any SigV4 signer works.
+No signature is 401; a wrong key or signature is 403. Errors are JSON:
+``{"error": "...", "code": "SignatureDoesNotMatch"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from storage.drive import Drive
+from storage.errors import (
+    FileCorrupt,
+    FormatMismatch,
+    StorageError,
+    UnformattedDrive,
+)
+from storage.format import FormatInfo
+from storage.local import LocalDrive
+from storage.metrics import CONTENT_TYPE
+from storage.s3 import errors as s3_errors
+from storage.s3.auth import Authenticator
+
+if TYPE_CHECKING:
+    from storage.node import Node
+
+ADMIN_PREFIX = "/minigrid/admin/v1"
+DRIVE_INFO_TIMEOUT = 2.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status)
+
+
+async def drive_report(drive: Drive, expected: FormatInfo) -> dict[str, Any]:
+    """One drive's state: ok, offline, healing, corrupt or unformatted, with its capacity.
+
+    ``corrupt`` also covers a drive whose format names another deployment or another slot."""
+    report: dict[str, Any] = {
+        "endpoint": drive.endpoint,
+        "local": isinstance(drive, LocalDrive),
+        "state": "ok",
+        "total": None,
+        "free": None,
+        "used": None,
+        "error": "",
+    }
+    if not drive.is_online():
+        report.update(state="offline", error=_offline_cause(drive))
+        return report
+    try:
+        async with asyncio.timeout(DRIVE_INFO_TIMEOUT):
+            info, fmt = await asyncio.gather(drive.disk_info(), drive.read_format())
+    except TimeoutError:
+        report.update(state="offline", error=f"no answer within {DRIVE_INFO_TIMEOUT:.0f}s")
+        return report
+    except UnformattedDrive as exc:
+        report.update(state="unformatted", error=str(exc))
+        return report
+    except (FileCorrupt, FormatMismatch) as exc:
+        report.update(state="corrupt", error=str(exc))
+        return report
+    except StorageError as exc:
+        report.update(state="offline", error=str(exc))
+        return report
+    report.update(total=info.total, free=info.free, used=info.used, drive_id=info.drive_id)
+    if fmt.drive_id != expected.drive_id or not fmt.same_layout(expected):
+        report.update(state="corrupt", error="the drive's format belongs to another deployment")
+    elif info.healing:
+        report["state"] = "healing"
+    return report
+
+
+def _offline_cause(drive: Drive) -> str:
+    conn = getattr(drive, "conn", None)
+    cause = getattr(conn, "last_cause", "") if conn is not None else ""
+    return f"offline ({cause})" if cause else "offline"
+
+
+class AdminRoutes:
+    """Health, admin and metrics handlers of one :class:`~storage.node.Node`."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        config = node.config
+        self._auth = Authenticator(
+            {config.admin_access_key: config.admin_secret_key}, config.region, time.time
+        )
+
+    def add_routes(self, app: web.Application, s3_fallback: Handler) -> None:
+        """Add the health, admin and metrics routes (before the gateway's catch-all routes)."""
+        self._s3_fallback = s3_fallback
+        app.router.add_get("/minigrid/health/live", self.live)
+        app.router.add_get("/minigrid/health/ready", self.ready)
+        app.router.add_get(ADMIN_PREFIX + "/info", self._admin(self.info))
+        app.router.add_get(ADMIN_PREFIX + "/config", self._admin(self.config))
+        app.router.add_route("*", ADMIN_PREFIX + "/fault/{name:.*}", self._admin(self.fault))
+        app.router.add_route("*", ADMIN_PREFIX + "/{rest:.*}", self._admin(self.unknown))
+        app.router.add_get("/metrics", self.metrics)
+
+    def _admin(self, handler: Handler) -> Handler:
+        async def authenticated(request: web.Request) -> web.StreamResponse:
+            if "Authorization" not in request.headers and "X-Amz-Signature" not in request.query:
+                return json_error(401, "Unauthenticated", "sign admin requests with SigV4")
+            try:
+                self._auth.authenticate(request)
+            except s3_errors.S3Error as exc:
+                return json_error(exc.status if exc.status in (400, 403) else 403, exc.code,
+                                  exc.message)  # fmt: skip
+            return await handler(request)
+
+        return authenticated
+
+    # --- health -------------------------------------------------------------------------------
+
+    async def live(self, _request: web.Request) -> web.Response:
+        return web.json_response({"live": True, "node": self.node.config.me.url})
+
+    async def ready(self, _request: web.Request) -> web.Response:
+        report = self.node.readiness()
+        return web.json_response(report, status=200 if report["ready"] else 503)
+
+    # --- admin --------------------------------------------------------------------------------
+
+    async def info(self, _request: web.Request) -> web.Response:
+        return web.json_response(await self.node.info())
+
+    async def config(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.node.config.public_dict())
+
+    async def fault(self, request: web.Request) -> web.Response:
+        if not self.node.config.allow_faults:
+            return json_error(
+                403, "FaultsDisabled",
+                "fault injection is disabled; start the node with --allow-faults",
+            )  # fmt: skip
+        name = request.match_info["name"]
+        return json_error(501, "NotImplemented", f"fault {name!r} is not built yet")
+
+    async def unknown(self, request: web.Request) -> web.Response:
+        return json_error(404, "NotFound", f"no admin endpoint {request.path}")
+
+    # --- metrics ------------------------------------------------------------------------------
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        if "Authorization" in request.headers or "X-Amz-Signature" in request.query:
+            return await self._s3_fallback(request)  # S3: the bucket named "metrics"
+        return web.Response(body=self.node.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def node_summary(node: Node) -> dict[str, Any]:
+    config = node.config
+    return {
+        "index": config.node,
+        "url": config.me.url,
+        "host": config.host,
+        "pid": os.getpid(),
+        "uptime_s": round(time.monotonic() - node.started_monotonic, 3),
+        "profile": config.profile,
+        "deployment_id": config.layout.deployment_id,
+        "allow_faults": config.allow_faults,
+        "grid_instance": node.manager.instance_id if node.manager is not None else "",
+    }
+
+
+async def drive_reports(
+    drives: Sequence[Drive], expected: Sequence[FormatInfo], owners: Sequence[int]
+) -> list[dict[str, Any]]:
+    reports = await asyncio.gather(
+        *(drive_report(drive, fmt) for drive, fmt in zip(drives, expected, strict=True))
+    )
+    for position, (report, owner) in enumerate(zip(reports, owners, strict=True)):
+        report["position"] = position
+        report["node"] = owner
+    return list(reports)
+
+
+__all__ = ["ADMIN_PREFIX", "AdminRoutes", "drive_report", "drive_reports", "node_summary"]

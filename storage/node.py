@@ -1,0 +1,379 @@
+"""The node process: one aiohttp server on one port with the grid, S3, health, admin and metrics.
+
+Startup, in order (``minigrid node run`` calls :func:`run_node`):
+
+1. bind the listening socket first (or take the one ``cluster up`` passed down), so a port that
+   is taken fails at once, and peers that dial early wait in the accept queue;
+2. open this node's drives (emptying their temporary areas) and format the blank ones with the
+   planned format (:func:`storage.config.planned_formats`); a drive that holds another
+   deployment or another slot stops the node with a clear error;
+3. start the grid (``Manager``), serve the local drives on it (``serve_drives``) and follow the
+   peers (``PeerTable``); every other node's drives become ``RemoteDrive``s;
+4. build the object layer over the cluster-wide drive list, in the same order on every node;
+5. serve: the node's own routes first, then the S3 gateway's catch-all routes.
+
+The node is *ready* when every erasure set has a write quorum of drives online. Each change of
+readiness is logged once, like the grid's and the peer table's state changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from minigrid import Manager, profile
+from storage.admin import AdminRoutes, drive_reports, node_summary
+from storage.config import NodeConfig, planned_formats
+from storage.drive import Drive
+from storage.drive_service import serve_drives
+from storage.errors import DriveNotFound, StorageError, UnformattedDrive
+from storage.format import FormatInfo
+from storage.local import LocalDrive
+from storage.metrics import NodeMetrics
+from storage.objects import ErasureSet, ObjectLayer
+from storage.peers import PeerTable
+from storage.remote import qualified_endpoint
+from storage.s3.gateway import S3Gateway
+
+log = logging.getLogger("storage.node")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+SHUTDOWN_TIMEOUT = 10.0
+MIN_STRAGGLER_WAIT = 0.2
+MAX_STRAGGLER_WAIT = 2.0
+
+T = TypeVar("T")
+
+
+class NodeError(Exception):
+    """The node cannot start; the message says what to fix."""
+
+
+def listen_socket(config: NodeConfig) -> socket.socket:
+    """The node's listening socket: the inherited ``listen_fd``, or a fresh bind."""
+    if config.listen_fd is not None:
+        sock = socket.socket(fileno=config.listen_fd)
+        sock.setblocking(False)
+        return sock
+    host, port = config.listen_address()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise NodeError(f"port {port} on {host} is already in use") from exc
+        raise NodeError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class HedgedObjectLayer(ObjectLayer):
+    """The object layer, with stragglers cut off in the calls it makes to every drive of a set.
+
+    ``ObjectLayer._on_drives`` (metadata reads, bucket checks, deletes) waits for every drive.
+    A *frozen* peer (SIGSTOP, a stalled VM) keeps its TCP connection up and answers nothing, so
+    each such call would wait until the grid's failure detector drops the connection (4s in
+    the ``fast`` profile, 20s in ``minio``). Here, once a write quorum of drives has answered,
+    the others get :meth:`straggler_wait` more; a drive still silent then counts as failed for
+    this call (its call is cancelled), exactly as if it had been offline. Shard reads hedge
+    on their own (:class:`~storage.reader.ShardFetcher`).
+    """
+
+    def straggler_wait(self) -> float:
+        """How long to wait for the rest once a quorum answered: 4 hedge delays, 0.2-2s."""
+        return min(max(4 * self.hedge.delay, MIN_STRAGGLER_WAIT), MAX_STRAGGLER_WAIT)
+
+    async def _on_drives(
+        self, eset: ErasureSet, call: Callable[[Drive], Awaitable[T]]
+    ) -> list[T | StorageError]:
+        loop = asyncio.get_running_loop()
+        results: list[T | StorageError | None] = [None] * len(eset.drives)
+
+        async def one(position: int, drive: Drive) -> None:
+            if not drive.is_online():
+                results[position] = DriveNotFound(f"drive {drive.endpoint} is offline")
+                return
+            try:
+                results[position] = await call(drive)
+            except StorageError as exc:
+                results[position] = exc
+
+        tasks = [loop.create_task(one(p, d)) for p, d in enumerate(eset.drives)]
+        try:
+            pending = set(tasks)
+            quorum_at: float | None = None
+            while pending:
+                timeout = None
+                if quorum_at is not None:
+                    timeout = max(0.0, quorum_at + self.straggler_wait() - loop.time())
+                done, pending = await asyncio.wait(
+                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    break  # the stragglers' time is up
+                if quorum_at is None and len(tasks) - len(pending) >= eset.write_quorum:
+                    quorum_at = loop.time()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        late = f"no answer within {self.straggler_wait():.2f}s of the quorum"
+        return [
+            DriveNotFound(f"drive {eset.drives[p].endpoint}: {late}") if result is None else result
+            for p, result in enumerate(results)
+        ]
+
+
+class Node:
+    """One node of the cluster. ``await start()``, then ``await close()``."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.layout = config.layout
+        self.formats: list[FormatInfo] = planned_formats(self.layout)
+        self.metrics = NodeMetrics()
+        self.started_monotonic = time.monotonic()
+        self.manager: Manager | None = None
+        self.peers: PeerTable | None = None
+        self.local_drives: dict[str, LocalDrive] = {}
+        self.drives: list[Drive] = []
+        self.layer: ObjectLayer | None = None
+        self.gateway: S3Gateway | None = None
+        self._runner: web.AppRunner | None = None
+        self._was_ready: bool | None = None
+
+    # --- startup ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        sock = listen_socket(config)
+        try:
+            await self._open_local_drives()
+            manager = self.manager = Manager(
+                config.host, config.hosts, config.secret, config=profile(config.profile)
+            )
+            serve_drives(manager, self.local_drives)
+            await manager.start()
+            self.peers = PeerTable(manager)
+            self.drives = self._cluster_drives(self.peers)
+            sets = [[self.drives[p] for p in positions] for positions in self.layout.sets()]
+            self.layer = HedgedObjectLayer(
+                sets, parity=self.layout.parity, deployment_id=self.layout.deployment_id
+            )
+            self.metrics.follow(manager, self.drives, lambda: bool(self.readiness()["ready"]))
+            manager.state_listeners.append(lambda *_: self._log_readiness())
+            self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+            await self._runner.setup()
+            await web.SockSite(self._runner, sock).start()
+        except BaseException:
+            sock.close()
+            await self.close()
+            raise
+        log.info(
+            "node %d of %d serving %s: %d drives here, %d in %d set(s) of %d (parity %d), "
+            "profile %s%s",
+            config.node, len(config.nodes), config.me.url, len(self.local_drives),
+            len(self.drives), self.layout.set_count, self.layout.set_drive_count,
+            self.layout.parity, config.profile,
+            ", FAULT INJECTION ALLOWED" if config.allow_faults else "",
+        )  # fmt: skip
+        self._log_readiness()
+
+    async def _open_local_drives(self) -> None:
+        """Open this node's drives and give each blank one its planned format."""
+        config = self.config
+        for position, (owner, path) in enumerate(self.layout.drives):
+            if owner != config.node:
+                continue
+            endpoint = qualified_endpoint(config.host, path)
+            try:
+                drive = await LocalDrive.open(path, endpoint, fsync=config.fsync)
+            except (OSError, StorageError) as exc:
+                raise NodeError(f"cannot open drive {path}: {exc}") from exc
+            await self._check_format(drive, self.formats[position], position)
+            self.local_drives[path] = drive
+
+    @staticmethod
+    async def _check_format(drive: LocalDrive, planned: FormatInfo, position: int) -> None:
+        try:
+            found = await drive.read_format()
+        except UnformattedDrive:
+            await drive.write_format(planned)
+            log.info("formatted drive %s (position %d)", drive.endpoint, position)
+            return
+        except StorageError as exc:
+            raise NodeError(f"drive {drive.root}: cannot read its format: {exc}") from exc
+        if found.deployment_id != planned.deployment_id:
+            raise NodeError(
+                f"drive {drive.root} belongs to deployment {found.deployment_id}, not "
+                f"{planned.deployment_id}: wipe it or point the node at the right drives"
+            )
+        if found.drive_id != planned.drive_id or not found.same_layout(planned):
+            raise NodeError(
+                f"drive {drive.root} holds another slot of this deployment (the node or "
+                f"drive order changed?); expected position {position}"
+            )
+
+    def _cluster_drives(self, peers: PeerTable) -> list[Drive]:
+        """Every drive in global order: local drives directly, the others over the grid."""
+        drives: list[Drive] = []
+        for owner, path in self.layout.drives:
+            if owner == self.config.node:
+                drives.append(self.local_drives[path])
+            else:
+                drives.append(peers.remote_drive(self.config.nodes[owner].host, path))
+        return drives
+
+    def _app(self) -> web.Application:
+        assert self.layer is not None and self.manager is not None
+        config = self.config
+        app = web.Application(middlewares=[self.metrics.middleware])
+        credentials = {config.access_key: config.secret_key}
+        credentials[config.admin_access_key] = config.admin_secret_key
+        self.gateway = S3Gateway(self.layer, credentials, region=config.region)
+        self.manager.add_routes(app)
+        # A signed GET /metrics is S3's ListObjects on the bucket "metrics"; the gateway's own
+        # dispatcher answers it (there is no public hook for one request).
+        AdminRoutes(self).add_routes(app, self.gateway._handle)
+        self.gateway.add_routes(app)
+        return app
+
+    # --- state --------------------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, Any]:
+        """Whether every erasure set has a write quorum of drives online, and why not."""
+        if self.layer is None:
+            return {"ready": False, "reason": "starting", "drives_online": 0, "drives": 0}
+        sets = []
+        problems = []
+        for eset in self.layer.sets:
+            online = sum(1 for drive in eset.drives if drive.is_online())
+            sets.append(
+                {"index": eset.index, "online": online, "drives": len(eset.drives),
+                 "write_quorum": eset.write_quorum}
+            )  # fmt: skip
+            if online < eset.write_quorum:
+                problems.append(
+                    f"set {eset.index}: {online} of {len(eset.drives)} drives online, "
+                    f"write quorum is {eset.write_quorum}"
+                )
+        online_total = sum(1 for drive in self.drives if drive.is_online())
+        return {
+            "ready": not problems,
+            "reason": "; ".join(problems) or "write quorum reached on every set",
+            "drives_online": online_total,
+            "drives": len(self.drives),
+            "sets": sets,
+        }
+
+    def _log_readiness(self) -> None:
+        report = self.readiness()
+        ready = bool(report["ready"])
+        if ready == self._was_ready:
+            return
+        self._was_ready = ready
+        if ready:
+            log.info("ready: %s", report["reason"])
+        else:
+            log.warning("not ready: %s", report["reason"])
+
+    async def info(self) -> dict[str, Any]:
+        """The admin API's view of this node, its drives, its grid connections and peers."""
+        owners = [owner for owner, _ in self.layout.drives]
+        drives = await drive_reports(self.drives, self.formats, owners)
+        set_of = {p: i for i, positions in enumerate(self.layout.sets()) for p in positions}
+        for report in drives:
+            report["set"] = set_of[report["position"]]
+        grid = self.manager.stats() if self.manager is not None else {}
+        peers = self.peers.snapshot() if self.peers is not None else {}
+        return {
+            "node": node_summary(self),
+            "nodes": [spec.to_dict() for spec in self.config.nodes],
+            "ready": self.readiness(),
+            "layout": {
+                "set_drive_count": self.layout.set_drive_count,
+                "sets": self.layout.set_count,
+                "parity": self.layout.parity,
+                "data": self.layout.set_drive_count - self.layout.parity,
+            },
+            "drives": drives,
+            "grid": {host: stats.as_dict() for host, stats in sorted(grid.items())},
+            "peers": {host: info.as_dict() for host, info in peers.items()},
+            "loop_lag_s": self._loop_lag(),
+        }
+
+    def _loop_lag(self) -> float | None:
+        return round(self.manager.monitor.worst_lag(), 4) if self.manager is not None else None
+
+    # --- shutdown -----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Leave the grid, then stop serving HTTP."""
+        if self.peers is not None:
+            self.peers.close()
+        if self.manager is not None:
+            await self.manager.close()
+        if self._runner is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                    await self._runner.cleanup()
+            self._runner = None
+
+
+def setup_logging(config: NodeConfig) -> None:
+    """Log to ``log_file`` (appending) or to stderr, one line per event."""
+    handler: logging.Handler
+    if config.log_file:
+        handler = logging.FileHandler(config.log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def serve(config: NodeConfig) -> None:
+    """Run a node until SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    node = Node(config)
+    await node.start()
+    try:
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await node.close()
+    log.info("stopped")
+
+
+def run_node(config: NodeConfig) -> int:
+    """The body of ``minigrid node run``: the exit status (0 after a clean stop)."""
+    setup_logging(config)
+    try:
+        asyncio.run(serve(config))
+    except NodeError as exc:
+        log.error("cannot start: %s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["Node", "NodeError", "listen_socket", "run_node", "serve", "setup_logging"]
