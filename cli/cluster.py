@@ -242,6 +242,19 @@ def bind_port(port: int, node: int) -> socket.socket:
     return sock
 
 
+def bind_ports(ports: dict[int, int]) -> dict[int, socket.socket]:
+    """Bind every node's port (``{node: port}``), or none of them."""
+    sockets: dict[int, socket.socket] = {}
+    try:
+        for node, port in ports.items():
+            sockets[node] = bind_port(port, node)
+    except ClusterError:
+        for sock in sockets.values():
+            sock.close()
+        raise
+    return sockets
+
+
 def spawn_node(cluster: ClusterFile, node: int, sock: socket.socket) -> NodeProcess:
     """Start node ``node`` detached, on the already-listening ``sock``."""
     entry = cluster.process(node)
@@ -366,21 +379,13 @@ def cluster_up(
         except ConfigError as exc:
             raise ClusterError(f"{count} nodes x {per_node} drives: {exc}") from exc
         base = 9000 if base_port is None else base_port
-        ports = [base + n if base else 0 for n in range(count)]
-        sockets = {n: bind_port(port, n) for n, port in enumerate(ports)}
+        sockets = bind_ports({n: base + n if base else 0 for n in range(count)})
         ports = [sockets[n].getsockname()[1] for n in range(count)]
         cluster = new_cluster(data_dir, count, per_node, ports, parity, profile or "fast")
     else:
         _check_same(cluster, nodes, drives, base_port, parity, profile)
         down = [n for n in range(len(cluster.urls)) if not cluster.process(n).alive()]
-        sockets = {}
-        try:
-            for n in down:
-                sockets[n] = bind_port(int(cluster.urls[n].rsplit(":", 1)[1]), n)
-        except ClusterError:
-            for sock in sockets.values():
-                sock.close()
-            raise
+        sockets = bind_ports({n: int(cluster.urls[n].rsplit(":", 1)[1]) for n in down})
     started = sorted(sockets)
     try:
         cluster.save()

@@ -163,6 +163,9 @@ class S3Client:
         all_headers.update(headers or {})
         if length is not None:
             all_headers["Content-Length"] = str(length)
+        # One connection per request: with "Connection: close", closing the response closes
+        # the socket too, and there is no stale kept-alive connection to retry on.
+        all_headers["Connection"] = "close"
         url = raw_path + ("?" + sigv4.canonical_query(query.items()) if query else "")
         conn = self._connection()
         try:

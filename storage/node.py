@@ -101,7 +101,8 @@ class HedgedObjectLayer(ObjectLayer):
         self, eset: ErasureSet, call: Callable[[Drive], Awaitable[T]]
     ) -> list[T | StorageError]:
         loop = asyncio.get_running_loop()
-        results: list[T | StorageError | None] = [None] * len(eset.drives)
+        missing = object()  # "no answer yet" (None is a valid answer)
+        results: list[Any] = [missing] * len(eset.drives)
 
         async def one(position: int, drive: Drive) -> None:
             if not drive.is_online():
@@ -133,8 +134,8 @@ class HedgedObjectLayer(ObjectLayer):
             await asyncio.gather(*tasks, return_exceptions=True)
         late = f"no answer within {self.straggler_wait():.2f}s of the quorum"
         return [
-            DriveNotFound(f"drive {eset.drives[p].endpoint}: {late}") if result is None else result
-            for p, result in enumerate(results)
+            DriveNotFound(f"drive {drive.endpoint}: {late}") if result is missing else result
+            for drive, result in zip(eset.drives, results, strict=True)
         ]
 
 
