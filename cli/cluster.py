@@ -49,6 +49,7 @@ DEFAULT_DATA_DIR = ".minigrid"
 DATA_DIR_ENV = "MINIGRID_DATA_DIR"
 UP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+RESTART_BIND_GRACE = 5.0
 HOST = "127.0.0.1"
 
 
@@ -224,30 +225,40 @@ def new_cluster(
 # --- starting ---------------------------------------------------------------------------------
 
 
-def bind_port(port: int, node: int) -> socket.socket:
-    """A listening socket on 127.0.0.1:port (0 = any free port), or a clear error."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((HOST, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
+def bind_port(port: int, node: int, grace: float = 0.0) -> socket.socket:
+    """A listening socket on 127.0.0.1:port (0 = any free port), or a clear error.
+
+    ``grace``: keep trying this long while the port is in use. The connections of a node that
+    was just killed linger in the kernel for a moment and can hold its port."""
+    deadline = time.monotonic() + grace
+    while True:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+            break
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            error = exc
+        if error.errno == errno.EADDRINUSE:
             raise ClusterError(
                 f"port {port} (node {node}) is already in use: stop what uses it, or pick "
                 f"other ports with --base-port"
-            ) from exc
-        raise ClusterError(f"cannot listen on {HOST}:{port} (node {node}): {exc}") from exc
+            ) from error
+        raise ClusterError(f"cannot listen on {HOST}:{port} (node {node}): {error}") from error
     sock.listen(1024)
     return sock
 
 
-def bind_ports(ports: dict[int, int]) -> dict[int, socket.socket]:
+def bind_ports(ports: dict[int, int], grace: float = 0.0) -> dict[int, socket.socket]:
     """Bind every node's port (``{node: port}``), or none of them."""
     sockets: dict[int, socket.socket] = {}
     try:
         for node, port in ports.items():
-            sockets[node] = bind_port(port, node)
+            sockets[node] = bind_port(port, node, grace)
     except ClusterError:
         for sock in sockets.values():
             sock.close()
@@ -385,7 +396,8 @@ def cluster_up(
     else:
         _check_same(cluster, nodes, drives, base_port, parity, profile)
         down = [n for n in range(len(cluster.urls)) if not cluster.process(n).alive()]
-        sockets = bind_ports({n: int(cluster.urls[n].rsplit(":", 1)[1]) for n in down})
+        wanted = {n: int(cluster.urls[n].rsplit(":", 1)[1]) for n in down}
+        sockets = bind_ports(wanted, grace=RESTART_BIND_GRACE)
     started = sorted(sockets)
     try:
         cluster.save()
@@ -566,7 +578,7 @@ def status(data_dir: str | None, as_json: bool) -> None:
     rows = cluster_status(_require(resolve_data_dir(data_dir)))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
+        sys.exit(0 if all(row["ready"] for row in rows) else 1)
     table = Table(title="minigrid cluster")
     for column in ("node", "url", "pid", "alive", "ready", "drives online", "note"):
         table.add_column(column)

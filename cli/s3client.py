@@ -181,6 +181,7 @@ class S3Client:
             try:
                 raise _error_from(response, method)
             finally:
+                response.close()
                 conn.close()
         return response
 
