@@ -7,18 +7,26 @@ this process. ``ec_bound_mbps`` is measured in the same run: zfec encoding plus 
 of the same bytes, on one core, with no I/O. It is the speed the put path would reach if
 erasure coding were the only work. The targets are put >= 0.5 x bound and get >= 0.7 x bound.
 
-``--mode cluster`` (node processes talking over the grid) arrives with the next issue.
+``--mode cluster`` starts a local cluster of 4 node processes x 2 drives (4+4) on 127.0.0.1
+with ``minigrid cluster up`` in a temporary directory, and puts and gets each object through
+the S3 path of node 0 with the CLI's SigV4 client (``UNSIGNED-PAYLOAD``, 1 MiB writes; reads
+in 1 MiB pieces that are thrown away). ``ec_bound_mbps`` is measured in the same run, as above.
+While each put runs, every node's VmRSS is sampled from ``/proc/PID/status``; the peak of each
+node is reported per size, and ``node_peak_rss_mb`` is the one during the 256 MiB put (the last
+size). The targets are put >= 0.3 x bound and get >= 0.5 x bound, and RSS flat across sizes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -122,6 +130,142 @@ async def run_inprocess(
     return result
 
 
+class _BlockReader(io.RawIOBase):
+    """The object's blocks as a file, so the client streams them without joining them."""
+
+    def __init__(self, blocks: list[bytes]) -> None:
+        self._blocks = blocks
+        self._index = 0
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._index >= len(self._blocks):
+            return b""
+        block = self._blocks[self._index]
+        end = len(block) if size < 0 else min(len(block), self._offset + size)
+        piece = block[self._offset : end]
+        self._offset = end
+        if self._offset >= len(block):
+            self._index, self._offset = self._index + 1, 0
+        return piece
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class _RssSampler:
+    """Samples the peak VmRSS of some processes on a thread, every 10 ms."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.peaks = [0.0] * len(pids)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for i, pid in enumerate(self.pids):
+                self.peaks[i] = max(self.peaks[i], _rss_mb(pid))
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_cluster(sizes_mib: list[int], rounds: int, parity: int) -> dict[str, Any]:
+    """Put and get through a real 4 x 2 cluster's S3 path; see the module docstring."""
+    from cli.cluster import cluster_up, stop_nodes
+    from cli.s3client import CHUNK, S3Client
+
+    data_shards = 8 - parity
+    result: dict[str, Any] = {
+        "mode": "cluster",
+        "nodes": 4,
+        "drives_per_node": 2,
+        "data": data_shards,
+        "parity": parity,
+        "rounds": rounds,
+        "cpus": os.cpu_count(),
+        "sizes": {},
+    }
+    bound_samples: list[float] = []
+    total_bytes = 0
+    put_seconds = 0.0
+    get_seconds = 0.0
+    with tempfile.TemporaryDirectory(prefix="objio-cluster-") as tmp:
+        cluster = cluster_up(Path(tmp), nodes=4, drives=2, base_port=0, parity=parity).cluster
+        try:
+            pids = [p.pid for p in cluster.processes if p.pid is not None]
+            result["node_idle_rss_mb"] = [round(_rss_mb(pid), 1) for pid in pids]
+            config = cluster.config
+            client = S3Client(cluster.urls[0], config["access_key"], config["secret_key"],
+                              timeout=300)  # fmt: skip
+            client.make_bucket("bench")
+            for size_mib in sizes_mib:
+                blocks = make_blocks(size_mib * MIB)
+                size = size_mib * MIB
+                put_times: list[float] = []
+                get_times: list[float] = []
+                peaks = [0.0] * len(pids)
+                for _ in range(rounds):
+                    bound_samples.append(ec_bound(blocks[:64], data_shards, parity))
+                    with _RssSampler(pids) as sampler:
+                        started = time.perf_counter()
+                        client.put_object("bench", "object", _BlockReader(blocks), size)
+                        put_times.append(time.perf_counter() - started)
+                    peaks = [max(a, b) for a, b in zip(peaks, sampler.peaks, strict=True)]
+                    started = time.perf_counter()
+                    response = client.get_object("bench", "object")
+                    received = 0
+                    while piece := response.read1(CHUNK):
+                        received += len(piece)
+                    response.close()
+                    get_times.append(time.perf_counter() - started)
+                    if received != size:
+                        raise RuntimeError(f"read {received} bytes of {size}")
+                    client.delete_object("bench", "object")
+                put_median = statistics.median(put_times)
+                get_median = statistics.median(get_times)
+                total_bytes += size
+                put_seconds += put_median
+                get_seconds += get_median
+                result["sizes"][f"{size_mib}MiB"] = {
+                    "put_mbps": round(size_mib / put_median, 1),
+                    "get_mbps": round(size_mib / get_median, 1),
+                    "put_rounds_s": [round(t, 3) for t in put_times],
+                    "get_rounds_s": [round(t, 3) for t in get_times],
+                    "node_peak_rss_mb": [round(p, 1) for p in peaks],
+                }
+                result["node_peak_rss_mb"] = [round(p, 1) for p in peaks]
+        finally:
+            stop_nodes(cluster)
+    bound = statistics.median(bound_samples)
+    result["put_mbps"] = round(total_bytes / MIB / put_seconds, 1)
+    result["get_mbps"] = round(total_bytes / MIB / get_seconds, 1)
+    result["ec_bound_mbps"] = round(bound, 1)
+    result["put_ratio"] = round(result["put_mbps"] / bound, 3)
+    result["get_ratio"] = round(result["get_mbps"] / bound, 3)
+    result["put_target_met"] = result["put_ratio"] >= 0.3
+    result["get_target_met"] = result["get_ratio"] >= 0.5
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["inprocess", "cluster"], default="inprocess")
@@ -130,10 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drives", type=int, default=8)
     parser.add_argument("--parity", type=int, default=4)
     args = parser.parse_args(argv)
-    if args.mode == "cluster":
-        parser.error("--mode cluster is not built yet: it arrives with the grid RemoteDrive")
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    result = asyncio.run(run_inprocess(sizes, args.rounds, args.drives, args.parity))
+    if args.mode == "cluster":
+        if args.drives != 8:
+            parser.error("--mode cluster always runs 4 nodes x 2 drives")
+        result = run_cluster(sizes, args.rounds, args.parity)
+    else:
+        result = asyncio.run(run_inprocess(sizes, args.rounds, args.drives, args.parity))
     print(json.dumps(result))
     return 0
 
