@@ -172,7 +172,9 @@ def parse_nodes(value: object) -> tuple[NodeSpec, ...]:
             entries.append(NodeSpec(url, tuple(d for d in drives.split(",") if d)))
     elif isinstance(value, list | tuple):
         for item in value:
-            if isinstance(item, str):
+            if isinstance(item, NodeSpec):
+                entries.append(item)
+            elif isinstance(item, str):
                 entries.extend(parse_nodes(item))
             elif isinstance(item, Mapping) and "url" in item and "drives" in item:
                 entries.append(NodeSpec(str(item["url"]), tuple(str(d) for d in item["drives"])))
