@@ -172,17 +172,17 @@ def admin() -> None:
 @click.option("--data-dir", default=None, metavar="DIR",
               help="the cluster's directory [env MINIGRID_DATA_DIR; ./.minigrid]")
 @click.option("--endpoint", default=None, metavar="URL", help="ask only this node")
-@click.option("--access-key", default=None, help="admin access key [env MINIGRID_ACCESS_KEY]")
-@click.option("--secret-key", default=None, help="admin secret key [env MINIGRID_SECRET_KEY]")
+@click.option("--access-key", default=None, help="admin access key [env MINIGRID_ADMIN_ACCESS_KEY]")
+@click.option("--secret-key", default=None, help="admin secret key [env MINIGRID_ADMIN_SECRET_KEY]")
 @click.option("--timeout", type=float, default=INFO_TIMEOUT, show_default=True,
               help="seconds to wait for each node")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")  # fmt: skip
 def info(data_dir: str | None, endpoint: str | None, access_key: str | None,
          secret_key: str | None, timeout: float, as_json: bool) -> None:  # fmt: skip
     """Every node and drive with its state and capacity, and every grid connection."""
-    target = resolve_target(data_dir, endpoint, access_key, secret_key)
-    view = cluster_info(target.endpoints, target.admin_access_key, target.admin_secret_key,
-                        target.region, timeout)  # fmt: skip
+    target = resolve_target(data_dir, endpoint, access_key, secret_key, admin=True)
+    view = cluster_info(target.endpoints, target.access_key, target.secret_key, target.region,
+                        timeout)  # fmt: skip
     if not any(node["state"] in ("ok", "not-ready") for node in view["nodes"]):
         reasons = "; ".join(f"{n['url']}: {n['reason']}" for n in view["nodes"])
         fail(f"no node answered ({reasons})")

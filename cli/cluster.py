@@ -403,7 +403,7 @@ def cluster_up(
         cluster.save()
         for n in started:
             spawn_node(cluster, n, sockets[n])
-        cluster.save()
+            cluster.save()  # after each start, so no PID is ever lost
     finally:
         for sock in sockets.values():
             sock.close()

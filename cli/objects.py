@@ -46,8 +46,6 @@ class Target:
     access_key: str
     secret_key: str
     region: str = "us-east-1"
-    admin_access_key: str = ""
-    admin_secret_key: str = ""
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -56,12 +54,22 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def resolve_target(
-    data_dir: str | None, endpoint: str | None, access_key: str | None, secret_key: str | None
+    data_dir: str | None,
+    endpoint: str | None,
+    access_key: str | None,
+    secret_key: str | None,
+    *,
+    admin: bool = False,
 ) -> Target:
-    """The endpoint(s) and keys, from the flags, the environment or cluster.json."""
+    """The endpoint(s) and keys, from the flags, the environment or cluster.json.
+
+    ``admin``: the keys are the admin keys (``MINIGRID_ADMIN_ACCESS_KEY``, ...), which is what
+    ``Target.access_key`` then holds."""
+    prefix = "MINIGRID_ADMIN_" if admin else "MINIGRID_"
+    key_prefix = "admin_" if admin else ""
     endpoint = endpoint or os.environ.get("MINIGRID_ENDPOINT")
-    access_key = access_key or os.environ.get("MINIGRID_ACCESS_KEY")
-    secret_key = secret_key or os.environ.get("MINIGRID_SECRET_KEY")
+    access_key = access_key or os.environ.get(prefix + "ACCESS_KEY")
+    secret_key = secret_key or os.environ.get(prefix + "SECRET_KEY")
     folder = resolve_data_dir(data_dir)
     try:
         cluster = ClusterFile.load(folder)
@@ -76,11 +84,9 @@ def resolve_target(
     config = cluster.config if cluster is not None else {}
     return Target(
         endpoints=[endpoint] if endpoint else [str(n["url"]) for n in config["nodes"]],
-        access_key=access_key or str(config["access_key"]),
-        secret_key=secret_key or str(config["secret_key"]),
+        access_key=access_key or str(config[key_prefix + "access_key"]),
+        secret_key=secret_key or str(config[key_prefix + "secret_key"]),
         region=str(config.get("region", "us-east-1")),
-        admin_access_key=access_key or str(config.get("admin_access_key", "")),
-        admin_secret_key=secret_key or str(config.get("admin_secret_key", "")),
     )
 
 
