@@ -26,7 +26,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -36,11 +35,11 @@ from storage.admin import AdminRoutes, drive_reports, node_summary
 from storage.config import NodeConfig, planned_formats
 from storage.drive import Drive
 from storage.drive_service import serve_drives
-from storage.errors import DriveNotFound, StorageError, UnformattedDrive
+from storage.errors import StorageError, UnformattedDrive
 from storage.format import FormatInfo
 from storage.local import LocalDrive
 from storage.metrics import NodeMetrics
-from storage.objects import ErasureSet, ObjectLayer
+from storage.objects import ObjectLayer
 from storage.peers import PeerTable
 from storage.remote import qualified_endpoint
 from storage.s3.gateway import S3Gateway
@@ -81,64 +80,6 @@ def listen_socket(config: NodeConfig) -> socket.socket:
     return sock
 
 
-class HedgedObjectLayer(ObjectLayer):
-    """The object layer, with stragglers cut off in the calls it makes to every drive of a set.
-
-    ``ObjectLayer._on_drives`` (metadata reads, bucket checks, deletes) waits for every drive.
-    A *frozen* peer (SIGSTOP, a stalled VM) keeps its TCP connection up and answers nothing, so
-    each such call would wait until the grid's failure detector drops the connection (4s in
-    the ``fast`` profile, 20s in ``minio``). Here, once a write quorum of drives has answered,
-    the others get :meth:`straggler_wait` more; a drive still silent then counts as failed for
-    this call (its call is cancelled), exactly as if it had been offline. Shard reads hedge
-    on their own (:class:`~storage.reader.ShardFetcher`).
-    """
-
-    def straggler_wait(self) -> float:
-        """How long to wait for the rest once a quorum answered: 4 hedge delays, 0.2-2s."""
-        return min(max(4 * self.hedge.delay, MIN_STRAGGLER_WAIT), MAX_STRAGGLER_WAIT)
-
-    async def _on_drives(
-        self, eset: ErasureSet, call: Callable[[Drive], Awaitable[T]]
-    ) -> list[T | StorageError]:
-        loop = asyncio.get_running_loop()
-        missing = object()  # "no answer yet" (None is a valid answer)
-        results: list[Any] = [missing] * len(eset.drives)
-
-        async def one(position: int, drive: Drive) -> None:
-            if not drive.is_online():
-                results[position] = DriveNotFound(f"drive {drive.endpoint} is offline")
-                return
-            try:
-                results[position] = await call(drive)
-            except StorageError as exc:
-                results[position] = exc
-
-        tasks = [loop.create_task(one(p, d)) for p, d in enumerate(eset.drives)]
-        try:
-            pending = set(tasks)
-            quorum_at: float | None = None
-            while pending:
-                timeout = None
-                if quorum_at is not None:
-                    timeout = max(0.0, quorum_at + self.straggler_wait() - loop.time())
-                done, pending = await asyncio.wait(
-                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                if not done:
-                    break  # the stragglers' time is up
-                if quorum_at is None and len(tasks) - len(pending) >= eset.write_quorum:
-                    quorum_at = loop.time()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        late = f"no answer within {self.straggler_wait():.2f}s of the quorum"
-        return [
-            DriveNotFound(f"drive {drive.endpoint}: {late}") if result is missing else result
-            for drive, result in zip(eset.drives, results, strict=True)
-        ]
-
-
 class Node:
     """One node of the cluster. ``await start()``, then ``await close()``."""
 
@@ -172,7 +113,7 @@ class Node:
             self.peers = PeerTable(manager)
             self.drives = self._cluster_drives(self.peers)
             sets = [[self.drives[p] for p in positions] for positions in self.layout.sets()]
-            self.layer = HedgedObjectLayer(
+            self.layer = ObjectLayer(
                 sets, parity=self.layout.parity, deployment_id=self.layout.deployment_id
             )
             self.metrics.follow(manager, self.drives, lambda: bool(self.readiness()["ready"]))

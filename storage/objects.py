@@ -144,6 +144,10 @@ class ErasureSet:
         return write_quorum(self.data, self.parity)
 
 
+_MIN_STRAGGLER_WAIT = 0.2
+_MAX_STRAGGLER_WAIT = 2.0
+
+
 async def _attempt(coro: Awaitable[T]) -> T | StorageError:
     """Await ``coro`` and return its StorageError instead of raising it."""
     try:
@@ -309,17 +313,57 @@ class ObjectLayer:
             else:
                 self._locks[name] = (lock, users - 1)
 
+    def straggler_wait(self) -> float:
+        """How long to wait for the rest once a quorum answered: 4 hedge delays, 0.2-2s."""
+        return min(max(4 * self.hedge.delay, _MIN_STRAGGLER_WAIT), _MAX_STRAGGLER_WAIT)
+
     async def _on_drives(
         self, eset: ErasureSet, call: Callable[[Drive], Awaitable[T]]
     ) -> list[T | StorageError]:
-        """Run ``call`` on every drive of a set at once; offline drives fail without a call."""
+        """Run ``call`` on every drive of a set at once; offline drives fail without a call.
 
-        async def one(drive: Drive) -> T | StorageError:
+        A *frozen* peer (SIGSTOP, a stalled VM) keeps its connection up and answers nothing,
+        so waiting for every drive would wait for the grid's failure detector. Once a write
+        quorum has answered, the rest get :meth:`straggler_wait` more; a drive still silent then
+        counts as failed for this call (its call is cancelled), as if it were offline.
+        """
+        loop = asyncio.get_running_loop()
+        missing = object()  # "no answer yet" (None is a valid answer)
+        results: list[Any] = [missing] * len(eset.drives)
+
+        async def one(position: int, drive: Drive) -> None:
             if not drive.is_online():
-                return DriveNotFound(f"drive {drive.endpoint} is offline")
-            return await _attempt(call(drive))
+                results[position] = DriveNotFound(f"drive {drive.endpoint} is offline")
+                return
+            try:
+                results[position] = await call(drive)
+            except StorageError as exc:
+                results[position] = exc
 
-        return list(await asyncio.gather(*(one(drive) for drive in eset.drives)))
+        tasks = [loop.create_task(one(p, d)) for p, d in enumerate(eset.drives)]
+        try:
+            pending = set(tasks)
+            quorum_at: float | None = None
+            while pending:
+                timeout = None
+                if quorum_at is not None:
+                    timeout = max(0.0, quorum_at + self.straggler_wait() - loop.time())
+                done, pending = await asyncio.wait(
+                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    break  # the stragglers' time is up
+                if quorum_at is None and len(tasks) - len(pending) >= eset.write_quorum:
+                    quorum_at = loop.time()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        late = f"no answer within {self.straggler_wait():.2f}s of the quorum"
+        return [
+            DriveNotFound(f"drive {drive.endpoint}: {late}") if result is missing else result
+            for drive, result in zip(eset.drives, results, strict=True)
+        ]
 
     @staticmethod
     def _summary(results: Sequence[object]) -> str:
