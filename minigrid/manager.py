@@ -278,8 +278,10 @@ class Manager:
     # --------------------------------------------------------------- accepting
 
     def _reject(self, status: int, key: str, reason: str, what: str = "dial") -> web.Response:
+        # Keyed by the reason too: one address can carry several peers (ports), and each
+        # distinct rejection is said once, not once per retry.
         self._log_once.warn(
-            f"{what}:{key}", f"grid {self.local}: rejected {what} from {key}: {reason}"
+            f"{what}:{key}:{reason}", f"grid {self.local}: rejected {what} from {key}: {reason}"
         )
         return web.Response(status=status, text=reason)
 
