@@ -136,8 +136,8 @@ class Connection:
             return
         check_transition(self._state, new)
         old, self._state = self._state, new
-        if cause:
-            self.last_cause = cause if new is not State.CONNECTED else self.last_cause
+        if cause and new is not State.CONNECTED:
+            self.last_cause = cause
         if new is State.CONNECTED or old is State.CONNECTED or new is State.SHUTDOWN:
             log.info(
                 "grid %s->%s: %s -> %s%s",

@@ -87,7 +87,6 @@ class LoopMonitor:
         self._samples: collections.deque[tuple[float, float]] = collections.deque()
         self._stalls: collections.deque[tuple[float, float]] = collections.deque()  # (end, length)
         self._task: asyncio.Task[None] | None = None
-        self.last_tick = 0.0
 
     def start(self) -> None:
         if self._task is None:
@@ -111,7 +110,6 @@ class LoopMonitor:
 
     def record(self, now: float, lag: float) -> None:
         """Note that a timer due at ``now - lag`` fired at ``now``."""
-        self.last_tick = now
         self._samples.append((now, lag))
         while self._samples and self._samples[0][0] < now - self.window:
             self._samples.popleft()

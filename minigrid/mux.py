@@ -131,11 +131,6 @@ class Inbox:
         self._payloads -= 1
         return item
 
-    def clear(self) -> None:
-        self._items.clear()
-        self._payloads = 0
-        self._partial = []
-
 
 def check_capacity(name: str, value: int) -> int:
     """Validate a declared capacity."""

@@ -86,19 +86,6 @@ class Flags(enum.IntFlag):
 CLIENT_OPS: Final = frozenset(
     {Op.REQUEST, Op.CONNECT_MUX, Op.CLIENT_MSG, Op.UNBLOCK_SERVER, Op.DISCONNECT_SERVER_MUX}
 )
-#: Control ops overtake queued data (DESIGN §2 "control before data").
-CONTROL_OPS: Final = frozenset(
-    {
-        Op.PING,
-        Op.PONG,
-        Op.ACK_MUX,
-        Op.UNBLOCK_CLIENT,
-        Op.UNBLOCK_SERVER,
-        Op.DISCONNECT_CLIENT_MUX,
-        Op.DISCONNECT_SERVER_MUX,
-        Op.MUX_CONNECT_ERROR,
-    }
-)
 _VALID_OPS: Final = frozenset(int(op) for op in Op)
 _ALL_FLAGS: Final = int(
     Flags.EOF

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 _END_FLAGS = int(Flags.EOF | Flags.PAYLOAD_IS_EMPTY)
 _ERR_END_FLAGS = int(Flags.EOF | Flags.PAYLOAD_IS_ERR)
 _MORE = int(Flags.MORE)
+_EOF = int(Flags.EOF)
+_ERR = int(Flags.PAYLOAD_IS_ERR)
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
@@ -177,8 +179,8 @@ class _End:
             raise RemoteProtocolError(
                 f"{self.handler_name}: stream data before the stream was acknowledged"
             )
-        if flags & Flags.EOF:
-            error = payload.decode("utf-8", "replace") if flags & Flags.PAYLOAD_IS_ERR else ""
+        if flags & _EOF:
+            error = payload.decode("utf-8", "replace") if flags & _ERR else ""
             inbox.push_end(seq, error)
             self._peer_done = True
         elif not inbox.push(seq, payload, more=bool(flags & _MORE)):

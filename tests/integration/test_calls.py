@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -77,7 +78,9 @@ async def test_unknown_handler_and_subroute_are_clear_remote_errors() -> None:
         assert await conn.call(HandlerID.TEST_ECHO, b"x", subroute="/d1") == b"x"
 
 
-def _tracking_handler(started: asyncio.Event, cancelled: asyncio.Event) -> object:
+def tracked_sleep(started: asyncio.Event, cancelled: asyncio.Event) -> Callable[[Manager], None]:
+    """Register a TEST_SLEEP that sets ``started`` on entry and ``cancelled`` when cancelled."""
+
     async def handler(payload: bytes) -> bytes:
         started.set()
         try:
@@ -87,17 +90,17 @@ def _tracking_handler(started: asyncio.Event, cancelled: asyncio.Event) -> objec
             raise
         return b""
 
-    return handler
+    def register(manager: Manager) -> None:
+        manager.register_single(HandlerID.TEST_SLEEP, handler)
+
+    return register
 
 
 @pytest.mark.asyncio
 async def test_deadline_expiry_fails_the_call_and_cancels_the_remote_handler() -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
 
-    def register(manager: Manager) -> None:
-        manager.register_single(HandlerID.TEST_SLEEP, _tracking_handler(started, cancelled))  # type: ignore[arg-type]
-
-    async with local_grid(2, register=register) as grid:
+    async with local_grid(2, register=tracked_sleep(started, cancelled)) as grid:
         conn = grid.managers[0].connection(grid.hosts[1])
         loop = asyncio.get_running_loop()
         begun = loop.time()
@@ -113,10 +116,7 @@ async def test_the_deadline_travels_with_the_call() -> None:
     # The caller waits 10s, but says 0.3s on the wire: the server must give up on its own.
     started, cancelled = asyncio.Event(), asyncio.Event()
 
-    def register(manager: Manager) -> None:
-        manager.register_single(HandlerID.TEST_SLEEP, _tracking_handler(started, cancelled))  # type: ignore[arg-type]
-
-    async with local_grid(2, register=register) as grid:
+    async with local_grid(2, register=tracked_sleep(started, cancelled)) as grid:
         conn = grid.managers[0].connection(grid.hosts[1])
         await conn._put_data(
             protocol.encode(
@@ -130,10 +130,7 @@ async def test_the_deadline_travels_with_the_call() -> None:
 async def test_caller_cancellation_returns_at_once_and_cancels_the_remote() -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
 
-    def register(manager: Manager) -> None:
-        manager.register_single(HandlerID.TEST_SLEEP, _tracking_handler(started, cancelled))  # type: ignore[arg-type]
-
-    async with local_grid(2, register=register) as grid:
+    async with local_grid(2, register=tracked_sleep(started, cancelled)) as grid:
         conn = grid.managers[0].connection(grid.hosts[1])
         call = asyncio.create_task(conn.call(HandlerID.TEST_SLEEP))
         await asyncio.wait_for(started.wait(), 5)
