@@ -2,11 +2,13 @@
 
 :class:`FaultyDrive` wraps any :class:`~storage.drive.Drive` and can take it offline, fail its
 writes or commits, or hold its shard reads at an :class:`asyncio.Event` (a "slow" drive whose
-slowness a test controls exactly, with no sleeps).
+slowness a test controls exactly, with no sleeps). :meth:`FaultyDrive.hold` holds any method
+the same way, and counts the calls waiting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -49,11 +51,26 @@ class FaultyDrive:
         self.read_gate: Any = None  # an asyncio.Event; shard reads wait for it when set
         self.reads_waiting = 0
         self.calls: Counter[str] = Counter()
+        self.holds: dict[str, asyncio.Event] = {}
+        #: Calls waiting at a :meth:`hold` right now, by method name.
+        self.held: Counter[str] = Counter()
 
-    def _enter(self, name: str) -> None:
+    def hold(self, method: str) -> asyncio.Event:
+        """Make calls of ``method`` wait (after counting them) until the returned event is set."""
+        event = self.holds[method] = asyncio.Event()
+        return event
+
+    async def _enter(self, name: str) -> None:
         self.calls[name] += 1
         if self.offline:
             raise DriveOffline(f"drive {self.inner.endpoint} is offline (injected)")
+        event = self.holds.get(name)
+        if event is not None and not event.is_set():
+            self.held[name] += 1
+            try:
+                await event.wait()
+            finally:
+                self.held[name] -= 1
 
     @property
     def endpoint(self) -> str:
@@ -63,64 +80,64 @@ class FaultyDrive:
         return not self.offline and self.inner.is_online()
 
     async def disk_info(self) -> DiskInfo:
-        self._enter("disk_info")
+        await self._enter("disk_info")
         return await self.inner.disk_info()
 
     async def read_format(self) -> FormatInfo:
-        self._enter("read_format")
+        await self._enter("read_format")
         return await self.inner.read_format()
 
     async def write_format(self, fmt: FormatInfo) -> None:
-        self._enter("write_format")
+        await self._enter("write_format")
         await self.inner.write_format(fmt)
 
     async def make_volume(self, volume: str) -> None:
-        self._enter("make_volume")
+        await self._enter("make_volume")
         await self.inner.make_volume(volume)
 
     async def list_volumes(self) -> list[VolumeInfo]:
-        self._enter("list_volumes")
+        await self._enter("list_volumes")
         return await self.inner.list_volumes()
 
     async def stat_volume(self, volume: str) -> VolumeInfo:
-        self._enter("stat_volume")
+        await self._enter("stat_volume")
         return await self.inner.stat_volume(volume)
 
     async def delete_volume(self, volume: str, force: bool = False) -> None:
-        self._enter("delete_volume")
+        await self._enter("delete_volume")
         await self.inner.delete_volume(volume, force)
 
     async def read_metadata(self, volume: str, key: str) -> ObjectMeta:
-        self._enter("read_metadata")
+        await self._enter("read_metadata")
         return await self.inner.read_metadata(volume, key)
 
     async def write_metadata(self, volume: str, key: str, meta: ObjectMeta) -> None:
-        self._enter("write_metadata")
+        await self._enter("write_metadata")
         await self.inner.write_metadata(volume, key, meta)
 
     async def delete_object(self, volume: str, key: str) -> None:
-        self._enter("delete_object")
+        await self._enter("delete_object")
         await self.inner.delete_object(volume, key)
 
     async def create_shard(self, upload_id: str) -> ShardWriter:
-        self._enter("create_shard")
+        await self._enter("create_shard")
         writer = await self.inner.create_shard(upload_id)
         if self.fail_writes_after is not None:
             return _FailingWriter(writer, self.fail_writes_after)
         return writer
 
     async def rename_data(self, upload_id: str, volume: str, key: str, meta: ObjectMeta) -> None:
-        self._enter("rename_data")
+        await self._enter("rename_data")
         if self.fail_rename:
             raise StorageError("injected rename failure")
         await self.inner.rename_data(upload_id, volume, key, meta)
 
     async def commit_rename(self, upload_id: str, volume: str, key: str) -> None:
-        self._enter("commit_rename")
+        await self._enter("commit_rename")
         await self.inner.commit_rename(upload_id, volume, key)
 
     async def undo_rename(self, upload_id: str, volume: str, key: str) -> None:
-        self._enter("undo_rename")
+        await self._enter("undo_rename")
         await self.inner.undo_rename(upload_id, volume, key)
 
     async def read_shard(
@@ -134,7 +151,7 @@ class FaultyDrive:
         offset: int,
         length: int,
     ) -> AsyncIterator[bytes]:
-        self._enter("read_shard")
+        await self._enter("read_shard")
         chunks = self.inner.read_shard(
             volume,
             key,
@@ -158,7 +175,7 @@ class FaultyDrive:
     async def verify_shard(
         self, volume: str, key: str, data_dir: str, *, chunk_size: int, shard_size: int
     ) -> None:
-        self._enter("verify_shard")
+        await self._enter("verify_shard")
         await self.inner.verify_shard(
             volume, key, data_dir, chunk_size=chunk_size, shard_size=shard_size
         )
@@ -166,7 +183,7 @@ class FaultyDrive:
     async def list_objects_page(
         self, volume: str, prefix: str, delimiter: str, start_after: str, limit: int
     ) -> ListPage:
-        self._enter("list_objects_page")
+        await self._enter("list_objects_page")
         return await self.inner.list_objects_page(volume, prefix, delimiter, start_after, limit)
 
 

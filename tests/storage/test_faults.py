@@ -17,6 +17,7 @@ from storage.errors import ObjectNotFound, StorageError, WriteQuorum
 from storage.local import LocalDrive, iter_upload_ids
 from storage.objects import HealReport, ObjectLayer
 from storage.testing import FaultyDrive, local_layer
+from tests.conftest import eventually
 
 Set = tuple[ObjectLayer, list[FaultyDrive]]
 
@@ -138,21 +139,20 @@ async def test_put_below_write_quorum_fails_cleanly(
     old_etag = hashlib.md5(old).hexdigest()
     for drive in drives[4:]:
         drive.fail_rename = True  # the first four commit, then the rest fail
-    seen_during_commit: list[str] = []
-    original = drives[7].rename_data
-
-    async def rename_and_peek(*args: object) -> None:
-        # A reader that arrives mid-commit must not see the new, uncommitted version.
-        peek = asyncio.create_task(layer.head_object("bkt", "obj"))
-        await asyncio.sleep(0)
-        seen_during_commit.append("pending" if not peek.done() else "done")
-        await original(*args)  # type: ignore[arg-type]
-
-    drives[7].rename_data = rename_and_peek  # type: ignore[method-assign]
+    # Hold one committing drive so a reader arrives while the commit is in progress: it must
+    # wait for the commit (and see the rollback), never read the uncommitted version.
+    release = drives[3].hold("rename_data")
+    put = asyncio.create_task(layer.put_object("bkt", "obj", payload(3 * MIB, seed=16)))
+    await eventually(lambda: drives[3].held["rename_data"] == 1, what="commit in progress")
+    metadata_reads = sum(d.calls["read_metadata"] for d in drives)
+    reader = asyncio.create_task(layer.head_object("bkt", "obj"))
+    await eventually(lambda: layer.locks.waiters(("bkt", "obj")) == 1, what="reader queued")
+    assert sum(d.calls["read_metadata"] for d in drives) == metadata_reads
+    release.set()
     with pytest.raises(WriteQuorum, match="rolled back"):
-        await layer.put_object("bkt", "obj", payload(3 * MIB, seed=16))
+        await put
+    assert (await reader).etag == old_etag
     assert layer.stats.rollbacks == 1
-    assert seen_during_commit == ["pending"]
     assert (await layer.head_object("bkt", "obj")).etag == old_etag
     assert await read_all(layer, "bkt", "obj") == old
     for drive in drives:
@@ -164,6 +164,45 @@ async def test_put_below_write_quorum_fails_cleanly(
     with pytest.raises(ObjectNotFound):
         await layer.head_object("bkt", "fresh")
     assert [o.key for o in (await layer.list_objects("bkt")).objects] == ["obj"]
+
+
+@pytest.mark.asyncio
+async def test_a_reader_waits_for_a_commit_that_reached_quorum(faulty_set: Set) -> None:
+    """A commit that a quorum finished but one drive still holds: the reader waits for it."""
+    layer, drives = faulty_set
+    await layer.put_object("bkt", "obj", payload(MIB + 5, seed=21))
+    new = payload(MIB + 7, seed=22)
+    renamed = sum(d.calls["rename_data"] for d in drives[:7])
+    release = drives[7].hold("rename_data")
+    put = asyncio.create_task(layer.put_object("bkt", "obj", new))
+    await eventually(lambda: drives[7].held["rename_data"] == 1, what="drive 7 commit held")
+    await eventually(
+        lambda: sum(d.calls["rename_data"] for d in drives[:7]) == renamed + 7,
+        what="a quorum renamed",
+    )
+    reader = asyncio.create_task(layer.head_object("bkt", "obj"))
+    await eventually(lambda: layer.locks.waiters(("bkt", "obj")) == 1, what="reader queued")
+    assert not reader.done()
+    release.set()
+    info = await put
+    assert (await reader).etag == info.etag == hashlib.md5(new).hexdigest()
+
+
+@pytest.mark.asyncio
+async def test_concurrent_reads_of_one_key_run_in_parallel(faulty_set: Set) -> None:
+    layer, drives = faulty_set
+    data = payload(MIB + 9, seed=23)
+    await layer.put_object("bkt", "obj", data)
+    releases = [drive.hold("read_metadata") for drive in drives]
+    first = asyncio.create_task(read_all(layer, "bkt", "obj"))
+    await eventually(lambda: all(d.held["read_metadata"] == 1 for d in drives), what="1st read")
+    second = asyncio.create_task(read_all(layer, "bkt", "obj"))
+    # Both readers hold the key's read lock at once: every drive has two reads waiting.
+    await eventually(lambda: all(d.held["read_metadata"] == 2 for d in drives), what="2nd read")
+    assert layer.locks.readers(("bkt", "obj")) == 2
+    for release in releases:
+        release.set()
+    assert await first == await second == data
 
 
 @pytest.mark.asyncio

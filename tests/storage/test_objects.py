@@ -160,7 +160,7 @@ async def test_listing_pages_match_reference(tmp_path: Path, max_keys: int) -> N
     await layer.make_bucket("bkt")
     for key in KEYS:
         await layer.put_object("bkt", key, key.encode())
-    assert {layer._set_for("bkt", k).index for k in KEYS} == {0, 1}
+    assert {layer.set_for("bkt", k).index for k in KEYS} == {0, 1}
     for prefix, delimiter in [
         ("", ""),
         ("", "/"),

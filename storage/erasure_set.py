@@ -1,0 +1,144 @@
+"""One erasure set: its drives in position order, its quorums, and the calls that span it.
+
+This is the public surface the object layer, the healer and the scanner share:
+
+- :meth:`ErasureSet.fan_out` runs one call on every drive at once, skips offline drives
+  without calling them, and stops waiting for stragglers soon after a write quorum answered;
+- :meth:`ErasureSet.read_metadata` and :meth:`ErasureSet.pick_metadata` read every drive's copy
+  of an object's metadata and choose the version a read quorum agrees on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from storage.drive import Drive
+from storage.errors import (
+    BucketNotFound,
+    DriveNotFound,
+    FileNotFound,
+    ObjectNotFound,
+    ReadQuorum,
+    StorageError,
+    VolumeNotFound,
+)
+from storage.latency import HedgeDelay
+from storage.meta import ObjectMeta
+from storage.placement import read_quorum, write_quorum
+from storage.quorum import Agreement, reduce_quorum
+
+T = TypeVar("T")
+
+MIN_STRAGGLER_WAIT = 0.2
+MAX_STRAGGLER_WAIT = 2.0
+
+Results = list[T | StorageError]
+
+
+@dataclass
+class ErasureSet:
+    """The drives of one set, in position order, and its erasure layout."""
+
+    index: int
+    drives: list[Drive]
+    data: int
+    parity: int
+    #: Observed drive latency, shared by every set of a layer (it sets the straggler cut-off).
+    hedge: HedgeDelay = field(default_factory=HedgeDelay)
+
+    @property
+    def write_quorum(self) -> int:
+        return write_quorum(self.data, self.parity)
+
+    @property
+    def read_quorum(self) -> int:
+        return read_quorum(self.data)
+
+    def straggler_wait(self) -> float:
+        """How long to wait for the rest once a quorum answered: 4 hedge delays, 0.2-2s."""
+        return min(max(4 * self.hedge.delay, MIN_STRAGGLER_WAIT), MAX_STRAGGLER_WAIT)
+
+    def online(self) -> int:
+        """Drives the peer table currently believes are usable."""
+        return sum(1 for drive in self.drives if drive.is_online())
+
+    async def fan_out(self, call: Callable[[Drive], Awaitable[T]]) -> Results[T]:
+        """Run ``call`` on every drive at once; offline drives fail without a call.
+
+        A *frozen* peer (SIGSTOP, a stalled VM) keeps its connection up and answers nothing,
+        so waiting for every drive would wait for the grid's failure detector. Once a write
+        quorum has answered, the rest get :meth:`straggler_wait` more; a drive still silent then
+        counts as failed for this call (its call is cancelled), as if it were offline.
+        """
+        loop = asyncio.get_running_loop()
+        missing = object()  # "no answer yet" (None is a valid answer)
+        results: list[Any] = [missing] * len(self.drives)
+
+        async def one(position: int, drive: Drive) -> None:
+            if not drive.is_online():
+                results[position] = DriveNotFound(f"drive {drive.endpoint} is offline")
+                return
+            try:
+                results[position] = await call(drive)
+            except StorageError as exc:
+                results[position] = exc
+
+        tasks = [loop.create_task(one(p, d)) for p, d in enumerate(self.drives)]
+        try:
+            await self._wait_quorum_then_stragglers(tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        late = f"no answer within {self.straggler_wait():.2f}s of the quorum"
+        return [
+            DriveNotFound(f"drive {drive.endpoint}: {late}") if result is missing else result
+            for drive, result in zip(self.drives, results, strict=True)
+        ]
+
+    async def _wait_quorum_then_stragglers(self, tasks: Sequence[asyncio.Task[None]]) -> None:
+        loop = asyncio.get_running_loop()
+        pending = set(tasks)
+        quorum_at: float | None = None
+        while pending:
+            timeout = None
+            if quorum_at is not None:
+                timeout = max(0.0, quorum_at + self.straggler_wait() - loop.time())
+            done, pending = await asyncio.wait(
+                pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                return  # the stragglers' time is up
+            if quorum_at is None and len(tasks) - len(pending) >= self.write_quorum:
+                quorum_at = loop.time()
+
+    async def read_metadata(self, bucket: str, key: str) -> Results[ObjectMeta]:
+        """Every drive's copy of an object's metadata (or why it has none)."""
+        return await self.fan_out(lambda drive: drive.read_metadata(bucket, key))
+
+    def pick_metadata(
+        self, bucket: str, key: str, copies: Sequence[ObjectMeta | StorageError]
+    ) -> Agreement[ObjectMeta]:
+        """The latest version a read quorum agrees on, and the drives holding it.
+
+        Raises ObjectNotFound (or BucketNotFound) when a read quorum says so, else ReadQuorum.
+        """
+        return reduce_quorum(
+            copies,
+            self.read_quorum,
+            version=ObjectMeta.version_key,
+            verdicts={
+                VolumeNotFound: BucketNotFound(f"bucket {bucket} not found"),
+                (FileNotFound, VolumeNotFound): ObjectNotFound(f"{bucket}/{key} not found"),
+            },
+            short=lambda why: ReadQuorum(
+                f"{bucket}/{key}: no version is held by {self.read_quorum} drives of set "
+                f"{self.index} ({why})"
+            ),
+        )
+
+
+__all__ = ["MAX_STRAGGLER_WAIT", "MIN_STRAGGLER_WAIT", "ErasureSet", "Results"]

@@ -1,0 +1,351 @@
+"""Writing an object: encode block by block, stream shards to every drive, commit by quorum.
+
+1. Check that a write quorum of the set's drives holds the bucket.
+2. Cut the source into blocks. A small object (one short block whose shards fit
+   ``inline_limit``) is encoded whole and each drive's framed shard goes into its metadata.
+   Otherwise every drive gets a shard writer in its temporary area, and up to ``ENCODE_AHEAD``
+   blocks encode in the thread pool while the previous block is written, so the encoder, the
+   MD5 and the drive writes run at the same time.
+3. Commit under the key's write lock: each drive renames the data into place, metadata last.
+   Without a write quorum of renames, the drives that renamed are rolled back. Drives that
+   missed the write are reported to the heal hook.
+
+:class:`ShardWriters` (one writer per drive position) is public for the healer, which streams
+rebuilt shards to the drives that need them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from storage import bitrot
+from storage.buckets import check_bucket
+from storage.drive import ShardWriter
+from storage.erasure import Erasure
+from storage.erasure_set import ErasureSet, Results
+from storage.errors import (
+    BucketNotFound,
+    DriveNotFound,
+    IncompleteBody,
+    StorageError,
+    VolumeNotFound,
+    WriteQuorum,
+)
+from storage.locks import KeyLocks
+from storage.meta import ErasureInfo, ObjectMeta
+from storage.names import validate_bucket, validate_object
+from storage.placement import shard_distribution
+from storage.quorum import reduce_quorum
+
+INLINE_LIMIT = 128 * 1024
+ENCODE_AHEAD = 2  # blocks encoding in the thread pool ahead of the one being written
+
+#: ``report(position, reason)``: tell the healer about a drive that missed a write.
+Report = Callable[[int, str], None]
+
+
+async def _attempt(coro: Awaitable[object]) -> StorageError | None:
+    try:
+        await coro
+    except StorageError as exc:
+        return exc
+    return None
+
+
+class BlockSource:
+    """Cuts an async byte source into blocks of ``block_size``; a short block means the end."""
+
+    def __init__(self, source: AsyncIterable[bytes], block_size: int) -> None:
+        self._iter = aiter(source)
+        self._block_size = block_size
+        self._buffer = bytearray()
+        self._done = False
+        self.total = 0
+
+    async def next(self) -> bytes | None:
+        size = self._block_size
+        while not self._done and len(self._buffer) < size:
+            try:
+                chunk = await anext(self._iter)
+            except StopAsyncIteration:
+                self._done = True
+                break
+            if not self._buffer and len(chunk) == size:
+                self.total += size
+                return bytes(chunk)
+            self._buffer += chunk
+        if not self._buffer:
+            return None
+        block = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        self.total += len(block)
+        return block
+
+
+async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+class ShardWriters:
+    """One shard writer per drive position (None where a drive failed or was not asked)."""
+
+    def __init__(self, eset: ErasureSet, writers: list[ShardWriter | None]) -> None:
+        self.eset = eset
+        self.writers = writers
+        self.errors: list[StorageError] = []
+
+    @classmethod
+    async def open(cls, eset: ErasureSet, upload_id: str) -> ShardWriters:
+        """A writer on every drive of the set; WriteQuorum when too few accept."""
+        opened = await eset.fan_out(lambda drive: drive.create_shard(upload_id))
+        writers = cls(eset, [None if isinstance(w, StorageError) else w for w in opened])
+        writers.errors = [r for r in opened if isinstance(r, StorageError)]
+        try:
+            writers.require_quorum()
+        except WriteQuorum:
+            await writers.abort_all()
+            raise
+        return writers
+
+    @property
+    def live(self) -> int:
+        return sum(1 for w in self.writers if w is not None)
+
+    def require_quorum(self) -> None:
+        results: list[object] = [w if w is not None else DriveNotFound() for w in self.writers]
+        reduce_quorum(
+            results,
+            self.eset.write_quorum,
+            short=lambda why: WriteQuorum(
+                f"only {self.live} of {len(self.writers)} drives in set {self.eset.index} "
+                f"accepted the write, {self.eset.write_quorum} needed "
+                f"({', '.join(type(e).__name__ for e in self.errors) or why})"
+            ),
+        )
+
+    async def write(self, shards: Sequence[bytes], distribution: Sequence[int]) -> None:
+        """Write each live drive its shard of one block; a failing drive is dropped."""
+
+        async def write_one(position: int, writer: ShardWriter) -> None:
+            try:
+                await writer.write(shards[distribution[position]])
+            except StorageError as exc:
+                self.errors.append(exc)
+                self.writers[position] = None
+                await _attempt(writer.abort())
+
+        await asyncio.gather(
+            *(write_one(pos, w) for pos, w in enumerate(self.writers) if w is not None)
+        )
+
+    async def finish(self) -> list[bool]:
+        """Close every writer; which positions now hold a complete shard."""
+        finished = await asyncio.gather(
+            *(_attempt(w.commit()) if w is not None else _none() for w in self.writers)
+        )
+        return [
+            w is not None and not isinstance(r, StorageError)
+            for w, r in zip(self.writers, finished, strict=True)
+        ]
+
+    async def abort_all(self) -> None:
+        await asyncio.gather(*(_attempt(w.abort()) for w in self.writers if w is not None))
+
+
+async def _none() -> None:
+    return None
+
+
+async def put_object(
+    eset: ErasureSet,
+    locks: KeyLocks,
+    bucket: str,
+    key: str,
+    source: AsyncIterable[bytes] | bytes,
+    *,
+    size: int | None,
+    content_type: str,
+    user_meta: dict[str, str] | None,
+    block_size: int,
+    inline_limit: int,
+    report: Report,
+    on_rollback: Callable[[], None],
+) -> ObjectMeta:
+    """Store an object in ``eset`` and return its metadata (see the module docstring)."""
+    validate_bucket(bucket)
+    validate_object(key)
+    await check_bucket(eset, bucket)
+    blocks = BlockSource(one_chunk(source) if isinstance(source, bytes) else source, block_size)
+    erasure = Erasure(eset.data, eset.parity, block_size)
+    template = ObjectMeta(
+        size=0,
+        etag="",
+        mod_time_ns=time.time_ns(),
+        data_dir=uuid.uuid4().hex,
+        erasure=ErasureInfo(
+            data=eset.data,
+            parity=eset.parity,
+            block_size=block_size,
+            distribution=shard_distribution(bucket, key, len(eset.drives)),
+        ),
+        content_type=content_type,
+        user_meta=dict(user_meta or {}),
+    )
+    upload_id = uuid.uuid4().hex
+    md5 = hashlib.md5()
+    first = await blocks.next()
+    writers: ShardWriters | None = None
+    inline: list[bytes] | None = None
+    if first is None or (len(first) < block_size and erasure.shard_len(len(first)) <= inline_limit):
+        inline = await _encode_inline(erasure, template, first or b"", md5)
+    else:
+        writers = await _stream_shards(eset, erasure, template, upload_id, first, blocks, md5)
+    if size is not None and blocks.total != size:
+        if writers is not None:
+            await writers.abort_all()
+        raise IncompleteBody(f"expected {size} bytes, got {blocks.total}")
+    meta = dataclasses.replace(template, size=blocks.total, etag=md5.hexdigest())
+    usable = [True] * len(eset.drives) if writers is None else await writers.finish()
+    await commit(eset, locks, bucket, key, upload_id, meta, usable, inline, report, on_rollback)
+    return meta
+
+
+async def _encode_inline(
+    erasure: Erasure, template: ObjectMeta, data: bytes, md5: Any
+) -> list[bytes]:
+    """Encode a small object whole; each drive's framed shard goes into its metadata."""
+    md5.update(data)
+    if not data:
+        return [b""] * erasure.total
+    loop = asyncio.get_running_loop()
+    shards = await loop.run_in_executor(None, erasure.encode, data)
+    chunk_size = template.erasure.shard_chunk_size()
+    return [bitrot.frame_all(shard, chunk_size) for shard in shards]
+
+
+async def _stream_shards(
+    eset: ErasureSet,
+    erasure: Erasure,
+    template: ObjectMeta,
+    upload_id: str,
+    first: bytes,
+    blocks: BlockSource,
+    md5: Any,
+) -> ShardWriters:
+    """Encode and write every block, ``ENCODE_AHEAD`` blocks encoding ahead of the writes."""
+    writers = await ShardWriters.open(eset, upload_id)
+    distribution = template.erasure.distribution
+    loop = asyncio.get_running_loop()
+    encoding: deque[tuple[bytes, asyncio.Future[list[bytes]]]] = deque()
+    writing: asyncio.Future[Any] | None = None
+    source_done = False
+
+    async def refill() -> None:
+        nonlocal source_done
+        while not source_done and len(encoding) < ENCODE_AHEAD:
+            block = await blocks.next()
+            if block is None:
+                source_done = True
+                return
+            encoding.append((block, loop.run_in_executor(None, erasure.encode, block)))
+
+    try:
+        encoding.append((first, loop.run_in_executor(None, erasure.encode, first)))
+        await refill()
+        while encoding:
+            block, future = encoding.popleft()
+            shards = await future
+            writing = asyncio.gather(
+                loop.run_in_executor(None, md5.update, block),
+                writers.write(shards, distribution),
+            )
+            await refill()
+            await writing
+            writing = None
+            writers.require_quorum()
+    except BaseException:
+        pending: list[asyncio.Future[Any]] = [f for _, f in encoding]
+        if writing is not None:
+            pending.append(writing)
+        for future in pending:
+            future.cancel()
+            with contextlib.suppress(BaseException):
+                await future
+        await writers.abort_all()
+        raise
+    return writers
+
+
+async def commit(
+    eset: ErasureSet,
+    locks: KeyLocks,
+    bucket: str,
+    key: str,
+    upload_id: str,
+    meta: ObjectMeta,
+    usable: Sequence[bool],
+    inline: list[bytes] | None,
+    report: Report,
+    on_rollback: Callable[[], None],
+) -> None:
+    """Rename the staged data into place on each usable drive; keep it or roll it back."""
+    distribution = meta.erasure.distribution
+
+    async def rename(position: int) -> None:
+        drive = eset.drives[position]
+        if not usable[position]:
+            raise DriveNotFound("shard write failed")
+        if not drive.is_online():
+            raise DriveNotFound(f"drive {drive.endpoint} is offline")
+        index = distribution[position]
+        copy = meta.for_drive(index, inline[index] if inline is not None else None)
+        await drive.rename_data(upload_id, bucket, key, copy)
+
+    async with locks.write((bucket, key)):
+        results: Results[None] = list(
+            await asyncio.gather(*(_attempt(rename(p)) for p in range(len(eset.drives))))
+        )
+        try:
+            agreement = reduce_quorum(
+                results,
+                eset.write_quorum,
+                verdicts={VolumeNotFound: BucketNotFound(f"bucket {bucket} not found")},
+                short=lambda why: WriteQuorum(
+                    f"put {bucket}/{key}: set {eset.index} needs {eset.write_quorum} drives to "
+                    f"commit; rolled back ({why})"
+                ),
+            )
+        except StorageError:
+            on_rollback()
+            await _undo(eset, upload_id, bucket, key, range(len(eset.drives)))
+            raise
+        await asyncio.gather(
+            *(
+                _attempt(eset.drives[pos].commit_rename(upload_id, bucket, key))
+                for pos in agreement.positions
+            )
+        )
+    missed = [pos for pos, r in enumerate(results) if isinstance(r, StorageError)]
+    for position in missed:
+        report(position, "write-missed")
+    await _undo(eset, upload_id, bucket, key, missed)
+
+
+async def _undo(
+    eset: ErasureSet, upload_id: str, bucket: str, key: str, positions: Sequence[int]
+) -> None:
+    await asyncio.gather(
+        *(
+            _attempt(eset.drives[pos].undo_rename(upload_id, bucket, key))
+            for pos in positions
+            if eset.drives[pos].is_online()
+        )
+    )
