@@ -6,7 +6,10 @@ Every put is measured **with and without fsync in the same run**, round by round
 alternates each round): ``put_mbps_fsync`` is the default configuration (shards and metadata
 fdatasync'ed, directories fsync'ed), ``put_mbps_nofsync`` the same put with ``--fsync off``,
 and ``fsync_put_ratio`` is fsync / nofsync. ``put_mbps`` (and the put target) is the default,
-fsync on; gets are read from the fsync-on drives.
+fsync on; gets are read from the fsync-on drives. Then ``--small-puts`` 4 KiB objects (stored
+inline, so each put is one metadata commit per drive: the case where syncing costs most) are
+put one after another, and ``small_puts_per_s_fsync``/``_nofsync`` and ``small_fsync_ratio``
+report the rate.
 
 ``--mode inprocess`` runs two 8-drive sets (4+4) of local drives, one with fsync and one
 without, in a temporary directory inside this process. ``ec_bound_mbps`` is measured in the
@@ -96,6 +99,24 @@ def _fsync_keys(put_times: dict[str, list[float]], size_mib: float) -> dict[str,
     }
 
 
+SMALL_SIZE = 4096  # stored inline: one metadata file per drive, no shard file
+
+
+def _small_keys(rates: dict[str, list[float]], count: int) -> dict[str, Any]:
+    """Sequential small puts per second with and without fsync (medians across rounds)."""
+    if not count:
+        return {}
+    fsync = statistics.median(rates["fsync"])
+    nofsync = statistics.median(rates["nofsync"])
+    return {
+        "small_object_bytes": SMALL_SIZE,
+        "small_puts_per_round": count,
+        "small_puts_per_s_fsync": round(fsync, 1),
+        "small_puts_per_s_nofsync": round(nofsync, 1),
+        "small_fsync_ratio": round(fsync / nofsync, 3),
+    }
+
+
 def _summarise(
     result: dict[str, Any], totals: dict[str, float], bound: float, targets: tuple[float, float]
 ) -> None:
@@ -114,8 +135,22 @@ def _summarise(
     result["get_target_met"] = result["get_ratio"] >= targets[1]
 
 
+async def _small_puts_inprocess(
+    layers: dict[str, ObjectLayer], rounds: int, count: int
+) -> dict[str, list[float]]:
+    body = os.urandom(SMALL_SIZE)
+    rates: dict[str, list[float]] = {name: [] for name, _ in FSYNC_MODES}
+    for round_index in range(rounds if count else 0):
+        for name, _ in _order(round_index):
+            started = time.perf_counter()
+            for index in range(count):
+                await layers[name].put_object("bench", f"small/{index}", body, size=SMALL_SIZE)
+            rates[name].append(count / (time.perf_counter() - started))
+    return rates
+
+
 async def run_inprocess(
-    sizes_mib: list[int], rounds: int, drive_count: int, parity: int
+    sizes_mib: list[int], rounds: int, drive_count: int, parity: int, small: int = 0
 ) -> dict[str, Any]:
     data_shards = drive_count - parity
     result: dict[str, Any] = {
@@ -172,6 +207,7 @@ async def run_inprocess(
                 "get_rounds_s": [round(t, 3) for t in get_times],
             }
         result["hedges"] = layer.stats.hedges
+        result.update(_small_keys(await _small_puts_inprocess(layers, rounds, small), small))
     _summarise(result, totals, statistics.median(bound_samples), (0.5, 0.7))
     return result
 
@@ -234,7 +270,7 @@ class _RssSampler:
         self._thread.join()
 
 
-def run_cluster(sizes_mib: list[int], rounds: int, parity: int) -> dict[str, Any]:
+def run_cluster(sizes_mib: list[int], rounds: int, parity: int, small: int = 0) -> dict[str, Any]:
     """Put and get through two real 4 x 2 clusters' S3 path, one with fsync on (the default)
     and one with ``--fsync off``, side by side; see the module docstring."""
     from cli.cluster import ClusterFile, cluster_up, stop_nodes
@@ -311,6 +347,17 @@ def run_cluster(sizes_mib: list[int], rounds: int, parity: int) -> dict[str, Any
                     "node_peak_rss_mb": [round(p, 1) for p in peaks],
                 }
                 result["node_peak_rss_mb"] = [round(p, 1) for p in peaks]
+            body = os.urandom(SMALL_SIZE)
+            rates: dict[str, list[float]] = {name: [] for name, _ in FSYNC_MODES}
+            for round_index in range(rounds if small else 0):
+                for name, _ in _order(round_index):
+                    started = time.perf_counter()
+                    for index in range(small):
+                        clients[name].put_object(
+                            "bench", f"small/{index}", io.BytesIO(body), SMALL_SIZE
+                        )
+                    rates[name].append(small / (time.perf_counter() - started))
+            result.update(_small_keys(rates, small))
         finally:
             for cluster in clusters.values():
                 stop_nodes(cluster)
@@ -325,14 +372,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--drives", type=int, default=8)
     parser.add_argument("--parity", type=int, default=4)
+    parser.add_argument(
+        "--small-puts", type=int, default=200, help="4 KiB puts per round and mode; 0: none"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.mode == "cluster":
         if args.drives != 8:
             parser.error("--mode cluster always runs 4 nodes x 2 drives")
-        result = run_cluster(sizes, args.rounds, args.parity)
+        result = run_cluster(sizes, args.rounds, args.parity, args.small_puts)
     else:
-        result = asyncio.run(run_inprocess(sizes, args.rounds, args.drives, args.parity))
+        result = asyncio.run(
+            run_inprocess(sizes, args.rounds, args.drives, args.parity, args.small_puts)
+        )
     print(json.dumps(result))
     return 0
 
