@@ -286,7 +286,8 @@ def setup_logging(config: NodeConfig) -> None:
     handler: logging.Handler
     if config.log_file:
         handler = logging.FileHandler(config.log_file)
-        os.chmod(config.log_file, 0o600)  # a log made before the umask was set
+        if os.path.isfile(config.log_file):  # not /dev/stderr and the like
+            os.chmod(config.log_file, 0o600)  # a log made before the umask was set
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))

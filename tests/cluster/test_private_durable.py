@@ -20,6 +20,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -184,3 +185,26 @@ def test_a_node_syncs_every_step_of_the_commit_path(
                 ("fsync", small),
             ],
         )
+
+
+def test_node_run_makes_its_log_owner_only(tmp_path: Path) -> None:
+    """``minigrid node run`` sets umask 077 first: a new log is 0600, an old one is tightened.
+
+    The node is given a drive it cannot create (under a regular file), so it logs why and
+    exits at once, after the log was opened."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    drives = ",".join(str(blocker / f"d{i}") for i in range(4))
+    old_log = tmp_path / "old.log"
+    old_log.write_text("from an earlier run\n")
+    old_log.chmod(0o644)
+    for log in (tmp_path / "new.log", old_log):
+        done = subprocess.run(
+            [sys.executable, "-m", "cli.main", "node", "run", "--nodes",
+             f"http://127.0.0.1:1={drives}", "--node", "0", "--secret", "s", "--access-key",
+             "a", "--secret-key", "b", "--listen", "127.0.0.1:0", "--log-file", str(log)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "MINIGRID_FSYNC": "on"},
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "cannot open drive" in log.read_text()
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600, log
