@@ -9,6 +9,11 @@ mode, size, mtime and content hash) before and after each request.
 The test is parametrised over :data:`storage.drive_service.DRIVE_HANDLERS`: a handler added
 there without a row in :data:`EXPECTED_FIELDS` fails here, and so does a field without hostile
 values in :data:`HOSTILE`.
+
+Then the second line of defence: the same names given to LocalDrive directly, and traversals
+planted in the files an upload reads back. Last, two property tests: metadata with any field
+bent decodes to a checked record or raises FileCorrupt, and any request is checked or refused
+with a storage error, never anything else.
 """
 
 from __future__ import annotations
@@ -28,12 +33,20 @@ from typing import Any
 import msgpack
 import pytest
 import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minigrid import HandlerID, Manager, RemoteError
 from minigrid.connection import Connection
 from minigrid.testing import local_grid
 from storage.drive import Drive
-from storage.drive_service import DRIVE_HANDLERS, decode_error, pack, serve_drives
+from storage.drive_service import (
+    DRIVE_HANDLERS,
+    check_fields,
+    decode_error,
+    pack,
+    serve_drives,
+)
 from storage.errors import (
     FileCorrupt,
     FormatMismatch,
@@ -43,7 +56,7 @@ from storage.errors import (
 )
 from storage.format import plan_format
 from storage.local import LocalDrive
-from storage.meta import META_MAGIC, ErasureInfo, ObjectMeta
+from storage.meta import META_MAGIC, ErasureInfo, ObjectMeta, decode_meta
 from tests.storage.storage_helpers import hex_id
 
 CHUNK = 1000
@@ -510,3 +523,61 @@ async def test_data_dirs_read_back_from_files_are_checked_before_use(
     await drive.delete_object("bkt", "obj")
     assert snapshot(sandbox / "victim") == victim
     assert (sandbox / "outside" / "note.txt").exists()
+
+
+# --- any value at all: only storage errors ---------------------------------------------------
+
+ANY_VALUE = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(1 << 63), max_value=U64_MAX)
+    | st.floats()
+    | st.text(max_size=40)
+    | st.binary(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=6), inner, max_size=6)
+    ),
+    max_leaves=24,
+)
+META_FIELDS = [(name,) for name in good_meta().to_dict()] + [
+    ("ec", name) for name in good_meta().erasure.to_dict()
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.sampled_from(META_FIELDS), value=ANY_VALUE)
+def test_metadata_with_any_field_bent_decodes_or_is_file_corrupt(
+    path: tuple[str, ...], value: object
+) -> None:
+    """Whatever a planted file or a peer puts in a field, decoding checks it or says
+    FileCorrupt; it never raises anything else, and never returns an unchecked record."""
+    record = good_meta().to_dict()
+    (record[path[0]] if len(path) == 2 else record)[path[-1]] = value
+    body = msgpack.packb(record, use_bin_type=True)
+    try:
+        decoded = decode_meta(META_MAGIC + xxhash.xxh3_64_digest(body) + body)
+    except FileCorrupt:
+        return
+    assert decoded.check() is decoded
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    handler=st.sampled_from(list(DRIVE_HANDLERS)),
+    fields=ANY_VALUE,
+    which=st.integers(min_value=0, max_value=15),
+)
+def test_any_request_is_checked_or_refused_with_a_storage_error(
+    handler: HandlerID, fields: object, which: int
+) -> None:
+    spec = DRIVE_HANDLERS[handler]
+    request = fields if isinstance(fields, dict) else {"vol": fields}
+    # Also bend one real field of an otherwise valid request, so the checkers themselves run.
+    bent = {name: VALID[name] for name in spec.fields}
+    if spec.fields:
+        bent[spec.fields[which % len(spec.fields)]] = fields
+    for candidate in (request, bent):
+        try:
+            check_fields(candidate, spec.fields, handler.name)
+        except (InvalidName, InvalidArgument, FormatMismatch):
+            continue
