@@ -145,9 +145,7 @@ def commits_on(events: list[Event], drive: str, obj: str) -> tuple[str, str]:
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to watch a node process")
-def test_a_node_syncs_every_step_of_the_commit_path(
-    cluster: LocalCluster, tmp_path: Path
-) -> None:
+def test_a_node_syncs_every_step_of_the_commit_path(cluster: LocalCluster, tmp_path: Path) -> None:
     client = cluster.client()
     client.make_bucket("traced")
     data = payload(3 * MIB + 17, seed=4)
