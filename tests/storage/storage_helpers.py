@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from collections.abc import AsyncIterator
@@ -43,3 +44,8 @@ def flip_byte(path: str, position: int) -> None:
         value = handle.read(1)
         handle.seek(-1, os.SEEK_CUR)
         handle.write(bytes([value[0] ^ 0xFF]))
+
+
+def hex_id(label: str) -> str:
+    """A fixed upload ID or data dir (a UUID as 32 lowercase hex) named after ``label``."""
+    return hashlib.md5(label.encode()).hexdigest()
