@@ -24,7 +24,7 @@ def _flag(option: Option) -> Callable[[AnyCallable], AnyCallable]:
     if option.kind == "bool":
         negative = "--no-" + name[2:]
         return click.option(f"{name}/{negative}", option.name, default=None, help=help_text)
-    kind: Any = int if option.kind == "int" else str
+    kind: Any = {"int": int, "float": float}.get(option.kind, str)
     return click.option(name, option.name, type=kind, default=None, help=help_text)
 
 
