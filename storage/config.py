@@ -99,10 +99,16 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("allow_faults", "bool", "allow fault injection through the admin API"),
     Option("fsync", "bool", "fsync shard and metadata files on commit"),
     Option("max_connections", "int", "most HTTP connections open at once (1024); more get 503"),
-    Option("header_timeout", "float",
-           "seconds a connection may take to send a request head, or stay idle (15)"),
-    Option("body_timeout", "float",
-           "seconds an S3 request or response body may send or read nothing (30)"),
+    Option(
+        "header_timeout",
+        "float",
+        "seconds a connection may take to send a request head, or stay idle (15)",
+    ),
+    Option(
+        "body_timeout",
+        "float",
+        "seconds an S3 request or response body may send or read nothing (30)",
+    ),
 )
 _BY_NAME: Final = {option.name: option for option in OPTIONS}
 #: Keys a config file may hold that the node itself ignores (cluster.json keeps its

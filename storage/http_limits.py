@@ -67,9 +67,7 @@ class OncePerInterval:
     """Log an ongoing condition at most once per ``interval`` seconds, with a count of the
     occurrences in between (the first one is logged at once)."""
 
-    def __init__(
-        self, logger: logging.Logger, interval: float, clock: Callable[[], float]
-    ) -> None:
+    def __init__(self, logger: logging.Logger, interval: float, clock: Callable[[], float]) -> None:
         self._log = logger
         self.interval = interval
         self._clock = clock

@@ -111,8 +111,7 @@ def entity_too_large(size: int, limit: int) -> S3Error:
 def max_message_length_exceeded(size: int, limit: int) -> S3Error:
     return S3Error(
         "MaxMessageLengthExceeded",
-        f"Your request was too big: this request's body may be at most {limit} bytes, "
-        f"not {size}.",
+        f"Your request was too big: this request's body may be at most {limit} bytes, not {size}.",
         400,
     )
 

@@ -290,9 +290,7 @@ def _not_routed(method: str, resource: Resource, selectors: frozenset[str]) -> e
             f"{operation} ({what}) is not built in the minigrid S3 gateway"
         )
     if selectors:
-        return errors.not_implemented(
-            f"{what} is not an operation the minigrid S3 gateway builds"
-        )
+        return errors.not_implemented(f"{what} is not an operation the minigrid S3 gateway builds")
     return errors.method_not_allowed(f"{method} is not allowed on {_a(resource)}")
 
 
