@@ -21,7 +21,9 @@ hold it with idle or half-sent connections until the process runs out of file de
   ``RLIMIT_NOFILE`` towards what the cap needs, or say plainly that it cannot.
 
 aiohttp's own bounds stay as they are: request line and each header field at most 8190 bytes,
-at most 128 header fields (``max_line_size``, ``max_field_size``, ``max_headers``).
+at most 128 header fields (``max_line_size``, ``max_field_size``, ``max_headers``). aiohttp
+logs a request it cannot parse (an over-long header, garbage on the port) with a traceback;
+:class:`ServerLog` makes that one line, as for any other client mistake.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 
 log = logging.getLogger("storage.http")
 
@@ -84,6 +87,19 @@ class OncePerInterval:
         self._log.warning(text)
         self._last = now
         self._since = 0
+
+
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """The logger aiohttp's server writes to: a request the client got wrong (it could not be
+    parsed, or the client hung up) is one INFO line; anything else keeps its traceback."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError | ConnectionError):
+            text = str(msg) % args if args else str(msg)
+            detail = " ".join(str(exc_info).split())[:300]  # aiohttp's messages span lines
+            self.logger.info("%s: %s: %s", text, type(exc_info).__name__, detail)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 class _Slot:
@@ -261,7 +277,10 @@ class ServerLimits:
 
     def runner_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``web.AppRunner`` (passed on to aiohttp's protocol)."""
-        return {"keepalive_timeout": self.header_timeout}
+        return {
+            "keepalive_timeout": self.header_timeout,
+            "logger": ServerLog(logging.getLogger("aiohttp.server")),
+        }
 
     async def serve(
         self,

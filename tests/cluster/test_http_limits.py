@@ -171,6 +171,16 @@ def test_a_client_dribbling_its_headers_is_cut_off(node: OneNode) -> None:
     assert node.serves()
 
 
+def test_a_malformed_request_is_one_line_without_traceback(node: OneNode) -> None:
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+        answer = closed_by_server(sock)
+    assert answer.split(b" ")[1] == b"400", answer[:100]  # aiohttp's own answer
+    [line] = wait_for(lambda: node.log_lines("Error handling request"), WAIT, "the log line")
+    assert "LineTooLong" in line and "Got more than 8190 bytes" in line, line
+    assert "Traceback" not in node.log_text()
+
+
 def test_a_stalled_put_is_aborted_and_its_temporary_files_removed(node: OneNode) -> None:
     assert node.signed("PUT", "/stalled").status == 200
     path = "/stalled/object"
