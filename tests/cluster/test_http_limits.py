@@ -200,6 +200,25 @@ def test_a_stalled_put_is_aborted_and_its_temporary_files_removed(node: OneNode)
     assert node.serves()
 
 
+def test_a_get_whose_client_stops_reading_is_dropped(node: OneNode) -> None:
+    assert node.signed("PUT", "/unread").status == 200
+    data = payload(24 * MIB, seed=4)
+    assert node.signed("PUT", "/unread/big", data).status == 200
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+    with sock:
+        sock.connect(("127.0.0.1", node.port))
+        headers = signed_headers(node.port, "GET", "/unread/big", "UNSIGNED-PAYLOAD")
+        sock.sendall(head_bytes("GET", "/unread/big", headers))
+        # The client reads nothing, so the server's writes stop; after the body timeout it
+        # gives up on this client.
+        wait_for(lambda: node.log_lines("read nothing for"), WAIT, "the server to give up")
+        received = closed_by_server(sock)
+    assert received.startswith(b"HTTP/1.1 200")
+    assert len(received) < len(data)  # the connection ended before the object did
+    assert node.serves()
+
+
 def chunk(data: bytes) -> bytes:
     return f"{len(data):x}\r\n".encode() + data + b"\r\n"
 
