@@ -238,7 +238,8 @@ class S3Gateway:
 
     async def _answer_error(self, call: _Call, exc: Exception) -> web.StreamResponse:
         if _client_went_away(exc):
-            log.info("s3 %s: the client went away (%s)", call.describe(), exc or type(exc).__name__)
+            reason = str(exc) or type(exc).__name__
+            log.info("s3 %s: the client went away (%s)", call.describe(), reason)
             return web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")
         if isinstance(exc, web.RequestPayloadError):  # aiohttp could not frame the body
             exc = errors.incomplete_body(f"the request body is malformed: {exc}")

@@ -190,25 +190,20 @@ def test_a_501_is_one_line_without_traceback(
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
+@pytest.mark.parametrize("how", ["reset", "close"])
 def test_a_client_hanging_up_mid_body_is_one_line(
     server: GatewayServer, bucket: str, connect: Callable[[], socket.socket],
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, how: str,
 ) -> None:  # fmt: skip
     caplog.set_level(logging.INFO)
-    path = f"/{bucket}/hangup"
+    path = f"/{bucket}/hangup-{how}"
+    headers = signed_headers(server.port, "PUT", path, "UNSIGNED-PAYLOAD",
+                             {"Content-Length": str(4 * MIB)})  # fmt: skip
     sock = connect()
-    sock.sendall(
-        head_bytes(
-            "PUT",
-            path,
-            signed_headers(
-                server.port, "PUT", path, "UNSIGNED-PAYLOAD", {"Content-Length": str(4 * MIB)}
-            ),
-        )
-    )
-    sock.sendall(payload(MIB + 100, seed=3))  # fmt: skip
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    sock.close()  # SO_LINGER 0: a reset, as when a client process dies
+    sock.sendall(head_bytes("PUT", path, headers) + payload(MIB + 100, seed=3))
+    if how == "reset":  # SO_LINGER 0: a reset, as when a client process dies
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
     wait(lambda: bool(gateway_records(caplog, "went away")), "the hang-up log line")
     wait(lambda: no_uploads_in_progress(server), "the upload's temporary files to go")
     [record] = gateway_records(caplog, "went away")
