@@ -27,7 +27,7 @@ def _flag(option: Option) -> Callable[[AnyCallable], AnyCallable]:
     if option.kind == "onoff":
         choice = click.Choice(["on", "off"], case_sensitive=False)
         return click.option(name, option.name, type=choice, default=None, help=help_text)
-    kind: Any = int if option.kind == "int" else str
+    kind: Any = {"int": int, "float": float}.get(option.kind, str)
     return click.option(name, option.name, type=kind, default=None, help=help_text)
 
 

@@ -29,6 +29,11 @@ from urllib.parse import urlsplit
 
 from storage.errors import StorageError
 from storage.format import FormatInfo
+from storage.http_limits import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+)
 from storage.placement import MAX_SET_DRIVES, MIN_SET_DRIVES, check_parity, default_parity
 
 ENV_PREFIX: Final = "MINIGRID_"
@@ -61,7 +66,7 @@ class Option:
     """One configuration option: its name, its kind and what it is for."""
 
     name: str
-    kind: str  # "str", "int", "bool", "onoff", "nodes" or "node"
+    kind: str  # "str", "int", "float", "bool", "onoff", "nodes" or "node"
     help: str
     secret: bool = False
 
@@ -98,6 +103,17 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "on (default): shards and metadata reach the disk before a write is acknowledged; "
         "off: faster, but a power cut can lose acknowledged writes (labs, benchmarks)",
     ),
+    Option("max_connections", "int", "most HTTP connections open at once (1024); more get 503"),
+    Option(
+        "header_timeout",
+        "float",
+        "seconds a connection may take to send a request head, or stay idle (15)",
+    ),
+    Option(
+        "body_timeout",
+        "float",
+        "seconds an S3 request or response body may send or read nothing (30)",
+    ),
 )
 _BY_NAME: Final = {option.name: option for option in OPTIONS}
 #: Keys a config file may hold that the node itself ignores (cluster.json keeps its
@@ -127,6 +143,9 @@ class NodeConfig:
     log_level: str = "info"
     allow_faults: bool = False
     fsync: bool = True
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
     layout: Layout = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -216,13 +235,14 @@ def _convert(option: Option, value: object) -> object:
             return False
         wanted = "on or off" if option.kind == "onoff" else "true or false"
         raise ConfigError(f"{option.name} must be {wanted}, not {value!r}")
-    if option.kind == "int":
+    if option.kind in ("int", "float"):
         if isinstance(value, str) and not value.strip():
             return None
         try:
-            return int(str(value))
+            return int(str(value)) if option.kind == "int" else float(str(value))
         except ValueError:
-            raise ConfigError(f"{option.name} must be a whole number, not {value!r}") from None
+            kind = "a whole number" if option.kind == "int" else "a number"
+            raise ConfigError(f"{option.name} must be {kind}, not {value!r}") from None
     return str(value)
 
 
@@ -287,11 +307,22 @@ def _build(values: dict[str, object]) -> NodeConfig:
     if level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     values["log_level"] = level
+    _check_limits(values)
     known = {f.name for f in fields(NodeConfig) if f.init}
     try:
         return NodeConfig(**{k: v for k, v in values.items() if k in known})  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def _check_limits(values: dict[str, object]) -> None:
+    """The HTTP limits must be positive (and finite): a zero would refuse or cut off all."""
+    for name in ("max_connections", "header_timeout", "body_timeout"):
+        value = values.get(name)
+        if value is None:
+            values.pop(name, None)
+        elif not isinstance(value, int | float) or not 0 < value < float("inf"):
+            raise ConfigError(f"{name} must be a positive number, not {value!r}")
 
 
 def _node_index(nodes: tuple[NodeSpec, ...], which: str) -> int:

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from minigrid.manager import Manager
 from storage.drive import Drive
+from storage.s3.routes import operation_for
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _CONNECTION_STATES = ("connected", "connecting", "unconnected", "error", "shutdown")
@@ -27,29 +28,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def s3_operation(method: str, path: str, query: Iterable[str]) -> str:
-    """The S3 operation a request is, from its method and path shape (for the metric label)."""
-    parts = path.lstrip("/").split("/", 1)
-    bucket = parts[0]
-    has_key = len(parts) > 1 and parts[1] != ""
-    names = set(query)
-    if not bucket:
-        return "ListBuckets" if method == "GET" else "Other"
-    if not has_key:
-        table = {
-            "PUT": "CreateBucket",
-            "HEAD": "HeadBucket",
-            "DELETE": "DeleteBucket",
-            "POST": "DeleteObjects" if "delete" in names else "Other",
-            "GET": "GetBucketLocation" if "location" in names else "ListObjects",
-        }
-        return table.get(method, "Other")
-    table = {
-        "PUT": "PutObject",
-        "GET": "GetObject",
-        "HEAD": "HeadObject",
-        "DELETE": "DeleteObject",
-    }
-    return table.get(method, "Other")
+    """The S3 operation a request is (for the metric label), by the gateway's own routing
+    table: an operation it builds or one S3 has that it answers 501, else ``"Other"``."""
+    return operation_for(method, path, query)
 
 
 class _ClusterCollector(Collector):
@@ -149,7 +130,7 @@ class NodeMetrics:
         path = request.path
         if path.startswith("/minigrid/") or path == "/metrics":
             return await handler(request)
-        op = s3_operation(request.method, path, request.query.keys())
+        op = s3_operation(request.method, path, request.query)
         loop_time = asyncio.get_running_loop().time
         started = loop_time()
         status = 500

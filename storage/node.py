@@ -10,7 +10,8 @@ Startup, in order (``minigrid node run`` calls :func:`run_node`):
 3. start the grid (``Manager``), serve the local drives on it (``serve_drives``) and follow the
    peers (``PeerTable``); every other node's drives become ``RemoteDrive``s;
 4. build the object layer over the cluster-wide drive list, in the same order on every node;
-5. serve: the node's own routes first, then the S3 gateway's catch-all routes.
+5. serve: the node's own routes first, then the S3 gateway's catch-all routes, behind the HTTP
+   limits of :mod:`storage.http_limits` (connection cap, header timeout, accept-error log).
 
 The node is *ready* when every erasure set has a write quorum of drives online. Each change of
 readiness is logged once, like the grid's and the peer table's state changes.
@@ -38,6 +39,7 @@ from storage.drive import Drive
 from storage.drive_service import serve_drives
 from storage.errors import StorageError, UnformattedDrive
 from storage.format import FormatInfo
+from storage.http_limits import AcceptErrorLog, ServerLimits
 from storage.local import LocalDrive
 from storage.metrics import NodeMetrics
 from storage.objects import ObjectLayer
@@ -99,6 +101,8 @@ class Node:
         self.layer: ObjectLayer | None = None
         self.gateway: S3Gateway | None = None
         self._runner: web.AppRunner | None = None
+        self.http_limits = ServerLimits(config.max_connections, config.header_timeout)
+        self._accept_errors: AcceptErrorLog | None = None
         self._was_ready: bool | None = None
 
     # --- startup ------------------------------------------------------------------------------
@@ -121,9 +125,13 @@ class Node:
             )
             self.metrics.follow(manager, self.drives, lambda: bool(self.readiness()["ready"]))
             manager.state_listeners.append(lambda *_: self._log_readiness())
-            self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+            self._runner = web.AppRunner(
+                self._app(), access_log=None, handle_signals=False,
+                **self.http_limits.runner_kwargs(),
+            )  # fmt: skip
             await self._runner.setup()
-            await web.SockSite(self._runner, sock).start()
+            self._accept_errors = AcceptErrorLog(asyncio.get_running_loop())
+            await self.http_limits.serve(self._runner, sock)
         except BaseException:
             sock.close()
             await self.close()
@@ -191,7 +199,9 @@ class Node:
         app = web.Application(middlewares=[self.metrics.middleware])
         credentials = {config.access_key: config.secret_key}
         credentials[config.admin_access_key] = config.admin_secret_key
-        self.gateway = S3Gateway(self.layer, credentials, region=config.region)
+        self.gateway = S3Gateway(
+            self.layer, credentials, region=config.region, body_timeout=config.body_timeout
+        )
         self.manager.add_routes(app)
         # A signed GET /metrics is S3's ListObjects on the bucket "metrics"; the gateway's own
         # dispatcher answers it (there is no public hook for one request).
@@ -279,6 +289,9 @@ class Node:
                 async with asyncio.timeout(SHUTDOWN_TIMEOUT):
                     await self._runner.cleanup()
             self._runner = None
+        if self._accept_errors is not None:
+            self._accept_errors.close()
+            self._accept_errors = None
 
 
 def setup_logging(config: NodeConfig) -> None:

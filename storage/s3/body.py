@@ -1,13 +1,20 @@
 """Request bodies: decoded, verified and streamed, never read whole into memory.
 
-:func:`payload_stream` turns ``request.content`` into the object's bytes as an async iterator
+:class:`VerifiedBody` turns ``request.content`` into the object's bytes as an async iterator
 for :meth:`ObjectLayer.put_object`. Every check (x-amz-content-sha256, aws-chunked chunk and
 trailer signatures, Content-MD5, x-amz-checksum-*) completes before the iterator ends; a failure
 raises from inside it, so the object layer aborts the write and nothing is committed.
+
+Two checks bound what a client can make the node hold: a body that sends nothing for
+``idle_timeout`` seconds fails with ``RequestTimeout``, and a body that carries more payload than
+it declared fails with ``IncompleteBody`` the moment it does (an aws-chunked body at the size
+line of the chunk that would pass ``x-amz-decoded-content-length``), not after it was all read.
+Both ask the gateway to close the connection rather than read the rest.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -22,6 +29,7 @@ from storage.s3.auth import Authenticated
 from storage.s3.chunked import AwsChunkedDecoder, ChunkedError
 
 MAX_TRAILERS = 4
+DEFAULT_IDLE_TIMEOUT = 30.0
 
 
 @dataclass
@@ -137,16 +145,26 @@ class _Checks:
 
 
 class VerifiedBody:
-    """The decoded, verified payload of one request, as an async iterator of bytes."""
+    """The decoded, verified payload of one request, as an async iterator of bytes.
 
-    def __init__(self, request: web.Request, auth: Authenticated, plan: BodyPlan) -> None:
+    ``idle_timeout``: the longest wait for the next piece of the body (``RequestTimeout``)."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        auth: Authenticated,
+        plan: BodyPlan,
+        *,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> None:
         self._request = request
         self._plan = plan
+        self._idle_timeout = idle_timeout
         self._checks = _Checks(plan)
         self._decoder: AwsChunkedDecoder | None = None
         if plan.chunked:
             signer = auth.chunk_signer() if plan.signed_chunks else None
-            self._decoder = AwsChunkedDecoder(signer, trailer=plan.trailer)
+            self._decoder = AwsChunkedDecoder(signer, trailer=plan.trailer, limit=plan.size)
         self.checksum_values: dict[str, str] = {}
 
     @property
@@ -156,25 +174,51 @@ class VerifiedBody:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         decoder = self._decoder
+        received = 0
         try:
-            async for raw in self._request.content.iter_any():
+            async for raw in self._raw():
                 for piece in decoder.feed(raw) if decoder is not None else (raw,):
+                    received += len(piece)
+                    if received > self._plan.size:  # belt and braces: the decoder stops first
+                        raise errors.incomplete_body(
+                            f"the body carries more than the {self._plan.size} bytes it declared",
+                            close=True,
+                        )
                     self._checks.update(piece)
                     yield piece
             if decoder is not None:
                 decoder.end_of_input()
         except ChunkedError as exc:
-            if exc.kind == "signature":
-                raise errors.signature_mismatch(str(exc)) from exc
-            if exc.kind == "truncated":
-                raise errors.incomplete_body(str(exc)) from exc
-            raise errors.invalid_request(str(exc)) from exc
+            raise _chunked_error(exc) from exc
         self._checks.finish(decoder.trailers if decoder is not None else {})
         self.checksum_values = self._checks.values
+
+    async def _raw(self) -> AsyncIterator[bytes]:
+        """The request's bytes as they arrive, each wait bounded by the idle timeout."""
+        content = self._request.content
+        while True:
+            try:
+                async with asyncio.timeout(self._idle_timeout):
+                    raw = await content.readany()
+            except TimeoutError:
+                raise errors.request_timeout(self._idle_timeout) from None
+            if not raw:
+                return
+            yield raw
 
     async def read_small(self, limit: int) -> bytes:
         """Read the whole (verified) body when it is known to be small, e.g. bucket config."""
         if self._plan.size > limit:
-            raise errors.invalid_request(f"this request's body must be at most {limit} bytes")
+            raise errors.max_message_length_exceeded(self._plan.size, limit)
         parts = [piece async for piece in self]
         return b"".join(parts)
+
+
+def _chunked_error(exc: ChunkedError) -> errors.S3Error:
+    if exc.kind == "signature":
+        return errors.signature_mismatch(str(exc))
+    if exc.kind == "truncated":
+        return errors.incomplete_body(str(exc))
+    if exc.kind == "too_long":
+        return errors.incomplete_body(str(exc), close=True)
+    return errors.invalid_request(str(exc))

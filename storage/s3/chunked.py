@@ -9,8 +9,10 @@ and the body ends with a zero-size chunk, optional trailer lines (``name:value\\
 ``x-amz-checksum-crc32``; ``x-amz-trailer-signature`` when signed) and an empty line.
 
 With a :class:`~storage.s3.sigv4.ChunkSigner` every chunk signature (and the trailer signature)
-is checked against the chain that starts at the request's seed signature. Whatever arrives, the
-decoder either succeeds or raises :class:`ChunkedError`; framing lines and trailers are capped.
+is checked against the chain that starts at the request's seed signature. With a ``limit`` (the
+declared ``x-amz-decoded-content-length``) a chunk that would take the payload past it fails at
+its size line, before any of its data is taken. Whatever arrives, the decoder either succeeds or
+raises :class:`ChunkedError`; framing lines and trailers are capped.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class ChunkedError(Exception):
     """The body is not valid aws-chunked.
 
     ``kind`` says what the caller can report: ``"signature"`` (a chunk or trailer signature is
-    wrong or missing), ``"truncated"`` (the body ended early) or ``"malformed"``.
+    wrong or missing), ``"truncated"`` (the body ended early), ``"too_long"`` (the payload runs
+    past the declared length) or ``"malformed"``.
     """
 
     def __init__(self, message: str, *, kind: str = "malformed") -> None:
@@ -63,12 +66,15 @@ class AwsChunkedDecoder:
 
     ``signer`` given: every chunk must carry a ``chunk-signature`` and it is verified, as is
     the trailer signature when ``trailer`` is true. ``trailer`` false: the body must end right
-    after the zero-size chunk.
+    after the zero-size chunk. ``limit``: the most payload bytes the body may carry.
     """
 
-    def __init__(self, signer: ChunkSigner | None = None, *, trailer: bool = False) -> None:
+    def __init__(
+        self, signer: ChunkSigner | None = None, *, trailer: bool = False, limit: int | None = None
+    ) -> None:
         self._signer = signer
         self._expect_trailer = trailer
+        self._limit = limit
         self._state = _State.SIZE
         self._line = bytearray()
         self._remaining = 0  # data bytes left in the current chunk
@@ -169,6 +175,12 @@ class AwsChunkedDecoder:
             raise ChunkedError(f"aws-chunked: bad chunk size {size_text[:32]!r}") from exc
         if size > MAX_CHUNK_SIZE:
             raise ChunkedError(f"aws-chunked: chunk of {size} bytes is over the limit")
+        if self._limit is not None and self.decoded + size > self._limit:
+            raise ChunkedError(
+                f"aws-chunked: a chunk of {size} bytes after {self.decoded} takes the payload past "
+                f"its declared x-amz-decoded-content-length of {self._limit} bytes",
+                kind="too_long",
+            )
         if self._signer is not None:
             name, _, value = extension.partition(b"=")
             if name.strip() != b"chunk-signature" or len(value) != 64:

@@ -11,16 +11,28 @@ from storage import errors as storage_errors
 
 
 class S3Error(Exception):
-    """An error answered to the client as S3 XML."""
+    """An error answered to the client as S3 XML.
+
+    ``close`` means the connection cannot carry another request after this answer (the
+    client stalled, or sent more than it declared): the gateway answers, then closes it
+    rather than reading the rest of the body.
+    """
 
     def __init__(
-        self, code: str, message: str, status: int, *, extra: dict[str, str] | None = None
+        self,
+        code: str,
+        message: str,
+        status: int,
+        *,
+        extra: dict[str, str] | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.status = status
         self.extra = dict(extra or {})
+        self.close = close
 
 
 # Constructors for the codes the gateway answers, so call sites read as what went wrong.
@@ -82,8 +94,36 @@ def invalid_digest() -> S3Error:
     return S3Error("InvalidDigest", "The Content-MD5 you specified was invalid.", 400)
 
 
-def incomplete_body(message: str) -> S3Error:
-    return S3Error("IncompleteBody", message, 400)
+def incomplete_body(message: str, *, close: bool = False) -> S3Error:
+    return S3Error("IncompleteBody", message, 400, close=close)
+
+
+def entity_too_large(size: int, limit: int) -> S3Error:
+    return S3Error(
+        "EntityTooLarge",
+        f"Your proposed upload exceeds the maximum allowed object size: {size} bytes is over "
+        f"the {limit} bytes a single PUT may carry.",
+        400,
+        extra={"ProposedSize": str(size), "MaxSizeAllowed": str(limit)},
+    )
+
+
+def max_message_length_exceeded(size: int, limit: int) -> S3Error:
+    return S3Error(
+        "MaxMessageLengthExceeded",
+        f"Your request was too big: this request's body may be at most {limit} bytes, not {size}.",
+        400,
+    )
+
+
+def request_timeout(seconds: float) -> S3Error:
+    return S3Error(
+        "RequestTimeout",
+        "Your socket connection to the server was not read from or written to within the "
+        f"timeout period ({seconds:g}s without a byte of the body).",
+        400,
+        close=True,
+    )
 
 
 def not_implemented(message: str) -> S3Error:

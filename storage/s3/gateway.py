@@ -7,12 +7,24 @@ Bodies are streamed both ways: PUT bodies flow from ``request.content`` into
 ``put_object`` and GET responses from the ``ObjectReader`` into a ``StreamResponse``, so memory
 does not grow with object size (and ``client_max_size`` does not matter).
 
-Exceptions become S3 XML errors in one place, :meth:`S3Gateway._handle`, through
-:func:`storage.s3.errors.from_exception`.
+A request goes through two steps:
+
+1. **Admission** (:meth:`S3Gateway._admit`), from the request line and headers alone: the
+   signature, the route (:mod:`storage.s3.routes`: an operation the gateway does not build is
+   ``NotImplemented`` here, before any handler runs), the bucket name and the declared body
+   size. aiohttp runs it as the routes' ``expect_handler`` when the client sent
+   ``Expect: 100-continue``, so ``100 Continue`` goes out only to an admitted request and a
+   refused client never sends its body.
+2. **The handler** of the route, which reads the body if it has one.
+
+Exceptions become S3 XML errors in one place, :meth:`S3Gateway._answer_error`, through
+:func:`storage.s3.errors.from_exception`. Logging follows the project's rule: a real 500 gets
+its traceback; a 501, a 503 or a client that went away gets one line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
 import logging
@@ -22,49 +34,27 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict
 
 from storage.errors import InvalidName, InvalidRange, ObjectNotFound
 from storage.names import validate_bucket
 from storage.objects import MAX_KEYS, ObjectInfo, ObjectLayer, ObjectReader
-from storage.s3 import errors, xml
+from storage.s3 import errors, routes, xml
 from storage.s3.auth import Authenticated, Authenticator
-from storage.s3.body import VerifiedBody, plan_body
+from storage.s3.body import DEFAULT_IDLE_TIMEOUT, BodyPlan, VerifiedBody, plan_body
 from storage.s3.ranges import ByteRange, parse_range
 
 log = logging.getLogger(__name__)
 
 RESERVED_BUCKET = "minigrid"
 MAX_USER_META_BYTES = 2048
-MAX_CONFIG_BODY = 64 * 1024
-MAX_DELETE_BODY = 1024 * 1024  # S3's own limit: 1000 keys of up to 1 KiB each
+MAX_LIST_BUCKETS = 10_000
 XML_TYPE = "application/xml"
+#: How long answering an error may take before the connection is dropped instead.
+ERROR_SEND_TIMEOUT = 5.0
+CLIENT_CLOSED = 499  # nginx's status for "the client closed the request"; never sent
 
-# Subresources S3 has and this gateway does not build, and what to call them in the error.
-_UNSUPPORTED = {
-    "uploads": "multipart upload",
-    "uploadId": "multipart upload",
-    "partNumber": "multipart upload",
-    "acl": "ACLs",
-    "policy": "bucket policies",
-    "versioning": "versioning",
-    "versions": "versioning",
-    "versionId": "versioning",
-    "tagging": "tagging",
-    "lifecycle": "lifecycle rules",
-    "cors": "CORS configuration",
-    "website": "website hosting",
-    "encryption": "server-side encryption configuration",
-    "object-lock": "object lock",
-    "retention": "object lock",
-    "legal-hold": "object lock",
-    "notification": "event notifications",
-    "replication": "replication",
-    "logging": "access logging",
-    "attributes": "GetObjectAttributes",
-    "select": "S3 Select",
-    "restore": "restore",
-}
 _RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type",
     "response-content-language": "Content-Language",
@@ -75,19 +65,18 @@ _RESPONSE_OVERRIDES = {
 }
 
 
-class StreamAborted(Exception):
-    """A GET failed after its headers were sent; the connection is dropped, not answered."""
-
-
 @dataclass
 class _Call:
-    """One request being served."""
+    """One request being served: what admission decided, and what the handler needs."""
 
     request: web.Request
     request_id: str
     bucket: str
     key: str
+    route: routes.Route | None = None
     auth: Authenticated | None = None
+    plan: BodyPlan | None = None
+    refused: Exception | None = None
 
     def headers(self, extra: Mapping[str, str] | None = None) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict()
@@ -97,18 +86,39 @@ class _Call:
         headers.update(extra or {})
         return headers
 
+    def describe(self) -> str:
+        """``PUT /b/k?tagging`` for log lines (the query cut short)."""
+        query = self.request.rel_url.raw_query_string
+        where = self.request.rel_url.raw_path + (f"?{query[:120]}" if query else "")
+        return f"{self.request.method} {where[:300]}"
+
+
+class _ClientStalled(Exception):
+    """The client stopped reading a response body."""
+
+
+_CALL = web.RequestKey("minigrid_s3_call", _Call)
+Handler = Callable[[_Call], Awaitable[web.StreamResponse]]
+
 
 def http_date(time_ns: int) -> str:
     """RFC 7231 date, e.g. ``Wed, 21 Oct 2015 07:28:00 GMT``."""
     return email.utils.formatdate(time_ns / 1e9, usegmt=True)
 
 
+def _client_went_away(exc: BaseException) -> bool:
+    """The client hung up: a reset, a broken pipe, or aiohttp's "connection lost"."""
+    return isinstance(exc, ConnectionError)
+
+
 class S3Gateway:
     """Path-style S3 with SigV4 over an object layer.
 
     ``credentials`` maps access key IDs to secret keys; every request must be signed with one
-    of them. ``region`` is the only region requests may be scoped to. ``clock`` (seconds since
-    the epoch) is there for tests of the 15-minute skew check.
+    of them. ``region`` is the only region requests may be scoped to. ``body_timeout`` is the
+    longest a request body may send nothing (``RequestTimeout``), and a response body may go
+    unread (the connection is dropped). ``clock`` (seconds since the epoch) is there for tests
+    of the 15-minute skew check.
     """
 
     def __init__(
@@ -117,24 +127,56 @@ class S3Gateway:
         credentials: Mapping[str, str],
         *,
         region: str = "us-east-1",
+        body_timeout: float = DEFAULT_IDLE_TIMEOUT,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not credentials:
             raise ValueError("the S3 gateway needs at least one access key")
         self.layer = layer
         self.region = region
+        self.body_timeout = body_timeout
         self._auth = Authenticator(credentials, region, clock)
+        self._handlers: dict[str, Handler] = {
+            "ListBuckets": self._list_buckets,
+            "CreateBucket": self._create_bucket,
+            "HeadBucket": self._head_bucket,
+            "DeleteBucket": self._delete_bucket,
+            "ListObjects": self._list_objects,
+            "GetBucketLocation": self._get_bucket_location,
+            "DeleteObjects": self._delete_objects,
+            "PutObject": self._put_object,
+            "GetObject": self._get_object,
+            "HeadObject": self._head_object,
+            "DeleteObject": self._delete_object,
+        }
+        unmatched = set(self._handlers) ^ {route.operation for route in routes.ROUTES}
+        assert not unmatched, f"routes and handlers differ: {sorted(unmatched)}"
 
     def add_routes(self, app: web.Application) -> None:
         """Add the catch-all S3 routes. Add the node's own routes before calling this."""
-        app.router.add_route("*", "/", self._handle)
-        app.router.add_route("*", "/{bucket}", self._handle)
-        app.router.add_route("*", "/{bucket}/", self._handle)
-        app.router.add_route("*", "/{bucket}/{key:.+}", self._handle)
+        for path in ("/", "/{bucket}", "/{bucket}/", "/{bucket}/{key:.+}"):
+            app.router.add_route("*", path, self._handle, expect_handler=self._expect)
 
-    # --- the one boundary -------------------------------------------------------------------
+    # --- admission ----------------------------------------------------------------------------
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _expect(self, request: web.Request) -> None:
+        """aiohttp's hook for ``Expect:``, run before anything reads the body.
+
+        Admit the request first; only an admitted one gets ``100 Continue``. A refused one
+        gets no interim answer, so a client that waits for it (as ``Expect`` asks) never sends
+        the body, and the handler answers the refusal at once.
+        """
+        call = self._admit(request)
+        request[_CALL] = call
+        if call.refused is not None or request.version != HttpVersion11:
+            return
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text="only Expect: 100-continue is understood")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not part of the response
+
+    def _admit(self, request: web.Request) -> _Call:
+        """Decide from the request line and headers whether to serve it, and how."""
         call = _Call(
             request=request,
             request_id=secrets.token_hex(8).upper(),
@@ -143,78 +185,29 @@ class S3Gateway:
         )
         try:
             call.auth = self._auth.authenticate(request)
-            return await self._dispatch(call)
-        except StreamAborted:
-            raise
-        except Exception as exc:
-            error = errors.from_exception(exc)
-            if error.status >= 500:
-                log.warning("s3 %s %s: %s", request.method, request.path, error, exc_info=exc)
-            return self._error_response(call, error)
-
-    def _error_response(self, call: _Call, error: errors.S3Error) -> web.Response:
-        headers = call.headers()
-        if error.code == "InvalidRange" and "size" in error.extra:
-            headers["Content-Range"] = f"bytes */{error.extra.pop('size')}"
-        if call.request.method == "HEAD":
-            return web.Response(status=error.status, headers=headers)
-        body = xml.error(error.code, error.message, call.request.path, call.request_id, error.extra)
-        headers["Content-Type"] = XML_TYPE
-        return web.Response(status=error.status, body=body, headers=headers)
-
-    async def _dispatch(self, call: _Call) -> web.StreamResponse:
-        method = call.request.method
-        query = call.request.rel_url.query
-        for name, feature in _UNSUPPORTED.items():
-            if name in query and not (name == "versionId" and query[name] == "null"):
-                raise errors.not_implemented(
-                    f"{feature} is not built in the minigrid S3 gateway ({method} ?{name})"
-                )
-        if not call.bucket:
-            if method != "GET":
-                raise errors.method_not_allowed(f"{method} / is not an S3 operation")
-            return await self._list_buckets(call)
-        self._check_bucket_name(call.bucket)
-        handlers = self._object_ops if call.key else self._bucket_ops
-        handler = handlers().get(method)
-        if handler is None:
-            raise errors.method_not_allowed(f"{method} is not allowed on this resource")
-        return await handler(call)
-
-    def _bucket_ops(self) -> dict[str, Callable[[_Call], Awaitable[web.StreamResponse]]]:
-        return {
-            "GET": self._get_bucket,
-            "PUT": self._create_bucket,
-            "HEAD": self._head_bucket,
-            "DELETE": self._delete_bucket,
-            "POST": self._post_bucket,
-        }
-
-    async def _post_bucket(self, call: _Call) -> web.Response:
-        if "delete" not in call.request.rel_url.query:
-            raise errors.not_implemented(
-                "POST on a bucket is only DeleteObjects (?delete) in the minigrid S3 gateway"
+            resource = routes.resource_of(call.bucket, call.key)
+            call.route = routes.resolve(
+                request.method, resource, request.rel_url.query, request.headers
             )
-        document = await self._body(call).read_small(MAX_DELETE_BODY)
-        keys, quiet = xml.parse_delete(document)
-        deleted: list[str] = []
-        failed: list[tuple[str, errors.S3Error]] = []
-        for key in keys:
-            try:
-                with contextlib.suppress(ObjectNotFound):
-                    await self.layer.delete_object(call.bucket, key)
-                deleted.append(key)
-            except Exception as exc:
-                failed.append((key, errors.from_exception(exc)))
-        return self._xml(call, xml.delete_result([] if quiet else deleted, failed))
+            if call.bucket:
+                self._check_bucket_name(call.bucket)
+            call.plan = self._plan_body(call, call.route, call.auth)
+        except Exception as exc:
+            call.refused = exc
+        return call
 
-    def _object_ops(self) -> dict[str, Callable[[_Call], Awaitable[web.StreamResponse]]]:
-        return {
-            "GET": self._get_object,
-            "PUT": self._put_object,
-            "HEAD": self._head_object,
-            "DELETE": self._delete_object,
-        }
+    @staticmethod
+    def _plan_body(call: _Call, route: routes.Route, auth: Authenticated) -> BodyPlan | None:
+        """The body plan for a route that takes a body, refusing one declared too large."""
+        body = route.body
+        if body is None or (not body.required and not call.request.body_exists):
+            return None
+        plan = plan_body(call.request, auth)
+        if plan.size > body.limit:
+            if body.too_large == "EntityTooLarge":
+                raise errors.entity_too_large(plan.size, body.limit)
+            raise errors.max_message_length_exceeded(plan.size, body.limit)
+        return plan
 
     @staticmethod
     def _check_bucket_name(bucket: str) -> None:
@@ -227,18 +220,96 @@ class S3Gateway:
         except InvalidName as exc:
             raise errors.invalid_bucket_name(str(exc)) from exc
 
+    # --- the one boundary -------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        call = request.get(_CALL) or self._admit(request)
+        try:
+            if call.refused is not None:
+                raise call.refused
+            assert call.route is not None
+            return await self._handlers[call.route.operation](call)
+        except asyncio.CancelledError:
+            log.info("s3 %s: cancelled (the client went away or the node is stopping)",
+                     call.describe())  # fmt: skip
+            raise
+        except Exception as exc:
+            return await self._answer_error(call, exc)
+
+    async def _answer_error(self, call: _Call, exc: Exception) -> web.StreamResponse:
+        if _client_went_away(exc):
+            reason = str(exc) or type(exc).__name__
+            log.info("s3 %s: the client went away (%s)", call.describe(), reason)
+            return web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")
+        if isinstance(exc, web.RequestPayloadError):  # aiohttp could not frame the body
+            exc = errors.incomplete_body(f"the request body is malformed: {exc}")
+        error = errors.from_exception(exc)
+        self._log_error(call, error, exc)
+        response = self._error_response(call, error)
+        if error.close:
+            return await self._answer_then_close(call, response)
+        if not call.request.content.at_eof():
+            # The body was not (all) read: the connection cannot carry another request.
+            response.force_close()
+        return response
+
+    @staticmethod
+    def _log_error(call: _Call, error: errors.S3Error, exc: Exception) -> None:
+        if error.status == 500 and not isinstance(exc, errors.S3Error):
+            log.error("s3 %s: %s", call.describe(), error, exc_info=exc)
+        elif error.status >= 500:
+            level = logging.INFO if error.status == 501 else logging.WARNING
+            log.log(level, "s3 %s: %d %s", call.describe(), error.status, error)
+        elif error.close:
+            log.info("s3 %s: %s; closing the connection", call.describe(), error)
+
+    async def _answer_then_close(self, call: _Call, response: web.Response) -> web.Response:
+        """Send the error, then close the connection instead of reading the rest of the body."""
+        response.force_close()
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            async with asyncio.timeout(ERROR_SEND_TIMEOUT):
+                await response.prepare(call.request)
+                await response.write_eof()
+        call.request.protocol.force_close()
+        return response
+
+    def _error_response(self, call: _Call, error: errors.S3Error) -> web.Response:
+        headers = call.headers()
+        if error.code == "InvalidRange" and "size" in error.extra:
+            headers["Content-Range"] = f"bytes */{error.extra.pop('size')}"
+        if call.request.method == "HEAD":
+            return web.Response(status=error.status, headers=headers)
+        body = xml.error(error.code, error.message, call.request.path, call.request_id, error.extra)
+        headers["Content-Type"] = XML_TYPE
+        return web.Response(status=error.status, body=body, headers=headers)
+
     # --- service and buckets ----------------------------------------------------------------
 
     async def _list_buckets(self, call: _Call) -> web.Response:
         assert call.auth is not None
-        buckets = [b for b in await self.layer.list_buckets() if b.name != RESERVED_BUCKET]
-        return self._xml(call, xml.list_buckets(buckets, call.auth.access_key))
+        query = call.request.rel_url.query
+        prefix = query.get("prefix", "")
+        after = query.get("continuation-token", "")
+        limit = _max_buckets(query.get("max-buckets"))
+        buckets = [
+            b for b in await self.layer.list_buckets()
+            if b.name != RESERVED_BUCKET and b.name.startswith(prefix) and b.name > after
+        ]  # fmt: skip
+        if query.get("bucket-region", self.region) != self.region:
+            buckets = []  # every bucket here lives in the gateway's one region
+        buckets.sort(key=lambda b: b.name)
+        token = buckets[limit - 1].name if len(buckets) > limit else None
+        body = xml.list_buckets(
+            buckets[:limit], call.auth.access_key,
+            prefix=prefix if "prefix" in query else None, continuation_token=token,
+        )  # fmt: skip
+        return self._xml(call, body)
 
     async def _create_bucket(self, call: _Call) -> web.Response:
         # An optional CreateBucketConfiguration body is read (and verified) but not needed:
         # the gateway serves one region.
-        if call.request.body_exists:
-            await self._body(call).read_small(MAX_CONFIG_BODY)
+        if call.plan is not None:
+            await self._body(call).read_small(routes.MAX_CONFIG_BODY)
         await self.layer.make_bucket(call.bucket)
         return web.Response(status=200, headers=call.headers({"Location": f"/{call.bucket}"}))
 
@@ -250,11 +321,26 @@ class S3Gateway:
         await self.layer.delete_bucket(call.bucket)
         return web.Response(status=204, headers=call.headers())
 
-    async def _get_bucket(self, call: _Call) -> web.Response:
+    async def _get_bucket_location(self, call: _Call) -> web.Response:
+        await self.layer.head_bucket(call.bucket)
+        return self._xml(call, xml.location(self.region))
+
+    async def _delete_objects(self, call: _Call) -> web.Response:
+        document = await self._body(call).read_small(routes.MAX_DELETE_BODY)
+        keys, quiet = xml.parse_delete(document)
+        deleted: list[str] = []
+        failed: list[tuple[str, errors.S3Error]] = []
+        for key in keys:
+            try:
+                with contextlib.suppress(ObjectNotFound):
+                    await self.layer.delete_object(call.bucket, key)
+                deleted.append(key)
+            except Exception as exc:
+                failed.append((key, errors.from_exception(exc)))
+        return self._xml(call, xml.delete_result([] if quiet else deleted, failed))
+
+    async def _list_objects(self, call: _Call) -> web.Response:
         query = call.request.rel_url.query
-        if "location" in query:
-            await self.layer.head_bucket(call.bucket)
-            return self._xml(call, xml.location(self.region))
         prefix = query.get("prefix", "")
         delimiter = query.get("delimiter", "")
         max_keys = _max_keys(query.get("max-keys"))
@@ -293,8 +379,6 @@ class S3Gateway:
 
     async def _put_object(self, call: _Call) -> web.Response:
         request = call.request
-        if "x-amz-copy-source" in request.headers:
-            raise errors.not_implemented("CopyObject is not built in the minigrid S3 gateway")
         user_meta = _user_meta(request)
         content_type = request.headers.get("Content-Type", "application/octet-stream")
         body = self._body(call)
@@ -362,19 +446,40 @@ class S3Gateway:
         )
         response.content_length = reader.length
         await response.prepare(call.request)
+        sent = 0
         try:
             if first:
-                await response.write(first)
+                await self._send(response, first)
+                sent += len(first)
             async for chunk in chunks:
-                await response.write(chunk)
-        except ConnectionResetError:
-            log.debug("s3 GET %s/%s: the client went away", call.bucket, call.key)
+                await self._send(response, chunk)
+                sent += len(chunk)
+        except ConnectionError:
+            log.info("s3 %s: the client went away after %d of %d bytes",
+                     call.describe(), sent, reader.length)  # fmt: skip
             return response
+        except _ClientStalled:
+            log.info("s3 %s: the client read nothing for %gs after %d of %d bytes; closing",
+                     call.describe(), self.body_timeout, sent, reader.length)  # fmt: skip
         except Exception as exc:
-            log.warning("s3 GET %s/%s failed mid-stream: %s", call.bucket, call.key, exc)
-            raise StreamAborted(f"GET {call.bucket}/{call.key} failed mid-stream") from exc
-        await response.write_eof()
+            # Headers are out: the only way left to tell the client is a short body.
+            error = errors.from_exception(exc)
+            log.warning("s3 %s failed after %d of %d bytes, dropping the connection: %s",
+                        call.describe(), sent, reader.length, error,
+                        exc_info=exc if error.status == 500 else None)  # fmt: skip
+        else:
+            await response.write_eof()
+            return response
+        call.request.protocol.force_close()
         return response
+
+    async def _send(self, response: web.StreamResponse, chunk: bytes) -> None:
+        """Write one chunk; _ClientStalled when the client reads nothing for the body timeout."""
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                await response.write(chunk)
+        except TimeoutError:
+            raise _ClientStalled from None
 
     async def _delete_object(self, call: _Call) -> web.Response:
         with contextlib.suppress(ObjectNotFound):  # S3 answers 204 whether or not it existed
@@ -384,8 +489,8 @@ class S3Gateway:
     # --- helpers ----------------------------------------------------------------------------
 
     def _body(self, call: _Call) -> VerifiedBody:
-        assert call.auth is not None
-        return VerifiedBody(call.request, call.auth, plan_body(call.request, call.auth))
+        assert call.auth is not None and call.plan is not None
+        return VerifiedBody(call.request, call.auth, call.plan, idle_timeout=self.body_timeout)
 
     @staticmethod
     def _xml(call: _Call, body: bytes) -> web.Response:
@@ -439,6 +544,20 @@ def _user_meta(request: web.Request) -> dict[str, str]:
             400,
         )
     return meta
+
+
+def _max_buckets(text: str | None) -> int:
+    if text is None:
+        return MAX_LIST_BUCKETS
+    try:
+        value = int(text)
+        if not 1 <= value <= MAX_LIST_BUCKETS:
+            raise ValueError
+    except ValueError as exc:
+        raise errors.invalid_argument(
+            f"max-buckets {text[:20]!r} must be a whole number from 1 to {MAX_LIST_BUCKETS}"
+        ) from exc
+    return value
 
 
 def _max_keys(text: str | None) -> int:

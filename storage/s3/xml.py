@@ -42,13 +42,24 @@ def error(
     return (_HEAD + "<Error>" + "".join(parts) + "</Error>").encode()
 
 
-def list_buckets(buckets: Sequence[BucketInfo], owner_id: str) -> bytes:
+def list_buckets(
+    buckets: Sequence[BucketInfo],
+    owner_id: str,
+    *,
+    prefix: str | None = None,
+    continuation_token: str | None = None,
+) -> bytes:
     owner = "<Owner>" + _el("ID", owner_id) + _el("DisplayName", owner_id) + "</Owner>"
     items = "".join(
         "<Bucket>" + _el("Name", b.name) + _el("CreationDate", iso8601(b.created_ns)) + "</Bucket>"
         for b in buckets
     )
-    return _document("ListAllMyBucketsResult", [owner, f"<Buckets>{items}</Buckets>"])
+    parts = [owner, f"<Buckets>{items}</Buckets>"]
+    if continuation_token is not None:
+        parts.append(_el("ContinuationToken", continuation_token))
+    if prefix is not None:
+        parts.append(_el("Prefix", prefix))
+    return _document("ListAllMyBucketsResult", parts)
 
 
 def location(region: str) -> bytes:
