@@ -71,6 +71,10 @@ from .stats import ConnStats
 
 log = logging.getLogger("minigrid.grid")
 
+#: Rejections that pass by themselves (the peer is loaded or stopping): not worth a warning on
+#: the dialing side. The accepting side says "busy" once per address; that is the one to read.
+_TRANSIENT: Final = frozenset({Code.BUSY, Code.CLOSING})
+
 GRID_PATH: Final = "/minigrid/grid/v1"
 POKE_PATH: Final = GRID_PATH + "/poke"
 _WS_MAX = protocol.MAX_FRAME_SIZE + 1024
@@ -257,12 +261,19 @@ class Manager:
                 ws, instance = await self._dial(conn)
             except HandshakeError as exc:
                 cause = _handshake_cause(exc)
-                self._rejections.note(
-                    ("dial", conn.remote), exc.code, f"grid {self.local}->{conn.remote}: {cause}"
-                )
+                if exc.code in _TRANSIENT:
+                    log.debug("grid %s->%s: %s", self.local, conn.remote, cause)
+                else:
+                    self._rejections.note(
+                        ("dial", conn.remote),
+                        exc.code,
+                        f"grid {self.local}->{conn.remote}: {cause}",
+                    )
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 cause = f"dial failed: {_describe(exc)}"
-                self._note_transport_failure(("dial", conn.remote), exc, cause)
+                self._note_transport_failure(
+                    ("dial", conn.remote), exc, f"grid {self.local}->{conn.remote}: {cause}"
+                )
             else:
                 self._rejections.clear(("dial", conn.remote))
                 self._serving[conn.remote] = task = asyncio.current_task()  # type: ignore[assignment]
@@ -284,13 +295,15 @@ class Manager:
                     await poked.wait()
                 log.debug("grid %s->%s: poked, dialing now", self.local, conn.remote)
 
-    def _note_transport_failure(self, key: tuple[str, str], exc: BaseException, cause: str) -> None:
+    def _note_transport_failure(
+        self, key: tuple[str, str], exc: BaseException, message: str
+    ) -> None:
         """A refused TCP connection is routine (the peer is down); a TLS failure is a
         configuration problem, said once like a rejection."""
         if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
-            self._rejections.note(key, "tls", f"grid {self.local}->{key[1]}: {cause}")
+            self._rejections.note(key, "tls", message)
         else:
-            log.debug("grid %s->%s: %s", self.local, key[1], cause)
+            log.debug("%s", message)
 
     async def _dial(self, conn: Connection) -> tuple[aiohttp.ClientWebSocketResponse, str]:
         conn.counters.dial_attempts += 1
@@ -318,8 +331,12 @@ class Manager:
                 ssl=self._tls if self._tls is not None else True,
             )
         except aiohttp.WSServerHandshakeError as exc:
-            code = Code.BUSY if exc.status == 503 else Code.UNKNOWN
-            raise HandshakeRejected(code, f"HTTP {exc.status}: {printable(exc.message)}") from exc
+            if exc.status == 503:
+                raise HandshakeRejected(
+                    Code.BUSY, "the peer is busy or shutting down (HTTP 503)"
+                ) from exc
+            reason = f"HTTP {exc.status}: {printable(exc.message)} (not a minigrid v2 grid route?)"
+            raise HandshakeRejected(Code.UNKNOWN, reason) from exc
 
     async def _prove(
         self, ws: aiohttp.ClientWebSocketResponse, remote: str, purpose: Purpose
@@ -463,6 +480,9 @@ class Manager:
         the remote address: never a host string an unknown peer made up."""
         who = claimed if claimed is not None and claimed in self._connections else address
         claim = f" claiming {printable(claimed, 64)}" if claimed and claimed != who else ""
+        if exc.code == Code.CLOSING:  # we are going away: nothing for anyone to fix
+            log.debug("grid %s: refused %s from %s: shutting down", self.local, purpose.value, who)
+            return
         self._rejections.note(
             (purpose.value, who),
             exc.code,
@@ -493,12 +513,17 @@ class Manager:
                 try:
                     await self._poke(conn.remote)
                 except HandshakeError as exc:
-                    cause = _handshake_cause(exc)
-                    self._rejections.note(
-                        key, exc.code, f"grid {self.local}: poke to {conn.remote}: {cause}"
-                    )
+                    cause = f"grid {self.local}: poke to {conn.remote}: {_handshake_cause(exc)}"
+                    if exc.code in _TRANSIENT:
+                        log.debug("%s", cause)
+                    else:
+                        self._rejections.note(key, exc.code, cause)
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    self._note_transport_failure(key, exc, f"poke failed: {_describe(exc)}")
+                    self._note_transport_failure(
+                        key,
+                        exc,
+                        f"grid {self.local}: poke to {conn.remote} failed: {_describe(exc)}",
+                    )
                 else:
                     self._rejections.clear(key)
             # While connected, sleep until the state changes; while not, poke every interval.
@@ -548,5 +573,9 @@ def _next_backoff(previous: float, config: GridConfig) -> float:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS: the peer's certificate is not trusted: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS handshake failed (is the peer serving TLS?): {exc.os_error}"
     text = str(exc)
     return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
