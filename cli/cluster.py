@@ -370,7 +370,11 @@ def http_json(url: str, timeout: float = 1.0, ca: str | None = None) -> tuple[in
         exc.close()
         return exc.code, body
     except (OSError, ValueError) as exc:
-        return 0, {"reason": f"no answer: {getattr(exc, 'reason', exc)}"}
+        cause = getattr(exc, "reason", exc)
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return 0, {"reason": f"its certificate is not trusted ({cause.verify_message}); "
+                                 "give the cluster's CA with --tls-ca"}  # fmt: skip
+        return 0, {"reason": f"no answer: {cause}"}
 
 
 def readiness(url: str, timeout: float = 1.0, ca: str | None = None) -> tuple[bool, dict[str, Any]]:

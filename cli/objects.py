@@ -102,11 +102,13 @@ def pick_endpoint(endpoints: list[str], ca: str | None = None) -> str:
     """The first endpoint that answers its liveness check (the only one, if just one)."""
     if len(endpoints) == 1:
         return endpoints[0]
+    reasons = []
     for url in endpoints:
-        status, _ = http_json(url + "/minigrid/health/live", PROBE_TIMEOUT, ca)
+        status, body = http_json(url + "/minigrid/health/live", PROBE_TIMEOUT, ca)
         if status == 200:
             return url
-    fail(f"no node answers: tried {', '.join(endpoints)} (is the cluster up?)")
+        reasons.append(f"{url}: {body.get('reason') or f'HTTP {status}'}")
+    fail(f"no node answers (is the cluster up?): {'; '.join(reasons)}")
     raise AssertionError
 
 
