@@ -259,23 +259,12 @@ class Manager:
             conn._set_state(State.CONNECTING)
             try:
                 ws, instance = await self._dial(conn)
-            except HandshakeError as exc:
-                cause = _handshake_cause(exc)
-                if exc.code in _TRANSIENT:
-                    log.debug("grid %s->%s: %s", self.local, conn.remote, cause)
-                else:
-                    self._rejections.note(
-                        ("dial", conn.remote),
-                        exc.code,
-                        f"grid {self.local}->{conn.remote}: {cause}",
-                    )
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                cause = f"dial failed: {_describe(exc)}"
-                self._note_transport_failure(
-                    ("dial", conn.remote), exc, f"grid {self.local}->{conn.remote}: {cause}"
+            except (HandshakeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                cause = self._outbound_failed(
+                    ("dial-out", conn.remote), f"grid {self.local}->{conn.remote}", "dial", exc
                 )
             else:
-                self._rejections.clear(("dial", conn.remote))
+                self._rejections.clear(("dial-out", conn.remote))
                 self._serving[conn.remote] = task = asyncio.current_task()  # type: ignore[assignment]
                 try:
                     cause = await conn.serve(ws, instance)
@@ -295,15 +284,24 @@ class Manager:
                     await poked.wait()
                 log.debug("grid %s->%s: poked, dialing now", self.local, conn.remote)
 
-    def _note_transport_failure(
-        self, key: tuple[str, str], exc: BaseException, message: str
-    ) -> None:
-        """A refused TCP connection is routine (the peer is down); a TLS failure is a
-        configuration problem, said once like a rejection."""
-        if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
-            self._rejections.note(key, "tls", message)
+    def _outbound_failed(
+        self, key: tuple[str, str], prefix: str, what: str, exc: BaseException
+    ) -> str:
+        """Say why a dial or a poke failed, and return that cause. A rejection or a TLS
+        failure is a problem to fix: a warning, once per peer and code. A peer that is down,
+        busy or stopping is routine: debug only."""
+        code = ""
+        if isinstance(exc, HandshakeError):
+            cause, code = _handshake_cause(exc), exc.code
         else:
-            log.debug("%s", message)
+            cause = f"{what} failed: {_describe(exc)}"
+            if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+                code = "tls"
+        if code and code not in _TRANSIENT:
+            self._rejections.note(key, code, f"{prefix}: {cause}")
+        else:
+            log.debug("%s: %s", prefix, cause)
+        return cause
 
     async def _dial(self, conn: Connection) -> tuple[aiohttp.ClientWebSocketResponse, str]:
         conn.counters.dial_attempts += 1
@@ -359,6 +357,9 @@ class Manager:
         try:
             # One at a time per peer: two verified dials racing must not both serve.
             async with self._installing[dialer.host]:
+                if self._closed:  # close() ran while we checked the proof
+                    await ws.close()
+                    return ws
                 await self._replace_session(conn, dialer.instance)
                 self._serving[dialer.host] = task
             await ws.send_bytes(handshake.accept())
@@ -414,7 +415,7 @@ class Manager:
             if self._pending[address] <= 0:
                 del self._pending[address]
         if handshake.peer is not None:
-            self._rejections.clear((purpose.value, handshake.peer.host))
+            self._rejections.clear((f"{purpose.value}-in", handshake.peer.host))
         return ws, handshake
 
     async def _challenge(
@@ -484,7 +485,7 @@ class Manager:
             log.debug("grid %s: refused %s from %s: shutting down", self.local, purpose.value, who)
             return
         self._rejections.note(
-            (purpose.value, who),
+            (f"{purpose.value}-in", who),
             exc.code,
             f"grid {self.local}: rejected {purpose.value} from {who}{claim}: "
             f"{exc.code}: {exc.reason}",
@@ -512,18 +513,9 @@ class Manager:
             if conn.state is not State.CONNECTED:
                 try:
                     await self._poke(conn.remote)
-                except HandshakeError as exc:
-                    cause = f"grid {self.local}: poke to {conn.remote}: {_handshake_cause(exc)}"
-                    if exc.code in _TRANSIENT:
-                        log.debug("%s", cause)
-                    else:
-                        self._rejections.note(key, exc.code, cause)
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    self._note_transport_failure(
-                        key,
-                        exc,
-                        f"grid {self.local}: poke to {conn.remote} failed: {_describe(exc)}",
-                    )
+                except (HandshakeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    prefix = f"grid {self.local}: poke to {conn.remote}"
+                    self._outbound_failed(key, prefix, "poke", exc)
                 else:
                     self._rejections.clear(key)
             # While connected, sleep until the state changes; while not, poke every interval.
