@@ -506,9 +506,16 @@ def _check_same(
         if value is None or (flag == "--base-port" and value == 0) or value == have[flag]:
             continue
         raise ClusterError(
-            f"a cluster already exists in {cluster.data_dir} with {flag} {have[flag]}; "
+            f"a cluster already exists in {cluster.data_dir} with {_as_flag(flag, have[flag])}; "
             f"run 'minigrid cluster down' and remove the directory to start a different one"
         )
+
+
+def _as_flag(flag: str, value: object) -> str:
+    """How a setting reads on the command line: ``--tls``, ``--no-tls``, ``--nodes 4``."""
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"{flag} {value}"
 
 
 # --- stopping ---------------------------------------------------------------------------------

@@ -376,3 +376,30 @@ async def test_wrong_secret_is_rejected_and_logged_once(caplog: pytest.LogCaptur
             await runner.cleanup()
         for sock in sockets:
             sock.close()
+
+
+@pytest.mark.asyncio
+async def test_a_flood_of_made_up_hosts_is_said_once_per_address(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="minigrid.grid")
+    async with local_grid(2) as grid:
+        acceptor = grid.managers[0]
+        conn = acceptor.connection(acceptor.peers[0])
+        before = session_of(conn)
+        async with aiohttp.ClientSession() as session:
+            for index in range(40):
+                claimed = f"attacker-{index}.example:{index}" + "x" * 200
+                ws, handshake, reply = await dial_as(
+                    session, acceptor.local, KEY, claimed, NEW_INSTANCE
+                )
+                with pytest.raises(HandshakeRejected) as info:
+                    handshake.receive_response(reply)
+                assert info.value.code == Code.UNKNOWN_HOST
+                await ws.close()
+        lines = [r.getMessage() for r in caplog.records if "rejected dial from" in r.getMessage()]
+        # Keyed by the address and the code, not by the host each attempt made up.
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"grid {acceptor.local}: rejected dial from 127.0.0.1 claiming")
+        assert len(lines[0]) < 400  # made-up text reaches the log cut short
+        assert session_of(conn) == before
