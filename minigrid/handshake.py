@@ -88,6 +88,7 @@ class Code(enum.StrEnum):
     BUSY = "busy"
     CLOSING = "closing"
     TIMEOUT = "timeout"
+    TLS = "tls"  # the dialer's TLS handshake or the peer's certificate failed
     UNKNOWN = "unknown"  # a code from a peer that we do not know
 
     @classmethod

@@ -296,7 +296,7 @@ class Manager:
         else:
             cause = f"{what} failed: {_describe(exc)}"
             if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
-                code = "tls"
+                code = Code.TLS
         if code and code not in _TRANSIENT:
             self._rejections.note(key, code, f"{prefix}: {cause}")
         else:

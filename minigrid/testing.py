@@ -378,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tls-key", default="")
     parser.add_argument("--tls-ca", default="")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_cert and not args.tls_ca):
+        parser.error("--tls-cert, --tls-key and --tls-ca go together")
     if os.environ.get("MINIGRID_LOG"):
         import logging
 
