@@ -70,7 +70,9 @@ async def test_plaintext_and_tls_peers_fail_cleanly_and_the_tls_node_keeps_servi
         await good_conn.wait_state(State.CONNECTED, timeout=15)
         assert good_conn.stats().tls.startswith("TLSv1.")
         plain_conn = plain.connection(node.host)
-        await eventually(lambda: plain_conn.counters.dial_attempts >= 3, what="three dials")
+        await eventually(
+            lambda: plain_conn.counters.dial_attempts >= 3, timeout=30, what="three dials"
+        )
         await eventually(
             lambda: f"poke to {plain_host}" in node.log_text(), what="the failed poke logged"
         )
