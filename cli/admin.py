@@ -24,7 +24,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cli.objects import fail, resolve_target
+from cli.objects import fail, resolve_target, tls_ca_option
 from cli.s3client import S3Client, S3ClientError, describe
 
 INFO_PATH = "/minigrid/admin/v1/info"
@@ -32,9 +32,10 @@ INFO_TIMEOUT = 3.0
 
 
 def fetch_info(url: str, access_key: str, secret_key: str, region: str,
-               timeout: float = INFO_TIMEOUT) -> dict[str, Any] | str:  # fmt: skip
+               timeout: float = INFO_TIMEOUT, ca: str | None = None
+               ) -> dict[str, Any] | str:  # fmt: skip
     """One node's info document, or the reason there is none."""
-    client = S3Client(url, access_key, secret_key, region=region, timeout=timeout)
+    client = S3Client(url, access_key, secret_key, region=region, timeout=timeout, ca=ca)
     try:
         answer: dict[str, Any] = json.loads(client.call("GET", INFO_PATH))
     except S3ClientError as exc:
@@ -143,10 +144,11 @@ def render(view: dict[str, Any], console: Console) -> None:
         )  # fmt: skip
     console.print(drives)
     grid = _table("grid connections",
-                  ("from", "to", "state", "rtt", "p50", "seen", "redials", "cause"))
+                  ("from", "to", "state", "tls", "rtt", "p50", "seen", "redials", "cause"))
     for conn in view["grid"]:
         grid.add_row(
-            conn["from"], conn["to"], _state(conn["state"]), _ms(conn.get("rtt_last")),
+            conn["from"], conn["to"], _state(conn["state"]), conn.get("tls") or "-",
+            _ms(conn.get("rtt_last")),
             _ms(conn.get("rtt_p50")), _seconds(conn.get("last_seen_age")),
             str(conn.get("reconnects", 0)), conn.get("last_cause", ""),
         )  # fmt: skip
@@ -154,11 +156,12 @@ def render(view: dict[str, Any], console: Console) -> None:
 
 
 def cluster_info(urls: list[str], access_key: str, secret_key: str, region: str,
-                 timeout: float = INFO_TIMEOUT) -> dict[str, Any]:  # fmt: skip
-    """Ask every node at once and merge the answers."""
+                 timeout: float = INFO_TIMEOUT, ca: str | None = None
+                 ) -> dict[str, Any]:  # fmt: skip
+    """Ask every node at once and merge the answers (https verified against ``ca``)."""
     with ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
         answers = list(pool.map(
-            lambda url: fetch_info(url, access_key, secret_key, region, timeout), urls
+            lambda url: fetch_info(url, access_key, secret_key, region, timeout, ca), urls
         ))  # fmt: skip
     return merge(urls, answers)
 
@@ -176,13 +179,15 @@ def admin() -> None:
 @click.option("--secret-key", default=None, help="admin secret key [env MINIGRID_ADMIN_SECRET_KEY]")
 @click.option("--timeout", type=float, default=INFO_TIMEOUT, show_default=True,
               help="seconds to wait for each node")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@tls_ca_option  # fmt: skip
 def info(data_dir: str | None, endpoint: str | None, access_key: str | None,
-         secret_key: str | None, timeout: float, as_json: bool) -> None:  # fmt: skip
+         secret_key: str | None, timeout: float, as_json: bool,
+         tls_ca: str | None) -> None:  # fmt: skip
     """Every node and drive with its state and capacity, and every grid connection."""
-    target = resolve_target(data_dir, endpoint, access_key, secret_key, admin=True)
+    target = resolve_target(data_dir, endpoint, access_key, secret_key, admin=True, ca=tls_ca)
     view = cluster_info(target.endpoints, target.access_key, target.secret_key, target.region,
-                        timeout)  # fmt: skip
+                        timeout, target.ca)  # fmt: skip
     if not any(node["state"] in ("ok", "not-ready") for node in view["nodes"]):
         reasons = "; ".join(f"{n['url']}: {n['reason']}" for n in view["nodes"])
         fail(f"no node answered ({reasons})")

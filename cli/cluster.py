@@ -16,6 +16,11 @@ How the nodes are started:
 - ``up`` returns once every node's ``/minigrid/health/ready`` answers 200, or fails within the
   timeout naming the node, its log and the log's last lines (and stops what it started).
 
+With ``--tls`` (chosen when the cluster is created) ``up`` makes a private CA and one certificate
+per node in ``DIR/tls`` (keys 0600, see :mod:`minigrid.tls`), the node URLs are ``https://``,
+each node gets its own ``--tls-cert``/``--tls-key``, and ``cluster.json`` records the CA as
+``tls_ca``: the nodes verify each other with it, and the CLI verifies the nodes with it.
+
 A PID is trusted only together with the process's start time from ``/proc/PID/stat``, so a
 reused PID is never mistaken for a node (and never signalled).
 """
@@ -30,6 +35,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import string
 import sys
 import time
@@ -44,6 +50,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from minigrid.tls import KeyPair, issue_certificate, make_ca
 from storage.config import ConfigError, choose_set_size
 
 CLUSTER_FILE = "cluster.json"
@@ -54,6 +61,7 @@ STOP_TIMEOUT = 10.0
 RESTART_BIND_GRACE = 5.0
 HOST = "127.0.0.1"
 PRIVATE_UMASK = 0o077
+TLS_DIR = "tls"
 
 
 class ClusterError(Exception):
@@ -156,6 +164,21 @@ class ClusterFile:
     def log_path(self, node: int) -> Path:
         return self.data_dir / "logs" / f"node{node}.log"
 
+    @property
+    def tls(self) -> bool:
+        """Whether the nodes serve TLS (their URLs are https://)."""
+        return all(url.startswith("https://") for url in self.urls)
+
+    @property
+    def ca(self) -> str | None:
+        """The CA the nodes' certificates are verified against (None: plaintext cluster)."""
+        return str(self.config["tls_ca"]) if self.config.get("tls_ca") else None
+
+    def node_tls(self, node: int) -> KeyPair:
+        """Where node ``node``'s certificate and key are."""
+        folder = self.data_dir / TLS_DIR
+        return KeyPair(folder / f"node{node}.crt", folder / f"node{node}.key")
+
     @classmethod
     def load(cls, data_dir: Path) -> ClusterFile | None:
         path = data_dir / CLUSTER_FILE
@@ -210,10 +233,12 @@ def new_cluster(
     parity: int | None,
     profile: str,
     fsync: bool | None = None,
+    tls: bool = False,
 ) -> ClusterFile:
+    scheme = "https" if tls else "http"
     node_list = [
         {
-            "url": f"http://{HOST}:{port}",
+            "url": f"{scheme}://{HOST}:{port}",
             "drives": [str(data_dir / f"node{n}" / f"d{d}") for d in range(drives)],
         }
         for n, port in enumerate(ports)
@@ -229,8 +254,23 @@ def new_cluster(
         config["parity"] = parity
     if fsync is not None:
         config["fsync"] = "on" if fsync else "off"
+    if tls:
+        config["tls_ca"] = str(data_dir / TLS_DIR / "ca.crt")
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return ClusterFile(data_dir / CLUSTER_FILE, config, [], created)
+
+
+def ensure_certificates(cluster: ClusterFile) -> None:
+    """Make the private CA and each node's certificate, where they do not exist yet."""
+    folder = cluster.data_dir / TLS_DIR
+    ca = KeyPair(folder / "ca.crt", folder / "ca.key")
+    if not (ca.cert.exists() and ca.key.exists()):
+        ca = make_ca(folder, name=f"minigrid private CA ({cluster.data_dir.name})")
+    for node, url in enumerate(cluster.urls):
+        pair = cluster.node_tls(node)
+        if not (pair.cert.exists() and pair.key.exists()):
+            host = url.split("://", 1)[1].rsplit(":", 1)[0]
+            issue_certificate(ca, folder, f"node{node}", [host])
 
 
 # --- starting ---------------------------------------------------------------------------------
@@ -287,6 +327,9 @@ def spawn_node(cluster: ClusterFile, node: int, sock: socket.socket) -> NodeProc
         sys.executable, "-m", "cli.main", "node", "run",
         "--config", str(cluster.path), "--node", str(node), "--listen-fd", str(fd),
     ]  # fmt: skip
+    if cluster.tls:
+        pair = cluster.node_tls(node)
+        argv += ["--tls-cert", str(pair.cert), "--tls-key", str(pair.key)]
     # The node takes its configuration from cluster.json alone: MINIGRID_* variables meant for
     # the object commands (MINIGRID_ACCESS_KEY, ...) must not override it.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINIGRID_")}
@@ -315,10 +358,17 @@ def spawn_node(cluster: ClusterFile, node: int, sock: socket.socket) -> NodeProc
     return entry
 
 
-def http_json(url: str, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:
-    """GET ``url``: ``(status, JSON body)``; status 0 when there is no answer."""
+def tls_context(ca: str | None) -> ssl.SSLContext:
+    """What the CLI verifies a node's certificate with: ``ca``, or the system's trust store."""
+    return ssl.create_default_context(cafile=ca)
+
+
+def http_json(url: str, timeout: float = 1.0, ca: str | None = None) -> tuple[int, dict[str, Any]]:
+    """GET ``url``: ``(status, JSON body)``; status 0 when there is no answer. An https URL's
+    certificate is verified against ``ca`` (or the system's trust store)."""
+    context = tls_context(ca) if url.startswith("https://") else None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         try:
@@ -328,11 +378,15 @@ def http_json(url: str, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:
         exc.close()
         return exc.code, body
     except (OSError, ValueError) as exc:
-        return 0, {"reason": f"no answer: {getattr(exc, 'reason', exc)}"}
+        cause = getattr(exc, "reason", exc)
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return 0, {"reason": f"its certificate is not trusted ({cause.verify_message}); "
+                                 "give the cluster's CA with --tls-ca"}  # fmt: skip
+        return 0, {"reason": f"no answer: {cause}"}
 
 
-def readiness(url: str, timeout: float = 1.0) -> tuple[bool, dict[str, Any]]:
-    status, body = http_json(url + "/minigrid/health/ready", timeout)
+def readiness(url: str, timeout: float = 1.0, ca: str | None = None) -> tuple[bool, dict[str, Any]]:
+    status, body = http_json(url + "/minigrid/health/ready", timeout, ca)
     return status == 200, body
 
 
@@ -357,7 +411,9 @@ def wait_ready(cluster: ClusterFile, timeout: float) -> None:
                     f"node {node} ({url}) exited during startup; its log {entry.log} ends:\n"
                     f"{log_tail(entry.log)}"
                 )
-            ok, body = readiness(url, timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            ok, body = readiness(
+                url, timeout=min(1.0, max(0.1, deadline - time.monotonic())), ca=cluster.ca
+            )
             if ok:
                 del pending[node]
             else:
@@ -390,12 +446,14 @@ def cluster_up(
     base_port: int | None = None,
     parity: int | None = None,
     profile: str | None = None,
+    tls: bool | None = None,
     timeout: float = UP_TIMEOUT,
     fsync: bool | None = None,
 ) -> UpResult:
     """Start the cluster in ``data_dir`` (create it if new); start only nodes that are down.
 
-    ``fsync`` None leaves the nodes' default (on) for a new cluster.
+    ``fsync`` None leaves the nodes' default (on) for a new cluster. ``tls`` (when creating):
+    serve TLS with certificates from a new private CA.
     """
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
@@ -409,14 +467,17 @@ def cluster_up(
         base = 9000 if base_port is None else base_port
         sockets = bind_ports({n: base + n if base else 0 for n in range(count)})
         ports = [sockets[n].getsockname()[1] for n in range(count)]
-        cluster = new_cluster(data_dir, count, per_node, ports, parity, profile or "fast", fsync)
+        cluster = new_cluster(data_dir, count, per_node, ports, parity, profile or "fast",
+                              fsync, tls=bool(tls))  # fmt: skip
     else:
-        _check_same(cluster, nodes, drives, base_port, parity, profile, fsync)
+        _check_same(cluster, nodes, drives, base_port, parity, profile, fsync, tls)
         down = [n for n in range(len(cluster.urls)) if not cluster.process(n).alive()]
         wanted = {n: int(cluster.urls[n].rsplit(":", 1)[1]) for n in down}
         sockets = bind_ports(wanted, grace=RESTART_BIND_GRACE)
     started = sorted(sockets)
     try:
+        if cluster.tls:
+            ensure_certificates(cluster)
         cluster.save()
         for n in started:
             spawn_node(cluster, n, sockets[n])
@@ -440,6 +501,7 @@ def _check_same(
     parity: int | None,
     profile: str | None,
     fsync: bool | None = None,
+    tls: bool | None = None,
 ) -> None:
     config = cluster.config
     have = {
@@ -449,17 +511,26 @@ def _check_same(
         "--parity": config.get("parity"),
         "--profile": config.get("profile", "fast"),
         "--fsync": config.get("fsync", "on"),
+        "--tls": cluster.tls,
     }
     wanted = {"--nodes": nodes, "--drives": drives, "--base-port": base_port,
               "--parity": parity, "--profile": profile,
-              "--fsync": None if fsync is None else ("on" if fsync else "off")}  # fmt: skip
+              "--fsync": None if fsync is None else ("on" if fsync else "off"),
+              "--tls": tls}  # fmt: skip
     for flag, value in wanted.items():
         if value is None or (flag == "--base-port" and value == 0) or value == have[flag]:
             continue
         raise ClusterError(
-            f"a cluster already exists in {cluster.data_dir} with {flag} {have[flag]}; "
+            f"a cluster already exists in {cluster.data_dir} with {_as_flag(flag, have[flag])}; "
             f"run 'minigrid cluster down' and remove the directory to start a different one"
         )
+
+
+def _as_flag(flag: str, value: object) -> str:
+    """How a setting reads on the command line: ``--tls``, ``--no-tls``, ``--nodes 4``."""
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"{flag} {value}"
 
 
 # --- stopping ---------------------------------------------------------------------------------
@@ -501,7 +572,7 @@ def cluster_status(cluster: ClusterFile) -> list[dict[str, Any]]:
     for node, url in enumerate(cluster.urls):
         entry = cluster.process(node)
         alive = entry.alive()
-        ready, body = readiness(url) if alive else (False, {"reason": "not running"})
+        ready, body = readiness(url, ca=cluster.ca) if alive else (False, {"reason": "not running"})
         rows.append(
             {
                 "node": node,
@@ -557,6 +628,8 @@ def cluster() -> None:
 @click.option("--parity", type=int, default=None, help="parity shards per set [by set size]")
 @click.option("--profile", type=click.Choice(["fast", "minio"]), default=None,
               help="grid liveness profile [fast]")
+@click.option("--tls/--no-tls", default=None,
+              help="serve S3, admin and the grid over TLS, with a private CA in DIR/tls [no]")
 @click.option("--timeout", type=float, default=UP_TIMEOUT, show_default=True,
               help="seconds to wait for every node to be ready")  # fmt: skip
 @click.option("--fsync", type=click.Choice(["on", "off"]), default=None,
@@ -568,6 +641,7 @@ def up(
     base_port: int | None,
     parity: int | None,
     profile: str | None,
+    tls: bool | None,
     timeout: float,
     fsync: str | None,
 ) -> None:
@@ -578,7 +652,7 @@ def up(
     folder = resolve_data_dir(data_dir)
     try:
         result = cluster_up(folder, nodes=nodes, drives=drives, base_port=base_port,
-                            parity=parity, profile=profile, timeout=timeout,
+                            parity=parity, profile=profile, tls=tls, timeout=timeout,
                             fsync=None if fsync is None else fsync == "on")  # fmt: skip
     except ClusterError as exc:
         _fail(str(exc))
@@ -592,6 +666,8 @@ def up(
     for node, url in enumerate(urls):
         click.echo(f"  node {node}  {url}")
     click.echo(f"credentials and PIDs: {result.cluster.path}")
+    if result.cluster.ca:
+        click.echo(f"TLS: nodes' certificates are signed by {result.cluster.ca}")
     click.echo(f"logs: {folder / 'logs'}")
 
 

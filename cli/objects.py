@@ -4,6 +4,10 @@ Where the cluster is: ``--endpoint URL`` with ``--access-key``/``--secret-key`` 
 ``MINIGRID_ENDPOINT``, ``MINIGRID_ACCESS_KEY``, ``MINIGRID_SECRET_KEY``); otherwise the
 ``cluster.json`` in ``--data-dir``, ``$MINIGRID_DATA_DIR`` or ``./.minigrid``, whose first node
 that answers is used (so a command still works while some nodes are down).
+
+An https endpoint's certificate is verified against ``--tls-ca`` (``MINIGRID_TLS_CA``), else
+the ``tls_ca`` that ``cluster up --tls`` recorded in ``cluster.json``, else the system's trust
+store. Verification is never turned off.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class Target:
     access_key: str
     secret_key: str
     region: str = "us-east-1"
+    #: The CA bundle https endpoints are verified against (None: the system's trust store).
+    ca: str | None = None
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -60,6 +66,7 @@ def resolve_target(
     secret_key: str | None,
     *,
     admin: bool = False,
+    ca: str | None = None,
 ) -> Target:
     """The endpoint(s) and keys, from the flags, the environment or cluster.json.
 
@@ -87,19 +94,28 @@ def resolve_target(
         access_key=access_key or str(config[key_prefix + "access_key"]),
         secret_key=secret_key or str(config[key_prefix + "secret_key"]),
         region=str(config.get("region", "us-east-1")),
+        ca=ca or os.environ.get("MINIGRID_TLS_CA") or config.get("tls_ca") or None,
     )
 
 
-def pick_endpoint(endpoints: list[str]) -> str:
+def pick_endpoint(endpoints: list[str], ca: str | None = None) -> str:
     """The first endpoint that answers its liveness check (the only one, if just one)."""
     if len(endpoints) == 1:
         return endpoints[0]
+    reasons = []
     for url in endpoints:
-        status, _ = http_json(url + "/minigrid/health/live", PROBE_TIMEOUT)
+        status, body = http_json(url + "/minigrid/health/live", PROBE_TIMEOUT, ca)
         if status == 200:
             return url
-    fail(f"no node answers: tried {', '.join(endpoints)} (is the cluster up?)")
+        reasons.append(f"{url}: {body.get('reason') or f'HTTP {status}'}")
+    fail(f"no node answers (is the cluster up?): {'; '.join(reasons)}")
     raise AssertionError
+
+
+tls_ca_option = click.option(
+    "--tls-ca", default=None, metavar="PEM",
+    help="verify https endpoints against this CA [env MINIGRID_TLS_CA; cluster.json's tls_ca]",
+)  # fmt: skip
 
 
 def connection_options(func: F) -> F:
@@ -111,13 +127,14 @@ def connection_options(func: F) -> F:
                   help="an S3 endpoint instead of the local cluster [env MINIGRID_ENDPOINT]")
     @click.option("--access-key", default=None, help="[env MINIGRID_ACCESS_KEY]")
     @click.option("--secret-key", default=None, help="[env MINIGRID_SECRET_KEY]")
+    @tls_ca_option
     @functools.wraps(func)
     def wrapper(data_dir: str | None, endpoint: str | None, access_key: str | None,
-                secret_key: str | None, **kwargs: Any) -> Any:  # fmt: skip
-        target = resolve_target(data_dir, endpoint, access_key, secret_key)
+                secret_key: str | None, tls_ca: str | None, **kwargs: Any) -> Any:  # fmt: skip
+        target = resolve_target(data_dir, endpoint, access_key, secret_key, ca=tls_ca)
         client = S3Client(
-            pick_endpoint(target.endpoints), target.access_key, target.secret_key,
-            region=target.region,
+            pick_endpoint(target.endpoints, target.ca), target.access_key, target.secret_key,
+            region=target.region, ca=target.ca,
         )  # fmt: skip
         return func(client=client, **kwargs)
 

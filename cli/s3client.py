@@ -21,6 +21,7 @@ import hashlib
 import http.client
 import json
 import socket
+import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -92,6 +93,7 @@ class S3Client:
         region: str = "us-east-1",
         timeout: float = 60.0,
         clock: Callable[[], dt.datetime] | None = None,
+        ca: str | None = None,
     ) -> None:
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -104,6 +106,10 @@ class S3Client:
         self.region = region
         self.timeout = timeout
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        #: For https: the CA bundle the endpoint's certificate is verified against (None: the
+        #: system's trust store). The certificate and the host name are always checked.
+        self.ca = ca
+        self._tls_context = ssl.create_default_context(cafile=ca) if self._tls else None
 
     # --- signing ------------------------------------------------------------------------------
 
@@ -136,8 +142,11 @@ class S3Client:
     # --- requests -----------------------------------------------------------------------------
 
     def _connection(self) -> http.client.HTTPConnection:
-        cls = http.client.HTTPSConnection if self._tls else http.client.HTTPConnection
-        return cls(self._host, timeout=self.timeout)
+        if self._tls:
+            return http.client.HTTPSConnection(
+                self._host, timeout=self.timeout, context=self._tls_context
+            )
+        return http.client.HTTPConnection(self._host, timeout=self.timeout)
 
     def request(
         self,
@@ -338,6 +347,14 @@ def _error_from(response: http.client.HTTPResponse, method: str) -> S3ClientErro
 
 
 def _connect_error(endpoint: str, exc: BaseException) -> S3ClientError:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return S3ClientError(
+            "TLSVerifyFailed",
+            f"cannot reach {endpoint}: its certificate is not trusted ({exc.verify_message}); "
+            f"give the cluster's CA with --tls-ca",
+        )
+    if isinstance(exc, ssl.SSLError):
+        return S3ClientError("TLSFailed", f"cannot reach {endpoint}: TLS failed ({exc.reason})")
     if isinstance(exc, ConnectionRefusedError):
         why = "connection refused"
     elif isinstance(exc, socket.timeout | TimeoutError):

@@ -31,8 +31,14 @@ class GridConfig:
     lag_interval: float = 0.1
     #: Default deadline of a call.
     call_timeout: float = 30.0
-    #: Time allowed for dialing plus the Connect exchange.
+    #: Time allowed for dialing plus the Connect exchange; on the accepting side, the most an
+    #: unauthenticated websocket may live before its proof arrives.
     handshake_timeout: float = 5.0
+    #: Unauthenticated handshakes in progress at once, in all and from one remote address.
+    #: Past either cap an upgrade gets 503 at once: nobody can hold many sockets (each may
+    #: buffer one frame) for long without the secret.
+    max_pending_handshakes: int = 32
+    max_pending_per_address: int = 8
     #: Reconnect backoff: the first delay is uniform in [initial, 2 × initial], doubling to cap.
     backoff_initial: float = 1.0
     backoff_cap: float = 10.0

@@ -9,7 +9,8 @@
 │   ├── ``Disconnected``         the connection is down or went down mid-call
 │   ├── ``DeadlineExceeded``     the call's deadline passed
 │   └── ``Cancelled``            the far side cancelled the stream
-└── ``HandshakeRejected``        the peer refused our Connect (wrong secret, unknown host, version)
+└── ``HandshakeError``           a handshake failed (``code`` says why, ``reason`` in words)
+    └── ``HandshakeRejected``    the peer refused our Connect (wrong secret, unknown host, version)
 
 Only ``ProtocolError`` subclasses ever leave the decoder, whatever a peer sends.
 """
@@ -66,9 +67,15 @@ class Cancelled(CallError):
     """The other side cancelled the stream."""
 
 
-class HandshakeRejected(GridError):
-    """The peer refused the connection; ``reason`` says why."""
+class HandshakeError(GridError):
+    """A handshake failed. ``code`` is one of :class:`minigrid.handshake.Code` (a fixed
+    vocabulary, safe to log and key logs by); ``reason`` says it for people."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
         self.reason = reason
+
+
+class HandshakeRejected(HandshakeError):
+    """The peer refused our Connect; ``code`` and ``reason`` are what it said."""

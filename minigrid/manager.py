@@ -1,27 +1,47 @@
-"""The grid manager: the local host, every peer, the handler registry, and one route.
+"""The grid manager: the local host, every peer, the handler registry, and the grid routes.
 
 Exactly one websocket exists per pair of nodes. Both sides work out who dials from the two host
 strings alone (:func:`should_dial`), so no message is needed to agree, and a dial from the side
 that should have accepted is refused.
 
-Handshake, on ``GET /minigrid/grid/v1``:
+Handshake, on ``GET /minigrid/grid/v1`` (the exchange itself is :mod:`minigrid.handshake`):
 
-1. The dialer sends ``Authorization: Bearer <token>`` (see :mod:`minigrid.auth`). A missing
-   token gets 401, a bad one or an unknown host 403, and the node keeps serving.
-2. After the upgrade the dialer sends ``CONNECT`` with its host, instance ID and version.
-3. The acceptor answers ``CONNECT_RESPONSE``: accepted (with its own token, so the dialer knows
-   it reached a node holding the same secret) or rejected with a reason.
+1. The dialer upgrades to a websocket, saying nothing else. Past the caps on unauthenticated
+   handshakes (in all, and per remote address) the upgrade gets 503 at once.
+2. The acceptor sends its Connect with a fresh nonce; the dialer answers with its own Connect,
+   nonce and proof; the acceptor checks the version, that the host is a peer that dials it, and
+   the proof, all within ``handshake_timeout`` of the upgrade, then answers with its own proof
+   (or a rejection with a reason code). The dialer checks that proof before it uses the session.
+3. Only then does anything change: a verified dial from the right peer replaces the session
+   that peer had (it dialed because it thinks the old one is dead, or it restarted). A failed,
+   replayed or timed-out handshake never touches a session that is up.
 
-Rejections are logged once per peer and reason, on both sides, not on every retry.
+Why inside the websocket, after the upgrade: the challenge must reach the dialer before its
+proof, which takes a round trip that the upgrade request alone cannot carry; doing it on the
+same socket binds the proof to that one connection with no shared table of outstanding
+challenges for anyone to flood, and keeps the whole exchange one byte stream (the later
+sans-IO session will own it). The cost is that an unauthenticated peer holds an upgraded
+socket until it answers, so that is capped in count and in time (:class:`GridConfig`
+``max_pending_handshakes``, ``max_pending_per_address``, ``handshake_timeout``).
+
+The accepting side never dials, so while unconnected it *pokes* the dialer ("dial me now") on
+``GET /minigrid/grid/v1/poke``: the same handshake with the ``poke`` purpose, so a poke is as
+fresh and as authentic as a dial, and cannot be replayed. A verified poke from a new instance
+of a peer ends the session with its old instance at once.
+
+Rejections are logged once per peer and reason code, on both sides, not on every retry
+(:class:`minigrid.rejections.RejectionLog`, bounded).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
 import random
+import ssl
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -29,17 +49,31 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
-from . import auth, protocol, sockets
+from . import protocol, sockets
 from .config import GridConfig
 from .connection import Connection
-from .errors import GridError, HandshakeRejected, RemoteProtocolError
+from .errors import HandshakeError, HandshakeRejected
 from .handlers import Registry, SingleFn, StreamFn
+from .handshake import (
+    AcceptorHandshake,
+    Code,
+    DialerHandshake,
+    Hello,
+    Purpose,
+    derive_key,
+    printable,
+    reject_frame,
+)
 from .liveness import PEER_RESTARTED, LoopMonitor
-from .protocol import Op
+from .rejections import RejectionLog
 from .state import State
 from .stats import ConnStats
 
 log = logging.getLogger("minigrid.grid")
+
+#: Rejections that pass by themselves (the peer is loaded or stopping): not worth a warning on
+#: the dialing side. The accepting side says "busy" once per address; that is the one to read.
+_TRANSIENT: Final = frozenset({Code.BUSY, Code.CLOSING})
 
 GRID_PATH: Final = "/minigrid/grid/v1"
 POKE_PATH: Final = GRID_PATH + "/poke"
@@ -55,29 +89,31 @@ def should_dial(local: str, remote: str) -> bool:
     return local < remote
 
 
-def grid_url(host: str) -> str:
-    """The grid URL of a host string such as ``127.0.0.1:9001`` or ``http://node2:9000``."""
-    base = host if host.startswith(("http://", "https://")) else f"http://{host}"
-    return base.rstrip("/") + GRID_PATH
+def grid_url(host: str, *, tls: bool = False, path: str = GRID_PATH) -> str:
+    """The grid URL of a host string such as ``127.0.0.1:9001`` or ``http://node2:9000``.
+
+    A bare host gets ``https://`` when ``tls`` (aiohttp then speaks ``wss://``)."""
+    if host.startswith(("http://", "https://")):
+        base = host
+    else:
+        base = f"{'https' if tls else 'http'}://{host}"
+    return base.rstrip("/") + path
 
 
-class _LogOnce:
-    """Log a message once per key until the message changes or the key is cleared."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, str] = {}
-
-    def warn(self, key: str, message: str) -> None:
-        if self._last.get(key) != message:
-            self._last[key] = message
-            log.warning("%s", message)
-
-    def clear(self, key: str) -> None:
-        self._last.pop(key, None)
+def _tls_version(transport_owner: Any) -> str:
+    """The TLS version of a websocket's connection ("TLSv1.3"), or "" when it is plaintext."""
+    ssl_object = transport_owner.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return ""
+    return str(ssl_object.version() or "TLS")
 
 
 class Manager:
-    """Owns this node's grid: the registry, one :class:`Connection` per peer, the route."""
+    """Owns this node's grid: the registry, one :class:`Connection` per peer, the routes.
+
+    ``tls``: the client context for dialing peers over ``wss://`` (it decides which
+    certificates to trust); ``None`` dials plaintext ``ws://``. Serving TLS is the HTTP
+    server's job (see :func:`minigrid.tls.server_context`)."""
 
     def __init__(
         self,
@@ -86,18 +122,22 @@ class Manager:
         secret: str | bytes,
         *,
         config: GridConfig | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.local = local
         self.config = config or GridConfig()
         self.instance_id = uuid.uuid4().hex
         self.registry = Registry()
-        self._key = auth.derive_key(secret)
+        self._key = derive_key(secret)
+        self._tls = tls
         self._peers = [peer for peer in dict.fromkeys(peers) if peer != local]
         self._connections: dict[str, Connection] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._serving: dict[str, asyncio.Task[Any]] = {}
+        self._installing: dict[str, asyncio.Lock] = {}
         self._session: aiohttp.ClientSession | None = None
-        self._log_once = _LogOnce()
+        self._rejections = RejectionLog(log)
+        self._pending: collections.Counter[str] = collections.Counter()
         self._closed = False
         self._started = False
         #: Called synchronously as ``listener(conn, old_state, new_state, cause)`` on every
@@ -128,9 +168,9 @@ class Manager:
         )
 
     def add_routes(self, app: web.Application) -> None:
-        """Serve the grid route on an aiohttp application."""
+        """Serve the grid routes (sessions and pokes) on an aiohttp application."""
         app.router.add_get(GRID_PATH, self._accept)
-        app.router.add_post(POKE_PATH, self._poked)
+        app.router.add_get(POKE_PATH, self._accept_poke)
 
     @property
     def closed(self) -> bool:
@@ -139,6 +179,16 @@ class Manager:
     @property
     def peers(self) -> list[str]:
         return list(self._peers)
+
+    @property
+    def tls(self) -> bool:
+        """Whether this node dials its peers over TLS."""
+        return self._tls is not None
+
+    @property
+    def pending_handshakes(self) -> int:
+        """Unauthenticated handshakes in progress on the accepting side."""
+        return sum(self._pending.values())
 
     async def start(self) -> None:
         """Create the connections and start dialing the peers this side dials."""
@@ -153,6 +203,7 @@ class Manager:
             conn = Connection(self, peer, dialer=should_dial(self.local, peer))
             self._connections[peer] = conn
             self._pokes[peer] = asyncio.Event()
+            self._installing[peer] = asyncio.Lock()
             if conn.dialer:
                 self._spawn(self._dial_loop(conn), f"grid-dial {peer}")
             else:
@@ -208,14 +259,12 @@ class Manager:
             conn._set_state(State.CONNECTING)
             try:
                 ws, instance = await self._dial(conn)
-            except HandshakeRejected as exc:
-                cause = f"rejected by peer: {exc.reason}"
-                self._log_once.warn(conn.remote, f"grid {self.local}->{conn.remote}: {cause}")
-            except (aiohttp.ClientError, OSError, TimeoutError, RemoteProtocolError) as exc:
-                cause = f"dial failed: {_describe(exc)}"
-                log.debug("grid %s->%s: %s", self.local, conn.remote, cause)
+            except (HandshakeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                cause = self._outbound_failed(
+                    ("dial-out", conn.remote), f"grid {self.local}->{conn.remote}", "dial", exc
+                )
             else:
-                self._log_once.clear(conn.remote)
+                self._rejections.clear(("dial-out", conn.remote))
                 self._serving[conn.remote] = task = asyncio.current_task()  # type: ignore[assignment]
                 try:
                     cause = await conn.serve(ws, instance)
@@ -235,163 +284,216 @@ class Manager:
                     await poked.wait()
                 log.debug("grid %s->%s: poked, dialing now", self.local, conn.remote)
 
+    def _outbound_failed(
+        self, key: tuple[str, str], prefix: str, what: str, exc: BaseException
+    ) -> str:
+        """Say why a dial or a poke failed, and return that cause. A rejection or a TLS
+        failure is a problem to fix: a warning, once per peer and code. A peer that is down,
+        busy or stopping is routine: debug only."""
+        code = ""
+        if isinstance(exc, HandshakeError):
+            cause, code = _handshake_cause(exc), exc.code
+        else:
+            cause = f"{what} failed: {_describe(exc)}"
+            if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+                code = Code.TLS
+        if code and code not in _TRANSIENT:
+            self._rejections.note(key, code, f"{prefix}: {cause}")
+        else:
+            log.debug("%s: %s", prefix, cause)
+        return cause
+
     async def _dial(self, conn: Connection) -> tuple[aiohttp.ClientWebSocketResponse, str]:
-        assert self._session is not None
         conn.counters.dial_attempts += 1
-        token = auth.make_token(self._key, self.local)
         async with asyncio.timeout(self.config.handshake_timeout):
-            try:
-                ws = await self._session.ws_connect(
-                    grid_url(conn.remote),
-                    headers={"Authorization": f"Bearer {token}"},
-                    max_msg_size=_WS_MAX,
-                    compress=0,
-                    autoping=True,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=1.0),
-                )
-            except aiohttp.WSServerHandshakeError as exc:
-                if exc.status in (401, 403):
-                    raise HandshakeRejected(f"HTTP {exc.status}: {exc.message}") from exc
-                raise
+            ws = await self._open(conn.remote, GRID_PATH)
             try:
                 sockets.tune(ws.get_extra_info("socket"), self.config)
-                hello = {
-                    "host": self.local,
-                    "instance": self.instance_id,
-                    "version": protocol.PROTOCOL_VERSION,
-                }
-                await ws.send_bytes(protocol.encode(Op.CONNECT, payload=protocol.pack_obj(hello)))
-                reply = await _receive_one(ws, Op.CONNECT_RESPONSE)
-                if not reply.get("accepted"):
-                    raise HandshakeRejected(str(reply.get("reason", "no reason given")))
-                try:
-                    peer_host = auth.verify_token(self._key, str(reply.get("token", "")))
-                except auth.TokenError as exc:
-                    raise HandshakeRejected(f"peer failed to prove the secret: {exc}") from exc
-                if peer_host != conn.remote:
-                    raise HandshakeRejected(f"peer says it is {peer_host!r}, not {conn.remote!r}")
-                return ws, str(reply.get("instance", ""))
+                acceptor = await self._prove(ws, conn.remote, Purpose.DIAL)
             except BaseException:
                 await ws.close()
                 raise
+        conn.counters.tls = _tls_version(ws)
+        return ws, acceptor.instance
+
+    async def _open(self, remote: str, path: str) -> aiohttp.ClientWebSocketResponse:
+        """Upgrade to a websocket on ``remote``'s grid ``path`` (no credentials yet)."""
+        assert self._session is not None
+        try:
+            return await self._session.ws_connect(
+                grid_url(remote, tls=self.tls, path=path),
+                max_msg_size=_WS_MAX,
+                compress=0,
+                autoping=True,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=1.0),
+                ssl=self._tls if self._tls is not None else True,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 503:
+                raise HandshakeRejected(
+                    Code.BUSY, "the peer is busy or shutting down (HTTP 503)"
+                ) from exc
+            reason = f"HTTP {exc.status}: {printable(exc.message)} (not a minigrid v2 grid route?)"
+            raise HandshakeRejected(Code.UNKNOWN, reason) from exc
+
+    async def _prove(
+        self, ws: aiohttp.ClientWebSocketResponse, remote: str, purpose: Purpose
+    ) -> Hello:
+        """The dialer's half of the handshake; the acceptor's verified Connect."""
+        handshake = DialerHandshake(self._key, self.local, self.instance_id, remote, purpose)
+        await ws.send_bytes(handshake.receive_challenge(await _receive_frame(ws)))
+        return handshake.receive_response(await _receive_frame(ws))
 
     # --------------------------------------------------------------- accepting
 
-    def _reject(self, status: int, key: str, reason: str, what: str = "dial") -> web.Response:
-        # Keyed by the reason too: one address can carry several peers (ports), and each
-        # distinct rejection is said once, not once per retry.
-        self._log_once.warn(
-            f"{what}:{key}:{reason}", f"grid {self.local}: rejected {what} from {key}: {reason}"
-        )
-        return web.Response(status=status, text=reason)
-
     async def _accept(self, request: web.Request) -> web.StreamResponse:
-        header = request.headers.get("Authorization", "")
-        remote_addr = request.remote or "?"
-        if not header.startswith("Bearer "):
-            return self._reject(401, remote_addr, "missing grid bearer token")
-        try:
-            host = auth.verify_token(self._key, header[7:])
-        except auth.TokenError as exc:
-            return self._reject(403, remote_addr, str(exc))
-        conn = self._connections.get(host)
-        if conn is None or self._closed:
-            return self._reject(403, host, f"{host!r} is not a known peer of {self.local!r}")
-        if conn.dialer:
-            return self._reject(
-                403, host, f"wrong side: {self.local} dials {host}, not the reverse"
-            )
-        ws = web.WebSocketResponse(max_msg_size=_WS_MAX, compress=False, autoping=True, timeout=1.0)
-        await ws.prepare(request)
-        sockets.tune(
-            request.transport.get_extra_info("socket") if request.transport else None, self.config
-        )
-        try:
-            async with asyncio.timeout(self.config.handshake_timeout):
-                hello = await _receive_one(ws, Op.CONNECT)
-        except (TimeoutError, GridError, aiohttp.ClientError, OSError) as exc:
-            self._log_once.warn(
-                f"accept:{host}", f"grid {self.local}: handshake from {host} failed: {exc}"
-            )
-            await ws.close()
+        ws, handshake = await self._handshake(request, Purpose.DIAL)
+        dialer = handshake.peer
+        if dialer is None:
             return ws
-        reason = _check_hello(hello, host)
-        if reason:
-            self._log_once.warn(f"accept:{host}", f"grid {self.local}: rejected {host}: {reason}")
-            reply = {"accepted": False, "reason": reason}
-            await ws.send_bytes(
-                protocol.encode(Op.CONNECT_RESPONSE, payload=protocol.pack_obj(reply))
-            )
-            await ws.close()
-            return ws
-        self._log_once.clear(f"accept:{host}")
-        await self._replace_session(conn, str(hello["instance"]))
-        reply = {
-            "accepted": True,
-            "host": self.local,
-            "instance": self.instance_id,
-            "token": auth.make_token(self._key, self.local),
-        }
-        await ws.send_bytes(protocol.encode(Op.CONNECT_RESPONSE, payload=protocol.pack_obj(reply)))
+        conn = self._connections[dialer.host]
         task = asyncio.current_task()
         assert task is not None
-        self._serving[host] = task
         try:
+            # One at a time per peer: two verified dials racing must not both serve.
+            async with self._installing[dialer.host]:
+                if self._closed:  # close() ran while we checked the proof
+                    await ws.close()
+                    return ws
+                await self._replace_session(conn, dialer.instance)
+                self._serving[dialer.host] = task
+            await ws.send_bytes(handshake.accept())
+            sockets.tune(ws.get_extra_info("socket"), self.config)
+            conn.counters.tls = _tls_version(ws)
             if conn.state is State.UNCONNECTED or conn.state is State.ERROR:
                 conn._set_state(State.CONNECTING)
-            await conn.serve(ws, str(hello["instance"]))
+            await conn.serve(ws, dialer.instance)
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            log.debug("grid %s: session from %s ended before it began: %s",
+                      self.local, dialer.host, _describe(exc))  # fmt: skip
         finally:
-            if self._serving.get(host) is task:
-                del self._serving[host]
+            if self._serving.get(dialer.host) is task:
+                del self._serving[dialer.host]
         return ws
 
-    async def _poke_loop(self, conn: Connection) -> None:
-        """As the accepting side, tell the dialer we are reachable whenever we are unconnected."""
-        assert self._session is not None
-        url = grid_url(conn.remote).replace(GRID_PATH, POKE_PATH)
-        while not self._closed:
-            if conn.state is not State.CONNECTED:
-                token = auth.make_token(self._key, self.local)
-                try:
-                    async with asyncio.timeout(1.0):
-                        async with self._session.post(
-                            url,
-                            data=protocol.pack_obj({"instance": self.instance_id}),
-                            headers={"Authorization": f"Bearer {token}"},
-                        ) as response:
-                            await response.read()
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    log.debug("grid %s: poke to %s failed: %s", self.local, conn.remote, exc)
-            # While connected, sleep until the state changes; while not, poke every interval.
-            timeout = None if conn.is_connected else self.config.poke_interval
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await conn.wait_change()
+    async def _accept_poke(self, request: web.Request) -> web.StreamResponse:
+        """A peer we dial says "dial me now" (and which instance it is)."""
+        ws, handshake = await self._handshake(request, Purpose.POKE)
+        poker = handshake.peer
+        if poker is None:
+            return ws
+        conn = self._connections[poker.host]
+        if conn.is_connected and poker.instance != conn.remote_instance:
+            conn.drop(f"{PEER_RESTARTED}: poked by new instance {poker.instance[:8]}")
+        self._pokes[poker.host].set()
+        with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
+            await ws.send_bytes(handshake.accept())
+        await ws.close()
+        return ws
 
-    async def _poked(self, request: web.Request) -> web.Response:
-        """A peer we dial says it is reachable (and which instance it is)."""
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
-            return web.Response(status=401, text="missing grid bearer token")
+    async def _handshake(
+        self, request: web.Request, purpose: Purpose
+    ) -> tuple[web.WebSocketResponse, AcceptorHandshake]:
+        """The acceptor's half, up to a verified Connect (``handshake.peer``). When it fails,
+        ``peer`` is None, the rejection has been sent, the socket closed, and the log has said
+        so once. Counts against the pending caps until the proof is checked."""
+        address = request.remote or "?"
+        busy = self._check_capacity(address)
+        if busy is not None:
+            self._refused(purpose, address, None, busy)
+            raise web.HTTPServiceUnavailable(text=busy.reason, headers={"Retry-After": "1"})
+        ws = web.WebSocketResponse(max_msg_size=_WS_MAX, compress=False, autoping=True, timeout=1.0)
+        handshake = AcceptorHandshake(
+            self._key, self.local, self.instance_id, purpose,
+            admit=lambda host: self._admit(purpose, host),
+        )  # fmt: skip
+        self._pending[address] += 1
         try:
-            host = auth.verify_token(self._key, header[7:])
-        except auth.TokenError as exc:
-            return self._reject(403, request.remote or "?", str(exc), what="poke")
+            await self._challenge(request, ws, handshake, address)
+        finally:
+            self._pending[address] -= 1
+            if self._pending[address] <= 0:
+                del self._pending[address]
+        if handshake.peer is not None:
+            self._rejections.clear((f"{purpose.value}-in", handshake.peer.host))
+        return ws, handshake
+
+    async def _challenge(
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        handshake: AcceptorHandshake,
+        address: str,
+    ) -> None:
+        """Upgrade, challenge, check the answer; on any failure, refuse and close."""
+        purpose = handshake.purpose
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                await ws.prepare(request)
+                await ws.send_bytes(handshake.challenge())
+                handshake.receive_connect(await _receive_frame(ws))
+                return
+        except HandshakeError as exc:
+            self._refused(purpose, address, handshake.claimed, exc)
+            with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
+                await ws.send_bytes(reject_frame(Code.parse(exc.code), exc.reason))
+        except TimeoutError:
+            self._refused(purpose, address, handshake.claimed, HandshakeError(
+                Code.TIMEOUT, f"no proof within {self.config.handshake_timeout:g}s"
+            ))  # fmt: skip
+        except (ConnectionError, aiohttp.ClientError, OSError) as exc:
+            log.debug("grid %s: %s handshake from %s broke off: %s",
+                      self.local, purpose.value, address, _describe(exc))  # fmt: skip
+        with contextlib.suppress(Exception):
+            await ws.close()
+
+    def _check_capacity(self, address: str) -> HandshakeError | None:
+        if self._closed:
+            return HandshakeError(Code.CLOSING, f"{self.local} is shutting down")
+        if self.pending_handshakes >= self.config.max_pending_handshakes:
+            return HandshakeError(
+                Code.BUSY, f"{self.config.max_pending_handshakes} handshakes already pending"
+            )
+        if self._pending[address] >= self.config.max_pending_per_address:
+            return HandshakeError(
+                Code.BUSY,
+                f"{self.config.max_pending_per_address} handshakes already pending from {address}",
+            )
+        return None
+
+    def _admit(self, purpose: Purpose, host: str) -> tuple[Code, str] | None:
+        """Whether ``host`` may make this kind of connection to us (before its proof)."""
         conn = self._connections.get(host)
-        if conn is None or not conn.dialer:
-            return web.Response(status=403, text=f"{host!r} is not a peer that {self.local} dials")
-        try:
-            body = protocol.unpack_map(await request.read(), "poke")
-        except GridError:
-            body = {}
-        instance = body.get("instance")
-        if conn.is_connected and isinstance(instance, str) and instance != conn.remote_instance:
-            conn.drop(f"{PEER_RESTARTED}: poked by new instance {instance[:8]}")
-        self._pokes[host].set()
-        return web.Response(status=204)
+        if conn is None:
+            return Code.UNKNOWN_HOST, f"{printable(host, 64)} is not a peer of {self.local}"
+        if self._closed:
+            return Code.CLOSING, f"{self.local} is shutting down"
+        if purpose is Purpose.DIAL and conn.dialer:
+            return Code.WRONG_SIDE, f"{self.local} dials {host}, not the reverse"
+        if purpose is Purpose.POKE and not conn.dialer:
+            return Code.WRONG_SIDE, f"{host} dials {self.local}; only the accepting side pokes"
+        return None
+
+    def _refused(
+        self, purpose: Purpose, address: str, claimed: str | None, exc: HandshakeError
+    ) -> None:
+        """Log a refusal once per (kind, who) and code. *Who* is a known peer's host, else
+        the remote address: never a host string an unknown peer made up."""
+        who = claimed if claimed is not None and claimed in self._connections else address
+        claim = f" claiming {printable(claimed, 64)}" if claimed and claimed != who else ""
+        if exc.code == Code.CLOSING:  # we are going away: nothing for anyone to fix
+            log.debug("grid %s: refused %s from %s: shutting down", self.local, purpose.value, who)
+            return
+        self._rejections.note(
+            (f"{purpose.value}-in", who),
+            exc.code,
+            f"grid {self.local}: rejected {purpose.value} from {who}{claim}: "
+            f"{exc.code}: {exc.reason}",
+        )
 
     async def _replace_session(self, conn: Connection, instance: str) -> None:
-        """A new dial while a session is up: the old one is dead (or the peer restarted)."""
+        """A verified new dial while a session is up: the old one is dead (or the peer
+        restarted). Called only after the dialer's proof checked out."""
         old = self._serving.get(conn.remote)
         if old is None or old is asyncio.current_task():
             return
@@ -402,30 +504,53 @@ class Manager:
             async with asyncio.timeout(2.0):
                 await asyncio.wait({old})
 
+    # ------------------------------------------------------------------ poking
 
-def _check_hello(hello: dict[str, Any], token_host: str) -> str:
-    if hello.get("version") != protocol.PROTOCOL_VERSION:
-        return (
-            f"protocol version mismatch: peer speaks {hello.get('version')!r}, "
-            f"we speak {protocol.PROTOCOL_VERSION}"
-        )
-    if hello.get("host") != token_host:
-        return f"Connect names host {hello.get('host')!r} but the token names {token_host!r}"
-    if not isinstance(hello.get("instance"), str) or not hello["instance"]:
-        return "Connect carries no instance ID"
-    return ""
+    async def _poke_loop(self, conn: Connection) -> None:
+        """As the accepting side, tell the dialer we are reachable whenever we are unconnected."""
+        key = ("poke-out", conn.remote)
+        while not self._closed:
+            if conn.state is not State.CONNECTED:
+                try:
+                    await self._poke(conn.remote)
+                except (HandshakeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    prefix = f"grid {self.local}: poke to {conn.remote}"
+                    self._outbound_failed(key, prefix, "poke", exc)
+                else:
+                    self._rejections.clear(key)
+            # While connected, sleep until the state changes; while not, poke every interval.
+            timeout = None if conn.is_connected else self.config.poke_interval
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await conn.wait_change()
+
+    async def _poke(self, remote: str) -> None:
+        """One poke: a handshake with the ``poke`` purpose, then close."""
+        async with asyncio.timeout(self.config.handshake_timeout):
+            ws = await self._open(remote, POKE_PATH)
+            try:
+                await self._prove(ws, remote, Purpose.POKE)
+            finally:
+                await ws.close()
 
 
-async def _receive_one(
-    ws: aiohttp.ClientWebSocketResponse | web.WebSocketResponse, op: Op
-) -> dict[str, Any]:
+async def _receive_frame(ws: aiohttp.ClientWebSocketResponse | web.WebSocketResponse) -> bytes:
+    """The next binary frame of a handshake; a close or anything else is a broken handshake."""
     msg = await ws.receive()
-    if msg.type is not aiohttp.WSMsgType.BINARY:
-        raise RemoteProtocolError(f"expected {op.name}, got websocket {msg.type.name}")
-    messages = protocol.decode_frame(msg.data)
-    if len(messages) != 1 or messages[0].op != op:
-        raise RemoteProtocolError(f"expected one {op.name} message")
-    return protocol.unpack_map(messages[0].payload, op.name)
+    if msg.type is aiohttp.WSMsgType.BINARY:
+        data: bytes = msg.data
+        return data
+    if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+        raise ConnectionResetError("the peer closed the websocket during the handshake")
+    if msg.type is aiohttp.WSMsgType.ERROR:
+        raise ConnectionResetError(f"websocket error during the handshake: {msg.data}")
+    raise HandshakeError(Code.MALFORMED, f"expected a binary frame, got {msg.type.name}")
+
+
+def _handshake_cause(exc: HandshakeError) -> str:
+    if isinstance(exc, HandshakeRejected):
+        return f"rejected by peer: {exc.code}: {exc.reason}"
+    return f"handshake failed: {exc.code}: {exc.reason}"
 
 
 def _next_backoff(previous: float, config: GridConfig) -> float:
@@ -440,5 +565,9 @@ def _next_backoff(previous: float, config: GridConfig) -> float:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS: the peer's certificate is not trusted: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS handshake failed (is the peer serving TLS?): {exc.os_error}"
     text = str(exc)
     return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__

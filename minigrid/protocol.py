@@ -29,7 +29,7 @@ import xxhash
 
 from .errors import LocalProtocolError, PayloadTooLarge, RemoteProtocolError
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2  # 2: the challenge–response handshake (minigrid.handshake)
 
 #: Payloads above this are cut into ``MORE``-flagged fragments (DESIGN §2: chunks ≤ 1 MiB).
 CHUNK_SIZE: Final = 1 << 20

@@ -34,6 +34,7 @@ class ConnStats:
     inflight_handlers: int
     inflight_streams: int
     last_cause: str
+    tls: str = ""  # the TLS version of the current session ("TLSv1.3"), "" when plaintext
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -55,6 +56,7 @@ class Counters:
     rtts: list[float] = field(default_factory=list)
     rtt_max: float | None = None
     peer_loop_lag: float | None = None
+    tls: str = ""
 
     def session_started(self, now: float) -> None:
         self.sessions += 1
@@ -107,4 +109,5 @@ class Counters:
             inflight_handlers=inflight_handlers,
             inflight_streams=inflight_streams,
             last_cause=last_cause,
+            tls=self.tls if connected else "",
         )

@@ -5,6 +5,8 @@
 * :class:`NodeProcess` starts a manager in a child process (``python -m minigrid.testing``) on a
   socket the parent bound first, so no port can be taken in between.
 * :func:`register_test_handlers` installs the echo, error, sleep and loop-blocking handlers.
+* :func:`make_test_tls` makes a private CA and a certificate for 127.0.0.1, so either of the
+  above can run the grid over TLS (``tls=``).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgpack
 from aiohttp import web
@@ -28,6 +32,7 @@ from .config import GridConfig, profile
 from .handlers import HandlerID
 from .manager import Manager
 from .streams import ServerStream
+from .tls import client_context, issue_certificate, make_ca, server_context
 
 TEST_SECRET = "minigrid-test-secret"
 
@@ -117,6 +122,28 @@ def register_test_handlers(manager: Manager) -> None:
     manager.register_stream(HandlerID.TEST_STREAM_STALL, _stream_stall, in_capacity=5)
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """A CA and one certificate (with its key) that every test node serves with."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def server(self) -> ssl.SSLContext:
+        return server_context(self.cert, self.key)
+
+    def client(self) -> ssl.SSLContext:
+        return client_context(self.ca)
+
+
+def make_test_tls(directory: Path) -> TLSFiles:
+    """A private CA in ``directory`` and a certificate for 127.0.0.1 signed by it."""
+    ca = make_ca(directory)
+    node = issue_certificate(ca, directory, "node", ["127.0.0.1"])
+    return TLSFiles(ca.cert, node.cert, node.key)
+
+
 @dataclass
 class LocalGrid:
     """Managers started by :func:`local_grid`, index i serving ``hosts[i]``."""
@@ -132,13 +159,16 @@ class LocalGrid:
             await runner.cleanup()
 
 
-async def serve_manager(manager: Manager, sock: socket.socket) -> web.AppRunner:
-    """Serve ``manager``'s grid route on an already-listening socket."""
+async def serve_manager(
+    manager: Manager, sock: socket.socket, *, ssl_context: ssl.SSLContext | None = None
+) -> web.AppRunner:
+    """Serve ``manager``'s grid routes on an already-listening socket (over TLS with
+    ``ssl_context``)."""
     app = web.Application()
     manager.add_routes(app)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    await web.SockSite(runner, sock).start()
+    await web.SockSite(runner, sock, ssl_context=ssl_context).start()
     return runner
 
 
@@ -151,18 +181,22 @@ async def local_grid(
     register: Callable[[Manager], None] | None = register_test_handlers,
     extra_peers: Sequence[str] = (),
     connect_timeout: float = 10.0,
+    tls: TLSFiles | None = None,
 ) -> AsyncIterator[LocalGrid]:
-    """Start ``count`` connected managers on loopback; close them all on exit."""
+    """Start ``count`` connected managers on loopback; close them all on exit. With ``tls``
+    every manager serves and dials over TLS."""
     sockets = [listening_socket() for _ in range(count)]
     hosts = [host_of(sock) for sock in sockets]
     grid = LocalGrid([], hosts)
     try:
         for host, sock in zip(hosts, sockets, strict=True):
-            manager = Manager(host, [*hosts, *extra_peers], secret, config=config)
+            client = tls.client() if tls is not None else None
+            manager = Manager(host, [*hosts, *extra_peers], secret, config=config, tls=client)
             if register is not None:
                 register(manager)
             grid.managers.append(manager)
-            grid.runners.append(await serve_manager(manager, sock))
+            server = tls.server() if tls is not None else None
+            grid.runners.append(await serve_manager(manager, sock, ssl_context=server))
         for manager in grid.managers:
             await manager.start()
         if not extra_peers:
@@ -180,7 +214,8 @@ class NodeProcess:
     Give it a listening socket (inherited, so no port can be taken in between), or a ``listen``
     address that the child binds itself (needed inside another network namespace, with
     ``prefix=["ip", "netns", "exec", NAME]``). ``overrides`` set :class:`GridConfig` fields.
-    With ``log_path`` the child logs at INFO to that file. The child exits when its parent dies.
+    With ``log_path`` the child logs at INFO to that file. With ``tls`` it serves and dials
+    over TLS. The child exits when its parent dies.
     """
 
     def __init__(
@@ -195,18 +230,24 @@ class NodeProcess:
         overrides: dict[str, float] | None = None,
         log_path: str = "",
         prefix: Sequence[str] = (),
+        tls: TLSFiles | None = None,
     ) -> None:
         self.host = host_of(sock) if sock is not None else listen
         self._sock = sock
         where = ["--fd", str(sock.fileno())] if sock is not None else ["--listen", listen]
         settings = [f"{key}={value}" for key, value in (overrides or {}).items()]
+        tls_args = (
+            ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--tls-ca", str(tls.ca)]
+            if tls is not None
+            else []
+        )
         self.args = [
             *prefix,
             sys.executable, "-m", "minigrid.testing", *where,
             "--host", self.host, "--secret", secret, "--profile", profile_name,
             *[arg for peer in peers for arg in ("--peer", peer)],
             *[arg for setting in settings for arg in ("--set", setting)],
-            *extra_args,
+            *tls_args, *extra_args,
         ]  # fmt: skip
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -297,9 +338,15 @@ async def _run_node(args: argparse.Namespace) -> None:
         key, _, value = item.partition("=")
         overrides[key] = float(value)
     config = profile(args.profile, **overrides)
-    manager = Manager(args.host, args.peer, args.secret, config=config)
+    tls = (
+        TLSFiles(Path(args.tls_ca), Path(args.tls_cert), Path(args.tls_key))
+        if args.tls_cert
+        else None
+    )
+    client = tls.client() if tls is not None else None
+    manager = Manager(args.host, args.peer, args.secret, config=config, tls=client)
     register_test_handlers(manager)
-    runner = await serve_manager(manager, sock)
+    runner = await serve_manager(manager, sock, ssl_context=tls.server() if tls else None)
     await manager.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -327,7 +374,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--secret", default=TEST_SECRET)
     parser.add_argument("--profile", default="fast")
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--tls-cert", default="", help="serve and dial over TLS with this")
+    parser.add_argument("--tls-key", default="")
+    parser.add_argument("--tls-ca", default="")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_cert and not args.tls_ca):
+        parser.error("--tls-cert, --tls-key and --tls-ca go together")
     if os.environ.get("MINIGRID_LOG"):
         import logging
 

@@ -179,6 +179,7 @@ def node_summary(node: Node) -> dict[str, Any]:
         "profile": config.profile,
         "deployment_id": config.layout.deployment_id,
         "allow_faults": config.allow_faults,
+        "tls": config.tls,
         "grid_instance": node.manager.instance_id if node.manager is not None else "",
     }
 

@@ -114,6 +114,13 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "float",
         "seconds an S3 request or response body may send or read nothing (30)",
     ),
+    Option("tls_cert", "str", "PEM certificate (chain): serve S3, admin and the grid over TLS"),
+    Option("tls_key", "str", "PEM private key of tls_cert"),
+    Option(
+        "tls_ca",
+        "str",
+        "PEM CA bundle that peers' certificates are verified against (default: the system's)",
+    ),
 )
 _BY_NAME: Final = {option.name: option for option in OPTIONS}
 #: Keys a config file may hold that the node itself ignores (cluster.json keeps its
@@ -146,10 +153,19 @@ class NodeConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
     layout: Layout = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check_tls(self)
         object.__setattr__(self, "layout", plan_layout(self))
+
+    @property
+    def tls(self) -> bool:
+        """Whether the node serves (and dials) over TLS."""
+        return bool(self.tls_cert)
 
     @property
     def me(self) -> NodeSpec:
@@ -335,6 +351,25 @@ def _node_index(nodes: tuple[NodeSpec, ...], which: str) -> int:
         if which.rstrip("/") == spec.url.rstrip("/") or which == spec.host:
             return index
     raise ConfigError(f"node {which!r} is not one of the configured nodes")
+
+
+def check_tls(config: NodeConfig) -> None:
+    """TLS is all or nothing: with a certificate every node URL is https, without one none is
+    (a node dials every peer the same way)."""
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ConfigError("tls_cert and tls_key go together: give both, or neither")
+    schemes = {urlsplit(spec.url).scheme for spec in config.nodes}
+    if config.tls_cert and schemes != {"https"}:
+        raise ConfigError("with tls_cert, every node URL must be https://")
+    if not config.tls_cert and "https" in schemes:
+        raise ConfigError(
+            "https:// node URLs need tls_cert and tls_key (--tls-cert, --tls-key or "
+            "MINIGRID_TLS_CERT, MINIGRID_TLS_KEY)"
+        )
+    for name in ("tls_cert", "tls_key", "tls_ca"):
+        path = getattr(config, name)
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{name} {path} is not a file")
 
 
 # --- layout -----------------------------------------------------------------------------------

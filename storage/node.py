@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from minigrid import Manager, profile
+from minigrid.tls import TLSConfigError, client_context, server_context
 from storage.admin import AdminRoutes, drive_reports, node_summary
 from storage.config import NodeConfig, planned_formats
 from storage.drive import Drive
@@ -85,6 +87,16 @@ def listen_socket(config: NodeConfig) -> socket.socket:
     return sock
 
 
+def tls_contexts(config: NodeConfig) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """(the context to serve with, the context to dial peers with); both None without TLS."""
+    if not config.tls:
+        return None, None
+    try:
+        return server_context(config.tls_cert, config.tls_key), client_context(config.tls_ca)
+    except TLSConfigError as exc:
+        raise NodeError(str(exc)) from exc
+
+
 class Node:
     """One node of the cluster. ``await start()``, then ``await close()``."""
 
@@ -109,12 +121,14 @@ class Node:
 
     async def start(self) -> None:
         config = self.config
+        server_tls, client_tls = tls_contexts(config)
         sock = listen_socket(config)
         try:
             await self._open_local_drives()
             manager = self.manager = Manager(
-                config.host, config.hosts, config.secret, config=profile(config.profile)
-            )
+                config.host, config.hosts, config.secret, config=profile(config.profile),
+                tls=client_tls,
+            )  # fmt: skip
             serve_drives(manager, self.local_drives)
             await manager.start()
             self.peers = PeerTable(manager)
@@ -131,17 +145,17 @@ class Node:
             )  # fmt: skip
             await self._runner.setup()
             self._accept_errors = AcceptErrorLog(asyncio.get_running_loop())
-            await self.http_limits.serve(self._runner, sock)
+            await self.http_limits.serve(self._runner, sock, ssl_context=server_tls)
         except BaseException:
             sock.close()
             await self.close()
             raise
         log.info(
             "node %d of %d serving %s: %d drives here, %d in %d set(s) of %d (parity %d), "
-            "profile %s%s",
+            "profile %s, %s%s",
             config.node, len(config.nodes), config.me.url, len(self.local_drives),
             len(self.drives), self.layout.set_count, self.layout.set_drive_count,
-            self.layout.parity, config.profile,
+            self.layout.parity, config.profile, "TLS" if config.tls else "plaintext (no TLS)",
             ", FAULT INJECTION ALLOWED" if config.allow_faults else "",
         )  # fmt: skip
         self._log_readiness()

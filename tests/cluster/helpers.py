@@ -71,11 +71,12 @@ class LocalCluster:
     """One cluster in ``root``: start, kill, freeze, restart and talk to its nodes."""
 
     def __init__(self, root: Path, *, nodes: int = NODES, drives: int = DRIVES,
-                 parity: int = PARITY) -> None:  # fmt: skip
+                 parity: int = PARITY, tls: bool = False) -> None:  # fmt: skip
         self.root = root
         self.nodes = nodes
         self.drives = drives
         self.parity = parity
+        self.tls = tls
         self.file: ClusterFile | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -86,7 +87,8 @@ class LocalCluster:
             base = random.randrange(low, high)
             try:
                 result = cluster_up(self.root, nodes=self.nodes, drives=self.drives,
-                                    base_port=base, parity=self.parity)  # fmt: skip
+                                    base_port=base, parity=self.parity,
+                                    tls=self.tls)  # fmt: skip
             except ClusterError as exc:
                 if "already in use" in str(exc) and attempt + 1 < attempts:
                     for leftover in self.root.glob("cluster.json"):
@@ -125,6 +127,11 @@ class LocalCluster:
     def urls(self) -> list[str]:
         return self.load().urls
 
+    @property
+    def ca(self) -> str | None:
+        """The CA the nodes' certificates are signed by (None for a plaintext cluster)."""
+        return self.load().ca
+
     def pid(self, node: int) -> int:
         pid = self.load().process(node).pid
         assert pid is not None, f"node {node} has no process"
@@ -144,14 +151,14 @@ class LocalCluster:
     # --- waiting ------------------------------------------------------------------------------
 
     def ready(self, node: int) -> tuple[bool, dict[str, Any]]:
-        return readiness(self.urls[node])
+        return readiness(self.urls[node], ca=self.ca)
 
     def wait_all_drives(self, timeout: float = 20) -> None:
         """Every node is ready and sees all the drives online (every grid connection is up)."""
 
         def all_online() -> bool:
             for url in self.urls:
-                ok, body = readiness(url)
+                ok, body = readiness(url, ca=self.ca)
                 if not ok or body.get("drives_online") != body.get("drives"):
                     return False
             return True
@@ -164,16 +171,22 @@ class LocalCluster:
                timeout: float = 60) -> S3Client:  # fmt: skip
         config = self.config
         return S3Client(self.urls[node], config["access_key"],
-                        secret_key or config["secret_key"], timeout=timeout)  # fmt: skip
+                        secret_key or config["secret_key"], timeout=timeout,
+                        ca=self.ca)  # fmt: skip
 
     def admin(self, node: int = 0) -> S3Client:
         config = self.config
-        return S3Client(self.urls[node], config["admin_access_key"], config["admin_secret_key"])
+        return S3Client(self.urls[node], config["admin_access_key"], config["admin_secret_key"],
+                        ca=self.ca)  # fmt: skip
 
-    def boto(self, node: int = 0, *, secret_key: str | None = None) -> Any:
+    def boto(self, node: int = 0, *, secret_key: str | None = None,
+             verify: str | bool | None = None) -> Any:  # fmt: skip
+        """A boto3 client for node ``node``; https is verified against the cluster's CA
+        unless ``verify`` says otherwise."""
         config = self.config
         return boto3.client(
             "s3",
+            verify=self.ca if verify is None else verify,
             endpoint_url=self.urls[node],
             aws_access_key_id=config["access_key"],
             aws_secret_access_key=secret_key or config["secret_key"],
@@ -184,7 +197,7 @@ class LocalCluster:
     def info(self, timeout: float = 3.0) -> dict[str, Any]:
         config = self.config
         return cluster_info(self.urls, config["admin_access_key"], config["admin_secret_key"],
-                            "us-east-1", timeout)  # fmt: skip
+                            "us-east-1", timeout, self.ca)  # fmt: skip
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> Result:
         """Run ``minigrid ARGS`` in this process (click's runner) against this cluster."""

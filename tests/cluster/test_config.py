@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from cli.cluster import new_cluster
 from cli.main import main
 from cli.s3client import S3Client, S3ClientError
+from minigrid.testing import make_test_tls
 from storage.config import (
     ConfigError,
     choose_set_size,
@@ -80,6 +81,30 @@ def test_bad_configuration_is_explained(tmp_path: Path, content: str, message: s
     path.write_text(content)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(str(path), env={})
+
+
+def test_tls_options_use_the_same_names_and_are_all_or_nothing(tmp_path: Path) -> None:
+    files = make_test_tls(tmp_path / "tls")
+    nodes = "https://127.0.0.1:9000=/d0,/d1 https://127.0.0.1:9001=/d0,/d1"
+    base = {"MINIGRID_NODES": nodes, "MINIGRID_NODE": "0", "MINIGRID_SECRET": "s",
+            "MINIGRID_ACCESS_KEY": "a", "MINIGRID_SECRET_KEY": "b"}  # fmt: skip
+    env = {**base, "MINIGRID_TLS_CERT": str(files.cert), "MINIGRID_TLS_KEY": str(files.key)}
+    config = load_config(None, env=env, flags={"tls_ca": str(files.ca)})
+    assert config.tls and config.tls_ca == str(files.ca)
+    assert load_config(None, env=base, flags={"tls_cert": str(files.cert),
+                                             "tls_key": str(files.key)}).tls  # fmt: skip
+    file = tmp_path / "node.json"
+    file.write_text(json.dumps({"tls_cert": str(files.cert), "tls_key": str(files.key)}))
+    assert load_config(str(file), env=base).tls
+    problems = [
+        (base, "https:// node URLs need tls_cert and tls_key"),
+        ({**env, "MINIGRID_TLS_KEY": ""}, "tls_cert and tls_key go together"),
+        ({**env, "MINIGRID_NODES": nodes.replace("https", "http")}, "must be https://"),
+        ({**env, "MINIGRID_TLS_CA": str(tmp_path / "missing.pem")}, "is not a file"),
+    ]
+    for environment, message in problems:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(None, env=environment)
 
 
 def test_layout_is_the_same_on_every_node() -> None:

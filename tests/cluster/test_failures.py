@@ -183,8 +183,8 @@ def test_node_with_another_secret_cannot_join(restored: LocalCluster, tmp_path: 
         def refused_by_every_peer() -> bool:
             text = log_path.read_text()
             return all(
-                f"bad token signature from '{peer}'" in text
-                or f"{impostor_host}->{peer}: rejected by peer" in text
+                f"rejected dial from {peer}: bad-proof" in text
+                or f"{impostor_host}->{peer}: rejected by peer: bad-proof" in text
                 for peer in peers
             )
 
