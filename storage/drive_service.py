@@ -214,6 +214,7 @@ async def _verify_shard(drive: Drive, req: Request) -> bytes:
         req.text("ddir"),
         chunk_size=req.integer("chunk"),
         shard_size=req.integer("size"),
+        deep=req.flag("deep"),
     )
     return b""
 

@@ -58,6 +58,7 @@ _UPLOAD_ID_RE = re.compile(r"^[0-9a-zA-Z-]{1,64}$")
 _PREV_META = "prev.meta"
 _NO_PREV = "no-prev"
 _NEW_DATA_DIR = "new.ddir"
+_REPLACED_DATA = "replaced.data"
 
 
 def _os_error(exc: OSError, what: str) -> StorageError:
@@ -377,7 +378,12 @@ class LocalDrive:
             os.makedirs(obj_dir, exist_ok=True)
             try:
                 if os.path.isdir(staged):
-                    os.rename(staged, os.path.join(obj_dir, DATA_DIR_PREFIX + meta.data_dir))
+                    target = os.path.join(obj_dir, DATA_DIR_PREFIX + meta.data_dir)
+                    if os.path.isdir(target):
+                        # A heal rewriting a damaged copy of this very version: the old data
+                        # goes aside, dropped on commit and put back on undo.
+                        os.rename(target, os.path.join(up_dir, _REPLACED_DATA))
+                    os.rename(staged, target)
                 break
             except FileNotFoundError:
                 if not os.path.isdir(vol_dir):
@@ -432,7 +438,10 @@ class LocalDrive:
         except FileNotFoundError:
             installed = ""
         if installed:
-            shutil.rmtree(os.path.join(obj_dir, DATA_DIR_PREFIX + installed), ignore_errors=True)
+            target = os.path.join(obj_dir, DATA_DIR_PREFIX + installed)
+            shutil.rmtree(target, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(os.path.join(up_dir, _REPLACED_DATA), target)
         shutil.rmtree(up_dir, ignore_errors=True)
         self._prune(obj_dir, vol_dir)
 
@@ -515,12 +524,25 @@ class LocalDrive:
         finally:
             os.close(fd)
 
-    async def verify_shard(
-        self, volume: str, key: str, data_dir: str, *, chunk_size: int, shard_size: int
+    def _stat_shard_sync(
+        self, volume: str, key: str, data_dir: str, chunk_size: int, shard_size: int
     ) -> None:
-        await self.run(
-            "verify_shard", self._verify_shard_sync, volume, key, data_dir, chunk_size, shard_size
+        os.close(
+            self._open_shard_sync(volume, key, data_dir, bitrot.framed_size(shard_size, chunk_size))
         )
+
+    async def verify_shard(
+        self,
+        volume: str,
+        key: str,
+        data_dir: str,
+        *,
+        chunk_size: int,
+        shard_size: int,
+        deep: bool = True,
+    ) -> None:
+        check = self._verify_shard_sync if deep else self._stat_shard_sync
+        await self.run("verify_shard", check, volume, key, data_dir, chunk_size, shard_size)
 
     # --- listing ----------------------------------------------------------------------------
 
