@@ -25,15 +25,25 @@ UNSAFE_WARNING = (
 )
 
 
+#: How much data the unsafe mode processes in one go on the event loop.
+UNSAFE_SLICE = 256 << 20
+
+
 class CpuPolicy:
     """Runs CPU-heavy calls for the heal services.
 
-    ``inline=False`` (the default): every call goes to the default thread pool.
-    ``inline=True`` (``--unsafe-inline-heal``): calls run on the event loop, blocking it.
+    ``inline=False`` (the default): every call goes to the default thread pool, one erasure
+    block at a time. ``inline=True`` (``--unsafe-inline-heal``): calls run on the event loop,
+    blocking it, and the healer gathers ``slice_bytes`` of blocks before each call.
     """
 
-    def __init__(self, *, inline: bool = False) -> None:
+    def __init__(self, *, inline: bool = False, slice_bytes: int = UNSAFE_SLICE) -> None:
         self.inline = inline
+        self.slice_bytes = slice_bytes if inline else 0
+
+    def slice_full(self, pending_bytes: int) -> bool:
+        """Whether the healer has gathered enough blocks to hand over one slice of work."""
+        return pending_bytes >= self.slice_bytes
 
     async def run(self, func: Callable[..., T], *args: object) -> T:
         if self.inline:
@@ -41,4 +51,4 @@ class CpuPolicy:
         return await asyncio.get_running_loop().run_in_executor(None, func, *args)
 
 
-__all__ = ["UNSAFE_WARNING", "CpuPolicy"]
+__all__ = ["UNSAFE_SLICE", "UNSAFE_WARNING", "CpuPolicy"]

@@ -336,13 +336,14 @@ class ObjectHealer:
         writers = await self._open_writers(eset, targets, upload_id)
         if not writers:
             return {}
+        blocks = -(-meta.size // info.block_size)
         fetcher = ShardFetcher(
             bucket=bucket,
             key=key,
             meta=meta,
             sources=[ShardSource(p, info.distribution[p], eset.drives[p]) for p in good],
             first_block=0,
-            last_block=max(0, -(-meta.size // info.block_size) - 1),
+            last_block=blocks - 1,
             hedge=self.layer.hedge,
             stats=self.layer.stats,
             report=lambda source, reason: self.layer.report(
@@ -350,10 +351,15 @@ class ObjectHealer:
             ),
         )
         try:
-            for number in range(-(-meta.size // info.block_size)):
-                block = await fetcher.block(number)
-                shards = await self.cpu.run(erasure.encode_some, block, wanted)
-                await self._write(writers, shards, info.distribution, result)
+            batch: list[bytes] = []
+            for number in range(blocks):
+                batch.append(await fetcher.block(number))
+                if number + 1 < blocks and not self.cpu.slice_full(sum(map(len, batch))):
+                    continue
+                encoded = await self.cpu.run(self.encode_blocks, erasure, batch, wanted)
+                batch = []
+                for shards in encoded:
+                    await self._write(writers, shards, info.distribution, result)
                 if not writers:
                     return {}
         except BaseException:
@@ -389,6 +395,21 @@ class ObjectHealer:
             return {index: bitrot.frame_all(shard, chunk) for index, shard in rebuilt.items()}
 
         return await self.cpu.run(rebuild)
+
+    def encode_blocks(
+        self, erasure: Erasure, blocks: list[bytes], wanted: list[int]
+    ) -> list[dict[int, bytes]]:
+        """The shards ``wanted`` of each block. The unsafe mode encodes every shard, as a full
+        re-encode would, so a slice costs what a naive healer pays."""
+        if not self.cpu.inline:
+            return [erasure.encode_some(block, wanted) for block in blocks]
+        out = []
+        for block in blocks:
+            shards = erasure.encode(block)
+            for shard in shards:
+                bitrot.digest(shard)
+            out.append({index: shards[index] for index in wanted})
+        return out
 
     async def _open_writers(
         self, eset: ErasureSet, targets: list[int], upload_id: str

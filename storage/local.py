@@ -200,6 +200,12 @@ class LocalDrive:
         finally:
             self._latency.record(op, loop.time() - started)
 
+    def system_path(self, name: str) -> str:
+        """A file in the drive's own area (not a bucket), e.g. the heal tracker."""
+        if not name or "/" in name or name in (".", "..") or "\x00" in name:
+            raise InvalidArgument(f"bad system file name {name!r}")
+        return os.path.join(self.root, SYSTEM_VOLUME, name)
+
     def _volume_dir(self, volume: str) -> str:
         return safe_join(self.root, validate_bucket(volume))
 

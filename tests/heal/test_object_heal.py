@@ -189,3 +189,31 @@ async def test_too_few_copies_with_a_drive_offline_is_skipped_not_called_danglin
     result = await ObjectHealer(layer).heal("bkt", "obj", remove_dangling=True)
     assert result.outcome is Outcome.SKIPPED
     assert len(shard_files(root(drives[5]))) == 1
+
+
+@pytest.mark.asyncio
+async def test_the_unsafe_mode_heals_the_same_but_on_the_event_loop(cluster: Cluster) -> None:
+    import threading
+
+    from heal.cpu import CpuPolicy
+
+    layer, drives = cluster
+    data = payload(5 * MIB + 3, seed=11)
+    await layer.put_object("bkt", "obj", data)
+    remove_copy(drives[4], "obj")
+    threads: list[int] = []
+    cpu = CpuPolicy(inline=True, slice_bytes=2 * MIB)
+    healer = ObjectHealer(layer, cpu=cpu)
+    encode = healer.encode_blocks
+
+    def spy(*args: object) -> object:
+        threads.append(threading.get_ident())  # where the erasure work really runs
+        return encode(*args)  # type: ignore[arg-type]
+
+    healer.encode_blocks = spy  # type: ignore[method-assign]
+    result = await healer.heal("bkt", "obj")
+    assert result.outcome is Outcome.HEALED
+    # Six blocks in slices of two MiB: three calls, each on the loop's own thread.
+    assert threads == [threading.get_ident()] * 3
+    assert await read_without(layer, drives, [0, 1, 2, 3]) == data
+    assert CpuPolicy().slice_bytes == 0 and not CpuPolicy().inline
