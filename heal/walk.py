@@ -33,7 +33,7 @@ async def set_buckets(eset: ErasureSet) -> list[str]:
 
 
 async def walk_set(
-    eset: ErasureSet, bucket: str, start_after: str = "", page: int = PAGE
+    eset: ErasureSet, bucket: str, start_after: str = "", page: int = PAGE, prefix: str = ""
 ) -> AsyncIterator[ObjectInfo]:
     """Every object name any online drive of the set holds, in key order, after ``start_after``.
 
@@ -43,7 +43,7 @@ async def walk_set(
     while True:
         after = marker
         results = await eset.fan_out(
-            lambda drive: drive.list_objects_page(bucket, "", "", after, page)  # noqa: B023
+            lambda drive: drive.list_objects_page(bucket, prefix, "", after, page)  # noqa: B023
         )
         pages = [r for r in results if isinstance(r, ListPage)]
         if not pages:

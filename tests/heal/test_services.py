@@ -207,3 +207,26 @@ async def test_a_drive_heal_resumes_from_its_tracker(cluster: Cluster) -> None:
     # Only o4..o7 were healed by this run; the counters continue from the tracker's.
     assert (tracker.objects_scanned, tracker.objects_healed) == (8, 8)
     assert [await holds(drives[1], k) for k in keys] == [False] * 4 + [True] * 4
+
+
+@pytest.mark.asyncio
+async def test_a_heal_run_heals_a_prefix_and_counts_per_drive(cluster: Cluster) -> None:
+    from heal.sequence import HealRun
+
+    layer, drives = cluster
+    for key in ("a/1", "a/2", "a/3", "b/1"):
+        await layer.put_object("bkt", key, payload(70_000, seed=len(key)))
+    remove_copy(drives[6], "a/2")
+    remove_copy(drives[6], "b/1")
+    dry = HealRun(layer, ObjectHealer(layer), bucket="bkt", prefix="a/", dry_run=True)
+    assert [r.outcome.value async for r in dry.results()] == ["ok", "would-heal", "ok"]
+    run = HealRun(layer, ObjectHealer(layer), bucket="bkt", prefix="a/", expected=3)
+    results = [r async for r in run.results()]
+    assert [(r.key, r.outcome.value) for r in results] == [
+        ("a/1", "ok"), ("a/2", "healed"), ("a/3", "ok"),
+    ]  # fmt: skip
+    progress = run.progress.as_dict()
+    assert (progress["scanned"], progress["healed"], progress["eta_s"]) == (3, 1, 0.0)
+    endpoint = drives[6].endpoint
+    assert progress["drives"][endpoint] == {"before": {"ok": 2, "missing": 1}, "after": {"ok": 3}}
+    assert not await holds(drives[6], "b/1")  # outside the prefix: untouched
