@@ -2,18 +2,29 @@
 
     python benchmarks/object_io.py --mode inprocess [--sizes 64,256] [--rounds 3]
 
-``--mode inprocess`` runs an 8-drive set (4+4) of local drives in a temporary directory inside
-this process. ``ec_bound_mbps`` is measured in the same run: zfec encoding plus the bitrot hash
-of the same bytes, on one core, with no I/O. It is the speed the put path would reach if
-erasure coding were the only work. The targets are put >= 0.5 x bound and get >= 0.7 x bound.
+Every put is measured **with and without fsync in the same run**, round by round (the order
+alternates each round): ``put_mbps_fsync`` is the default configuration (shards and metadata
+fdatasync'ed, directories fsync'ed), ``put_mbps_nofsync`` the same put with ``--fsync off``,
+and ``fsync_put_ratio`` is fsync / nofsync. ``put_mbps`` (and the put target) is the default,
+fsync on; gets are read from the fsync-on drives. Then ``--small-puts`` 4 KiB objects (stored
+inline, so each put is one metadata commit per drive: the case where syncing costs most) are
+put one after another, and ``small_puts_per_s_fsync``/``_nofsync`` and ``small_fsync_ratio``
+report the rate.
 
-``--mode cluster`` starts a local cluster of 4 node processes x 2 drives (4+4) on 127.0.0.1
-with ``minigrid cluster up`` in a temporary directory, and puts and gets each object through
-the S3 path of node 0 with the CLI's SigV4 client (``UNSIGNED-PAYLOAD``, 1 MiB writes; reads
-in 1 MiB pieces that are thrown away). ``ec_bound_mbps`` is measured in the same run, as above.
-While each put runs, every node's VmRSS is sampled from ``/proc/PID/status``; the peak of each
-node is reported per size, and ``node_peak_rss_mb`` is the one during the 256 MiB put (the last
-size). The targets are put >= 0.3 x bound and get >= 0.5 x bound, and RSS flat across sizes.
+``--mode inprocess`` runs two 8-drive sets (4+4) of local drives, one with fsync and one
+without, in a temporary directory inside this process. ``ec_bound_mbps`` is measured in the
+same run: zfec encoding plus the bitrot hash of the same bytes, on one core, with no I/O. It is
+the speed the put path would reach if erasure coding were the only work. The targets are
+put >= 0.5 x bound and get >= 0.7 x bound.
+
+``--mode cluster`` starts two local clusters of 4 node processes x 2 drives (4+4) on 127.0.0.1
+with ``minigrid cluster up`` in a temporary directory, one with fsync on and one with
+``--fsync off``, and puts and gets each object through the S3 path of node 0 with the CLI's
+SigV4 client (``UNSIGNED-PAYLOAD``, 1 MiB writes; reads in 1 MiB pieces that are thrown away).
+``ec_bound_mbps`` is measured in the same run, as above. While each put runs, every node's
+VmRSS is sampled from ``/proc/PID/status``; the peak of each node is reported per size, and
+``node_peak_rss_mb`` is the one during the 256 MiB put (the last size), for the fsync-on
+cluster. The targets are put >= 0.3 x bound and get >= 0.5 x bound, and RSS flat across sizes.
 """
 
 from __future__ import annotations
@@ -67,8 +78,79 @@ async def _source(blocks: list[bytes]) -> AsyncIterator[bytes]:
         yield block
 
 
+FSYNC_MODES = (("fsync", True), ("nofsync", False))
+
+
+def _order(round_index: int) -> list[tuple[str, bool]]:
+    """Alternate which mode goes first, so neither always runs on a warmer page cache."""
+    return list(FSYNC_MODES) if round_index % 2 == 0 else list(reversed(FSYNC_MODES))
+
+
+def _fsync_keys(put_times: dict[str, list[float]], size_mib: float) -> dict[str, Any]:
+    """``put_mbps_fsync``, ``put_mbps_nofsync``, their ratio and every round's seconds."""
+    fsync = size_mib / statistics.median(put_times["fsync"])
+    nofsync = size_mib / statistics.median(put_times["nofsync"])
+    return {
+        "put_mbps_fsync": round(fsync, 1),
+        "put_mbps_nofsync": round(nofsync, 1),
+        "fsync_put_ratio": round(fsync / nofsync, 3),
+        "put_rounds_s_fsync": [round(t, 3) for t in put_times["fsync"]],
+        "put_rounds_s_nofsync": [round(t, 3) for t in put_times["nofsync"]],
+    }
+
+
+SMALL_SIZE = 4096  # stored inline: one metadata file per drive, no shard file
+
+
+def _small_keys(rates: dict[str, list[float]], count: int) -> dict[str, Any]:
+    """Sequential small puts per second with and without fsync (medians across rounds)."""
+    if not count:
+        return {}
+    fsync = statistics.median(rates["fsync"])
+    nofsync = statistics.median(rates["nofsync"])
+    return {
+        "small_object_bytes": SMALL_SIZE,
+        "small_puts_per_round": count,
+        "small_puts_per_s_fsync": round(fsync, 1),
+        "small_puts_per_s_nofsync": round(nofsync, 1),
+        "small_fsync_ratio": round(fsync / nofsync, 3),
+    }
+
+
+def _summarise(
+    result: dict[str, Any], totals: dict[str, float], bound: float, targets: tuple[float, float]
+) -> None:
+    """Whole-run keys. ``put_mbps`` is the default configuration (fsync on)."""
+    mib = totals["bytes"] / MIB
+    result["put_mbps"] = round(mib / totals["fsync"], 1)
+    result["put_mbps_fsync"] = result["put_mbps"]
+    result["put_mbps_nofsync"] = round(mib / totals["nofsync"], 1)
+    result["fsync_put_ratio"] = round(result["put_mbps_fsync"] / result["put_mbps_nofsync"], 3)
+    result["get_mbps"] = round(mib / totals["get"], 1)
+    result["ec_bound_mbps"] = round(bound, 1)
+    result["put_ratio"] = round(result["put_mbps"] / bound, 3)
+    result["put_ratio_nofsync"] = round(result["put_mbps_nofsync"] / bound, 3)
+    result["get_ratio"] = round(result["get_mbps"] / bound, 3)
+    result["put_target_met"] = result["put_ratio"] >= targets[0]
+    result["get_target_met"] = result["get_ratio"] >= targets[1]
+
+
+async def _small_puts_inprocess(
+    layers: dict[str, ObjectLayer], rounds: int, count: int
+) -> dict[str, list[float]]:
+    body = os.urandom(SMALL_SIZE)
+    rates: dict[str, list[float]] = {name: [] for name, _ in FSYNC_MODES}
+    for round_index in range(rounds if count else 0):
+        for name, _ in _order(round_index):
+            started = time.perf_counter()
+            for index in range(count):
+                await layers[name].put_object("bench", f"small/{index}", body, size=SMALL_SIZE)
+            rates[name].append(count / (time.perf_counter() - started))
+    return rates
+
+
 async def run_inprocess(
-    sizes_mib: list[int], rounds: int, drive_count: int, parity: int
+    sizes_mib: list[int], rounds: int, drive_count: int, parity: int, small: int = 0
 ) -> dict[str, Any]:
     data_shards = drive_count - parity
     result: dict[str, Any] = {
@@ -81,23 +163,28 @@ async def run_inprocess(
         "sizes": {},
     }
     bound_samples: list[float] = []
-    total_bytes = 0
-    put_seconds = 0.0
-    get_seconds = 0.0
+    totals = {"bytes": 0.0, "fsync": 0.0, "nofsync": 0.0, "get": 0.0}
     with tempfile.TemporaryDirectory(prefix="objio-") as tmp:
-        drives = [await LocalDrive.open(os.path.join(tmp, f"d{i}")) for i in range(drive_count)]
-        layer = await ObjectLayer.open(drives, drive_count, parity=parity)
-        await layer.make_bucket("bench")
+        layers: dict[str, ObjectLayer] = {}
+        for name, fsync in FSYNC_MODES:
+            drives = [
+                await LocalDrive.open(os.path.join(tmp, name, f"d{i}"), fsync=fsync)
+                for i in range(drive_count)
+            ]
+            layers[name] = await ObjectLayer.open(drives, drive_count, parity=parity)
+            await layers[name].make_bucket("bench")
+        layer = layers["fsync"]
         for size_mib in sizes_mib:
             blocks = make_blocks(size_mib * MIB)
             size = size_mib * MIB
-            put_times: list[float] = []
+            put_times: dict[str, list[float]] = {name: [] for name, _ in FSYNC_MODES}
             get_times: list[float] = []
-            for _ in range(rounds):
+            for round_index in range(rounds):
                 bound_samples.append(ec_bound(blocks[:64], data_shards, parity))
-                started = time.perf_counter()
-                await layer.put_object("bench", "object", _source(blocks), size=size)
-                put_times.append(time.perf_counter() - started)
+                for name, _ in _order(round_index):
+                    started = time.perf_counter()
+                    await layers[name].put_object("bench", "object", _source(blocks), size=size)
+                    put_times[name].append(time.perf_counter() - started)
                 started = time.perf_counter()
                 received = 0
                 async with await layer.get_object("bench", "object") as reader:
@@ -106,27 +193,22 @@ async def run_inprocess(
                 get_times.append(time.perf_counter() - started)
                 if received != size:
                     raise RuntimeError(f"read {received} bytes of {size}")
-                await layer.delete_object("bench", "object")
-            put_median = statistics.median(put_times)
+                for name, _ in FSYNC_MODES:
+                    await layers[name].delete_object("bench", "object")
             get_median = statistics.median(get_times)
-            total_bytes += size
-            put_seconds += put_median
-            get_seconds += get_median
+            totals["bytes"] += size
+            totals["get"] += get_median
+            for name, _ in FSYNC_MODES:
+                totals[name] += statistics.median(put_times[name])
             result["sizes"][f"{size_mib}MiB"] = {
-                "put_mbps": round(size_mib / put_median, 1),
+                "put_mbps": round(size_mib / statistics.median(put_times["fsync"]), 1),
                 "get_mbps": round(size_mib / get_median, 1),
-                "put_rounds_s": [round(t, 3) for t in put_times],
+                **_fsync_keys(put_times, size_mib),
                 "get_rounds_s": [round(t, 3) for t in get_times],
             }
         result["hedges"] = layer.stats.hedges
-    bound = statistics.median(bound_samples)
-    result["put_mbps"] = round(total_bytes / MIB / put_seconds, 1)
-    result["get_mbps"] = round(total_bytes / MIB / get_seconds, 1)
-    result["ec_bound_mbps"] = round(bound, 1)
-    result["put_ratio"] = round(result["put_mbps"] / bound, 3)
-    result["get_ratio"] = round(result["get_mbps"] / bound, 3)
-    result["put_target_met"] = result["put_ratio"] >= 0.5
-    result["get_target_met"] = result["get_ratio"] >= 0.7
+        result.update(_small_keys(await _small_puts_inprocess(layers, rounds, small), small))
+    _summarise(result, totals, statistics.median(bound_samples), (0.5, 0.7))
     return result
 
 
@@ -188,9 +270,10 @@ class _RssSampler:
         self._thread.join()
 
 
-def run_cluster(sizes_mib: list[int], rounds: int, parity: int) -> dict[str, Any]:
-    """Put and get through a real 4 x 2 cluster's S3 path; see the module docstring."""
-    from cli.cluster import cluster_up, stop_nodes
+def run_cluster(sizes_mib: list[int], rounds: int, parity: int, small: int = 0) -> dict[str, Any]:
+    """Put and get through two real 4 x 2 clusters' S3 path, one with fsync on (the default)
+    and one with ``--fsync off``, side by side; see the module docstring."""
+    from cli.cluster import ClusterFile, cluster_up, stop_nodes
     from cli.s3client import CHUNK, S3Client
 
     data_shards = 8 - parity
@@ -205,31 +288,41 @@ def run_cluster(sizes_mib: list[int], rounds: int, parity: int) -> dict[str, Any
         "sizes": {},
     }
     bound_samples: list[float] = []
-    total_bytes = 0
-    put_seconds = 0.0
-    get_seconds = 0.0
+    totals = {"bytes": 0.0, "fsync": 0.0, "nofsync": 0.0, "get": 0.0}
     with tempfile.TemporaryDirectory(prefix="objio-cluster-") as tmp:
-        cluster = cluster_up(Path(tmp), nodes=4, drives=2, base_port=0, parity=parity).cluster
+        clusters: dict[str, ClusterFile] = {}
         try:
-            pids = [p.pid for p in cluster.processes if p.pid is not None]
-            result["node_idle_rss_mb"] = [round(_rss_mb(pid), 1) for pid in pids]
-            config = cluster.config
-            client = S3Client(cluster.urls[0], config["access_key"], config["secret_key"],
-                              timeout=300)  # fmt: skip
-            client.make_bucket("bench")
+            for name, fsync in FSYNC_MODES:
+                clusters[name] = cluster_up(
+                    Path(tmp) / name, nodes=4, drives=2, base_port=0, parity=parity, fsync=fsync
+                ).cluster
+            pids = {
+                name: [p.pid for p in cluster.processes if p.pid is not None]
+                for name, cluster in clusters.items()
+            }
+            result["node_idle_rss_mb"] = [round(_rss_mb(pid), 1) for pid in pids["fsync"]]
+            clients = {}
+            for name, cluster in clusters.items():
+                config = cluster.config
+                clients[name] = S3Client(cluster.urls[0], config["access_key"],
+                                         config["secret_key"], timeout=300)  # fmt: skip
+                clients[name].make_bucket("bench")
+            client = clients["fsync"]
             for size_mib in sizes_mib:
                 blocks = make_blocks(size_mib * MIB)
                 size = size_mib * MIB
-                put_times: list[float] = []
+                put_times: dict[str, list[float]] = {name: [] for name, _ in FSYNC_MODES}
                 get_times: list[float] = []
-                peaks = [0.0] * len(pids)
-                for _ in range(rounds):
+                peaks = [0.0] * len(pids["fsync"])
+                for round_index in range(rounds):
                     bound_samples.append(ec_bound(blocks[:64], data_shards, parity))
-                    with _RssSampler(pids) as sampler:
-                        started = time.perf_counter()
-                        client.put_object("bench", "object", _BlockReader(blocks), size)
-                        put_times.append(time.perf_counter() - started)
-                    peaks = [max(a, b) for a, b in zip(peaks, sampler.peaks, strict=True)]
+                    for name, _ in _order(round_index):
+                        with _RssSampler(pids[name]) as sampler:
+                            started = time.perf_counter()
+                            clients[name].put_object("bench", "object", _BlockReader(blocks), size)
+                            put_times[name].append(time.perf_counter() - started)
+                        if name == "fsync":
+                            peaks = [max(a, b) for a, b in zip(peaks, sampler.peaks, strict=True)]
                     started = time.perf_counter()
                     response = client.get_object("bench", "object")
                     received = 0
@@ -239,30 +332,36 @@ def run_cluster(sizes_mib: list[int], rounds: int, parity: int) -> dict[str, Any
                     get_times.append(time.perf_counter() - started)
                     if received != size:
                         raise RuntimeError(f"read {received} bytes of {size}")
-                    client.delete_object("bench", "object")
-                put_median = statistics.median(put_times)
+                    for name, _ in FSYNC_MODES:
+                        clients[name].delete_object("bench", "object")
                 get_median = statistics.median(get_times)
-                total_bytes += size
-                put_seconds += put_median
-                get_seconds += get_median
+                totals["bytes"] += size
+                totals["get"] += get_median
+                for name, _ in FSYNC_MODES:
+                    totals[name] += statistics.median(put_times[name])
                 result["sizes"][f"{size_mib}MiB"] = {
-                    "put_mbps": round(size_mib / put_median, 1),
+                    "put_mbps": round(size_mib / statistics.median(put_times["fsync"]), 1),
                     "get_mbps": round(size_mib / get_median, 1),
-                    "put_rounds_s": [round(t, 3) for t in put_times],
+                    **_fsync_keys(put_times, size_mib),
                     "get_rounds_s": [round(t, 3) for t in get_times],
                     "node_peak_rss_mb": [round(p, 1) for p in peaks],
                 }
                 result["node_peak_rss_mb"] = [round(p, 1) for p in peaks]
+            body = os.urandom(SMALL_SIZE)
+            rates: dict[str, list[float]] = {name: [] for name, _ in FSYNC_MODES}
+            for round_index in range(rounds if small else 0):
+                for name, _ in _order(round_index):
+                    started = time.perf_counter()
+                    for index in range(small):
+                        clients[name].put_object(
+                            "bench", f"small/{index}", io.BytesIO(body), SMALL_SIZE
+                        )
+                    rates[name].append(small / (time.perf_counter() - started))
+            result.update(_small_keys(rates, small))
         finally:
-            stop_nodes(cluster)
-    bound = statistics.median(bound_samples)
-    result["put_mbps"] = round(total_bytes / MIB / put_seconds, 1)
-    result["get_mbps"] = round(total_bytes / MIB / get_seconds, 1)
-    result["ec_bound_mbps"] = round(bound, 1)
-    result["put_ratio"] = round(result["put_mbps"] / bound, 3)
-    result["get_ratio"] = round(result["get_mbps"] / bound, 3)
-    result["put_target_met"] = result["put_ratio"] >= 0.3
-    result["get_target_met"] = result["get_ratio"] >= 0.5
+            for cluster in clusters.values():
+                stop_nodes(cluster)
+    _summarise(result, totals, statistics.median(bound_samples), (0.3, 0.5))
     return result
 
 
@@ -273,14 +372,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--drives", type=int, default=8)
     parser.add_argument("--parity", type=int, default=4)
+    parser.add_argument(
+        "--small-puts", type=int, default=200, help="4 KiB puts per round and mode; 0: none"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.mode == "cluster":
         if args.drives != 8:
             parser.error("--mode cluster always runs 4 nodes x 2 drives")
-        result = run_cluster(sizes, args.rounds, args.parity)
+        result = run_cluster(sizes, args.rounds, args.parity, args.small_puts)
     else:
-        result = asyncio.run(run_inprocess(sizes, args.rounds, args.drives, args.parity))
+        result = asyncio.run(
+            run_inprocess(sizes, args.rounds, args.drives, args.parity, args.small_puts)
+        )
     print(json.dumps(result))
     return 0
 

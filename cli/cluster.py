@@ -11,6 +11,8 @@ How the nodes are started:
   the check and the node's start (and ``--base-port 0`` gives free ports);
 - each node is a new session (``setsid``), detached from the terminal, with stdin from
   /dev/null and stdout/stderr appended to ``DIR/logs/nodeN.log``;
+- everything ``up`` writes is owner-only: the directories 0700, ``cluster.json`` and the logs
+  0600 (the nodes themselves run with umask 077);
 - ``up`` returns once every node's ``/minigrid/health/ready`` answers 200, or fails within the
   timeout naming the node, its log and the log's last lines (and stops what it started).
 
@@ -51,6 +53,7 @@ UP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 RESTART_BIND_GRACE = 5.0
 HOST = "127.0.0.1"
+PRIVATE_UMASK = 0o077
 
 
 class ClusterError(Exception):
@@ -200,7 +203,13 @@ class ClusterFile:
 
 
 def new_cluster(
-    data_dir: Path, nodes: int, drives: int, ports: list[int], parity: int | None, profile: str
+    data_dir: Path,
+    nodes: int,
+    drives: int,
+    ports: list[int],
+    parity: int | None,
+    profile: str,
+    fsync: bool | None = None,
 ) -> ClusterFile:
     node_list = [
         {
@@ -218,6 +227,8 @@ def new_cluster(
     }
     if parity is not None:
         config["parity"] = parity
+    if fsync is not None:
+        config["fsync"] = "on" if fsync else "off"
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return ClusterFile(data_dir / CLUSTER_FILE, config, [], created)
 
@@ -270,7 +281,7 @@ def spawn_node(cluster: ClusterFile, node: int, sock: socket.socket) -> NodeProc
     """Start node ``node`` detached, on the already-listening ``sock``."""
     entry = cluster.process(node)
     log_path = cluster.log_path(node)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = sock.fileno()
     argv = [
         sys.executable, "-m", "cli.main", "node", "run",
@@ -280,7 +291,9 @@ def spawn_node(cluster: ClusterFile, node: int, sock: socket.socket) -> NodeProc
     # the object commands (MINIGRID_ACCESS_KEY, ...) must not override it.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINIGRID_")}
     env["PYTHONUNBUFFERED"] = "1"
-    with open(log_path, "ab") as log:
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with os.fdopen(log_fd, "ab") as log:
+        os.fchmod(log_fd, 0o600)  # a log left by an older version may be world-readable
         log.write(f"--- starting node {node} at {dt.datetime.now().isoformat()}\n".encode())
     os.set_inheritable(fd, True)
     try:
@@ -291,7 +304,7 @@ def spawn_node(cluster: ClusterFile, node: int, sock: socket.socket) -> NodeProc
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                 0o644),
+                 0o600),
                 (os.POSIX_SPAWN_DUP2, 1, 2),
             ],
             setsid=True,
@@ -378,10 +391,14 @@ def cluster_up(
     parity: int | None = None,
     profile: str | None = None,
     timeout: float = UP_TIMEOUT,
+    fsync: bool | None = None,
 ) -> UpResult:
-    """Start the cluster in ``data_dir`` (create it if new); start only nodes that are down."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "logs").mkdir(exist_ok=True)
+    """Start the cluster in ``data_dir`` (create it if new); start only nodes that are down.
+
+    ``fsync`` None leaves the nodes' default (on) for a new cluster.
+    """
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
     cluster = ClusterFile.load(data_dir)
     if cluster is None:
         count, per_node = nodes or 4, drives or 2
@@ -392,9 +409,9 @@ def cluster_up(
         base = 9000 if base_port is None else base_port
         sockets = bind_ports({n: base + n if base else 0 for n in range(count)})
         ports = [sockets[n].getsockname()[1] for n in range(count)]
-        cluster = new_cluster(data_dir, count, per_node, ports, parity, profile or "fast")
+        cluster = new_cluster(data_dir, count, per_node, ports, parity, profile or "fast", fsync)
     else:
-        _check_same(cluster, nodes, drives, base_port, parity, profile)
+        _check_same(cluster, nodes, drives, base_port, parity, profile, fsync)
         down = [n for n in range(len(cluster.urls)) if not cluster.process(n).alive()]
         wanted = {n: int(cluster.urls[n].rsplit(":", 1)[1]) for n in down}
         sockets = bind_ports(wanted, grace=RESTART_BIND_GRACE)
@@ -422,6 +439,7 @@ def _check_same(
     base_port: int | None,
     parity: int | None,
     profile: str | None,
+    fsync: bool | None = None,
 ) -> None:
     config = cluster.config
     have = {
@@ -430,9 +448,11 @@ def _check_same(
         "--base-port": int(config["nodes"][0]["url"].rsplit(":", 1)[1]),
         "--parity": config.get("parity"),
         "--profile": config.get("profile", "fast"),
+        "--fsync": config.get("fsync", "on"),
     }
     wanted = {"--nodes": nodes, "--drives": drives, "--base-port": base_port,
-              "--parity": parity, "--profile": profile}  # fmt: skip
+              "--parity": parity, "--profile": profile,
+              "--fsync": None if fsync is None else ("on" if fsync else "off")}  # fmt: skip
     for flag, value in wanted.items():
         if value is None or (flag == "--base-port" and value == 0) or value == have[flag]:
             continue
@@ -539,6 +559,8 @@ def cluster() -> None:
               help="grid liveness profile [fast]")
 @click.option("--timeout", type=float, default=UP_TIMEOUT, show_default=True,
               help="seconds to wait for every node to be ready")  # fmt: skip
+@click.option("--fsync", type=click.Choice(["on", "off"]), default=None,
+              help="off: faster writes a power cut can lose (labs, benchmarks) [on]")  # fmt: skip
 def up(
     nodes: int | None,
     drives: int | None,
@@ -547,14 +569,17 @@ def up(
     parity: int | None,
     profile: str | None,
     timeout: float,
+    fsync: str | None,
 ) -> None:
     """Start the nodes in the background and wait until the cluster is ready.
 
     Running it again is harmless: it starts only the nodes that are not running."""
+    os.umask(PRIVATE_UMASK)  # whatever this command writes is the owner's alone
     folder = resolve_data_dir(data_dir)
     try:
         result = cluster_up(folder, nodes=nodes, drives=drives, base_port=base_port,
-                            parity=parity, profile=profile, timeout=timeout)  # fmt: skip
+                            parity=parity, profile=profile, timeout=timeout,
+                            fsync=None if fsync is None else fsync == "on")  # fmt: skip
     except ClusterError as exc:
         _fail(str(exc))
         return

@@ -24,6 +24,9 @@ def _flag(option: Option) -> Callable[[AnyCallable], AnyCallable]:
     if option.kind == "bool":
         negative = "--no-" + name[2:]
         return click.option(f"{name}/{negative}", option.name, default=None, help=help_text)
+    if option.kind == "onoff":
+        choice = click.Choice(["on", "off"], case_sensitive=False)
+        return click.option(name, option.name, type=choice, default=None, help=help_text)
     kind: Any = int if option.kind == "int" else str
     return click.option(name, option.name, type=kind, default=None, help=help_text)
 

@@ -21,6 +21,15 @@ Wire format (the client side is :mod:`storage.remote`):
   (:func:`encode_error`). The client rebuilds the same StorageError subclass with
   :func:`decode_error`; an error text without the tag comes from the grid itself (unknown
   drive path, handler deadline) and becomes DriveNotFound.
+
+**Nothing a peer sends is trusted.** :data:`DRIVE_HANDLERS` lists, for every handler, the
+fields its request holds; :data:`FIELDS` says how each field is checked (volume → bucket name,
+key → object key, upload ID and data dir → UUID hex, listing strings → bounded and NUL-free,
+sizes and offsets → ranges, metadata and format → decoded and checked field by field). A
+request with a missing, unknown or invalid field is refused with InvalidName or
+InvalidArgument naming the field, before the drive is called. The LocalDrive checks every
+name again where it builds a path. :class:`~storage.remote.RemoteDrive` runs the same checks
+before sending, so a bad name fails without a round trip.
 """
 
 from __future__ import annotations
@@ -28,7 +37,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import msgpack
@@ -44,8 +55,17 @@ from storage.errors import (
     StorageError,
     error_from_code,
 )
-from storage.format import FormatInfo
-from storage.meta import ObjectMeta
+from storage.format import FORMAT_VERSION, FormatInfo
+from storage.meta import MAX_BLOCK_SIZE, ObjectMeta
+from storage.names import (
+    shown,
+    validate_bucket,
+    validate_data_dir,
+    validate_list_text,
+    validate_object,
+    validate_upload_id,
+)
+from storage.placement import MAX_SET_DRIVES, MIN_SET_DRIVES
 
 log = logging.getLogger("storage.drive_service")
 
@@ -99,10 +119,150 @@ def pack(value: object) -> bytes:
     return packed
 
 
-class Request:
-    """A request map read from the wire; a missing or mistyped field is InvalidArgument."""
+# --- fields -------------------------------------------------------------------------------
 
-    def __init__(self, payload: bytes, what: str) -> None:
+#: The largest shard size or offset a request may name (far beyond any real shard).
+MAX_SHARD_BYTES: Final = 1 << 60
+#: A format may describe at most this many erasure sets.
+MAX_FORMAT_SETS: Final = 1024
+MAX_DEPLOYMENT_ID_CHARS: Final = 256
+
+
+def _integer(value: object, name: str, low: int, high: int) -> int:
+    # bool is an int subclass; never let True pass as an offset or a size.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgument(f"field {name!r} must be an integer")
+    if not low <= value <= high:
+        raise InvalidArgument(f"field {name!r} is {shown(value)}, outside {low}..{high}")
+    return value
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgument("field 'force' must be true or false")
+    return value
+
+
+def _meta(value: object) -> ObjectMeta:
+    if isinstance(value, ObjectMeta):  # the client side checks the object it is sending
+        value = value.to_dict()
+    if not isinstance(value, dict):
+        raise InvalidArgument("field 'meta' must be a map")
+    try:
+        return ObjectMeta.from_dict(value)  # checks every field (MetaError is a ValueError)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidArgument(f"malformed object metadata: {exc}") from exc
+
+
+def _drive_uuid(value: object, what: str) -> str:
+    """A drive ID: a UUID in its canonical text form, as plan_format and the node write it."""
+    try:
+        if isinstance(value, str) and str(uuid.UUID(value)) == value:
+            return value
+    except ValueError:
+        pass
+    raise InvalidArgument(f"{what} {shown(value)} is not a UUID")
+
+
+def check_format(fmt: FormatInfo) -> FormatInfo:
+    """Refuse a format that no node would write: wrong version, IDs or set shapes."""
+    if fmt.version != FORMAT_VERSION:
+        raise InvalidArgument(f"format version {shown(fmt.version)} is not {FORMAT_VERSION}")
+    deployment = fmt.deployment_id
+    if not deployment or len(deployment) > MAX_DEPLOYMENT_ID_CHARS or not deployment.isprintable():
+        raise InvalidArgument(
+            f"deployment id {shown(deployment)} must be 1-{MAX_DEPLOYMENT_ID_CHARS} "
+            "printable characters"
+        )
+    _drive_uuid(fmt.drive_id, "drive id")
+    if not 1 <= len(fmt.sets) <= MAX_FORMAT_SETS:
+        raise InvalidArgument(f"a format holds 1-{MAX_FORMAT_SETS} sets, not {len(fmt.sets)}")
+    for members in fmt.sets:
+        if not MIN_SET_DRIVES <= len(members) <= MAX_SET_DRIVES:
+            raise InvalidArgument(f"a set holds 4-16 drives, not {len(members)}")
+        for member in members:
+            _drive_uuid(member, "drive id in the set layout")
+    fmt.position()  # FormatMismatch unless the drive is in its own layout
+    return fmt
+
+
+def _format(value: object) -> FormatInfo:
+    if isinstance(value, FormatInfo):
+        value = value.to_dict()
+    if not isinstance(value, dict):
+        raise InvalidArgument("field 'format' must be a map")
+    sets = value.get("sets")
+    # Bound the shape before building tuples from it.
+    if not isinstance(sets, list) or len(sets) > MAX_FORMAT_SETS:
+        raise InvalidArgument(f"format sets must be a list of at most {MAX_FORMAT_SETS} sets")
+    if any(not isinstance(s, list) or len(s) > MAX_SET_DRIVES for s in sets):
+        raise InvalidArgument(f"each format set must list at most {MAX_SET_DRIVES} drive ids")
+    try:
+        fmt = FormatInfo.from_dict(value)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArgument(f"malformed format: {exc}") from exc
+    if fmt.to_dict() != value:  # from_dict converts; the wire must carry the exact types
+        raise InvalidArgument("format fields have the wrong types")
+    return check_format(fmt)
+
+
+def _string(check: Callable[[str], str]) -> Callable[[object], str]:
+    """A name field: a string (else InvalidArgument), then ``check`` (InvalidName)."""
+
+    def checked(value: object) -> str:
+        if not isinstance(value, str):
+            raise InvalidArgument(f"must be a string, not {type(value).__name__}")
+        return check(value)
+
+    return checked
+
+
+#: How every request field is checked. A checker raises InvalidName or InvalidArgument.
+FIELDS: Final[dict[str, Callable[[Any], Any]]] = {
+    "vol": _string(validate_bucket),
+    "key": _string(validate_object),
+    "upload": _string(validate_upload_id),
+    "ddir": _string(validate_data_dir),
+    "prefix": _string(lambda value: validate_list_text(value, "listing prefix")),
+    "delim": _string(lambda value: validate_list_text(value, "listing delimiter")),
+    "after": _string(lambda value: validate_list_text(value, "listing marker")),
+    "limit": lambda value: _integer(value, "limit", 1, MAX_SHARD_BYTES),
+    "chunk": lambda value: _integer(value, "chunk", 1, MAX_BLOCK_SIZE),
+    "size": lambda value: _integer(value, "size", 0, MAX_SHARD_BYTES),
+    "off": lambda value: _integer(value, "off", 0, MAX_SHARD_BYTES),
+    "len": lambda value: _integer(value, "len", 0, MAX_SHARD_BYTES),
+    "force": _flag,
+    "deep": _flag,
+    "meta": _meta,
+    "format": _format,
+}
+
+
+def check_fields(fields: Mapping[Any, Any], names: tuple[str, ...], what: str) -> dict[str, Any]:
+    """Check a request's fields against the names its handler takes; return the checked values.
+
+    A missing or unexpected field, or one that fails its check, raises InvalidName or
+    InvalidArgument saying which field and why.
+    """
+    unexpected = [name for name in fields if name not in names]
+    if unexpected:
+        listed = ", ".join(shown(name) for name in unexpected[:5])
+        raise InvalidArgument(f"{what}: unexpected field(s) {listed}")
+    checked: dict[str, Any] = {}
+    for name in names:
+        if name not in fields:
+            raise InvalidArgument(f"{what}: field {name!r} is missing")
+        try:
+            checked[name] = FIELDS[name](fields[name])
+        except StorageError as exc:
+            raise type(exc)(f"{what}: field {name!r}: {exc}") from exc
+    return checked
+
+
+class Request:
+    """A request map read from the wire, every field checked (see :func:`check_fields`)."""
+
+    def __init__(self, payload: bytes, what: str, names: tuple[str, ...]) -> None:
         self.what = what
         try:
             value = msgpack.unpackb(payload, raw=False) if payload else {}
@@ -110,32 +270,10 @@ class Request:
             raise InvalidArgument(f"{what}: malformed request: {exc}") from exc
         if not isinstance(value, dict):
             raise InvalidArgument(f"{what}: the request is not a map")
-        self._fields: dict[Any, Any] = value
+        self._fields = check_fields(value, names, what)
 
-    def _get(self, name: str, kind: type[T]) -> T:
-        value = self._fields.get(name)
-        # bool is an int subclass; never let True pass as an offset or a size.
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise InvalidArgument(f"{self.what}: field {name!r} must be {kind.__name__}")
-        return value
-
-    def text(self, name: str) -> str:
-        return self._get(name, str)
-
-    def integer(self, name: str) -> int:
-        return self._get(name, int)
-
-    def flag(self, name: str) -> bool:
-        return self._get(name, bool)
-
-    def mapping(self, name: str) -> dict[str, Any]:
-        return self._get(name, dict)
-
-    def meta(self) -> ObjectMeta:
-        try:
-            return ObjectMeta.from_dict(self.mapping("meta"))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InvalidArgument(f"{self.what}: malformed object metadata: {exc}") from exc
+    def __getitem__(self, name: str) -> Any:
+        return self._fields[name]
 
 
 # --- single calls ---------------------------------------------------------------------------
@@ -152,16 +290,12 @@ async def _read_format(drive: Drive, _req: Request) -> bytes:
 
 
 async def _write_format(drive: Drive, req: Request) -> bytes:
-    try:
-        fmt = FormatInfo.from_dict(req.mapping("format"))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidArgument(f"{req.what}: malformed format: {exc}") from exc
-    await drive.write_format(fmt)
+    await drive.write_format(req["format"])
     return b""
 
 
 async def _make_volume(drive: Drive, req: Request) -> bytes:
-    await drive.make_volume(req.text("vol"))
+    await drive.make_volume(req["vol"])
     return b""
 
 
@@ -170,83 +304,60 @@ async def _list_volumes(drive: Drive, _req: Request) -> bytes:
 
 
 async def _stat_volume(drive: Drive, req: Request) -> bytes:
-    return (await drive.stat_volume(req.text("vol"))).to_msgpack()
+    return (await drive.stat_volume(req["vol"])).to_msgpack()
 
 
 async def _delete_volume(drive: Drive, req: Request) -> bytes:
-    await drive.delete_volume(req.text("vol"), req.flag("force"))
+    await drive.delete_volume(req["vol"], req["force"])
     return b""
 
 
 async def _read_metadata(drive: Drive, req: Request) -> bytes:
-    return (await drive.read_metadata(req.text("vol"), req.text("key"))).to_msgpack()
+    return (await drive.read_metadata(req["vol"], req["key"])).to_msgpack()
 
 
 async def _write_metadata(drive: Drive, req: Request) -> bytes:
-    await drive.write_metadata(req.text("vol"), req.text("key"), req.meta())
+    await drive.write_metadata(req["vol"], req["key"], req["meta"])
     return b""
 
 
 async def _delete_object(drive: Drive, req: Request) -> bytes:
-    await drive.delete_object(req.text("vol"), req.text("key"))
+    await drive.delete_object(req["vol"], req["key"])
     return b""
 
 
 async def _rename_data(drive: Drive, req: Request) -> bytes:
-    await drive.rename_data(req.text("upload"), req.text("vol"), req.text("key"), req.meta())
+    await drive.rename_data(req["upload"], req["vol"], req["key"], req["meta"])
     return b""
 
 
 async def _commit_rename(drive: Drive, req: Request) -> bytes:
-    await drive.commit_rename(req.text("upload"), req.text("vol"), req.text("key"))
+    await drive.commit_rename(req["upload"], req["vol"], req["key"])
     return b""
 
 
 async def _undo_rename(drive: Drive, req: Request) -> bytes:
-    await drive.undo_rename(req.text("upload"), req.text("vol"), req.text("key"))
+    await drive.undo_rename(req["upload"], req["vol"], req["key"])
     return b""
 
 
 async def _verify_shard(drive: Drive, req: Request) -> bytes:
     await drive.verify_shard(
-        req.text("vol"),
-        req.text("key"),
-        req.text("ddir"),
-        chunk_size=req.integer("chunk"),
-        shard_size=req.integer("size"),
-        deep=req.flag("deep"),
+        req["vol"],
+        req["key"],
+        req["ddir"],
+        chunk_size=req["chunk"],
+        shard_size=req["size"],
+        deep=req["deep"],
     )
     return b""
 
 
 async def _list_objects_page(drive: Drive, req: Request) -> bytes:
     page = await drive.list_objects_page(
-        req.text("vol"),
-        req.text("prefix"),
-        req.text("delim"),
-        req.text("after"),
-        req.integer("limit"),
+        req["vol"], req["prefix"], req["delim"], req["after"], req["limit"]
     )
     return page.to_msgpack()
-
-
-SINGLE_OPS: Final[dict[HandlerID, _Op]] = {
-    HandlerID.DISK_INFO: _disk_info,
-    HandlerID.READ_FORMAT: _read_format,
-    HandlerID.WRITE_FORMAT: _write_format,
-    HandlerID.MAKE_VOLUME: _make_volume,
-    HandlerID.LIST_VOLUMES: _list_volumes,
-    HandlerID.STAT_VOLUME: _stat_volume,
-    HandlerID.DELETE_VOLUME: _delete_volume,
-    HandlerID.READ_METADATA: _read_metadata,
-    HandlerID.WRITE_METADATA: _write_metadata,
-    HandlerID.DELETE_OBJECT: _delete_object,
-    HandlerID.RENAME_DATA: _rename_data,
-    HandlerID.COMMIT_RENAME: _commit_rename,
-    HandlerID.UNDO_RENAME: _undo_rename,
-    HandlerID.VERIFY_SHARD: _verify_shard,
-    HandlerID.LIST_OBJECTS_PAGE: _list_objects_page,
-}
 
 
 def _unexpected(what: str, exc: Exception) -> StorageError:
@@ -256,13 +367,15 @@ def _unexpected(what: str, exc: Exception) -> StorageError:
 
 
 def _single_handler(
-    drive: Drive, path: str, handler_id: HandlerID, op: _Op
+    drive: Drive, path: str, handler_id: HandlerID, spec: DriveHandler
 ) -> Callable[[bytes], Awaitable[bytes]]:
     what = f"{handler_id.name} {path}"
+    op = spec.call
+    assert op is not None
 
     async def handle(payload: bytes) -> bytes:
         try:
-            return await op(drive, Request(payload, what))
+            return await op(drive, Request(payload, what, spec.fields))
         except StorageError as exc:
             raise _WireError(exc) from exc
         except Exception as exc:
@@ -274,16 +387,15 @@ def _single_handler(
 # --- streams --------------------------------------------------------------------------------
 
 
-async def _read_shard(drive: Drive, stream: ServerStream) -> None:
-    req = Request(stream.payload, f"READ_SHARD {stream.subroute}")
+async def _read_shard(drive: Drive, req: Request, stream: ServerStream) -> None:
     chunks = drive.read_shard(
-        req.text("vol"),
-        req.text("key"),
-        req.text("ddir"),
-        chunk_size=req.integer("chunk"),
-        shard_size=req.integer("size"),
-        offset=req.integer("off"),
-        length=req.integer("len"),
+        req["vol"],
+        req["key"],
+        req["ddir"],
+        chunk_size=req["chunk"],
+        shard_size=req["size"],
+        offset=req["off"],
+        length=req["len"],
     )
     try:
         async for chunk in chunks:
@@ -328,10 +440,9 @@ async def _abort_shielded(writer: ShardWriter, where: str) -> None:
     await asyncio.shield(task)
 
 
-async def _create_shard(drive: Drive, stream: ServerStream) -> None:
-    where = f"CREATE_SHARD {stream.subroute}"
-    req = Request(stream.payload, where)
-    writer = await drive.create_shard(req.text("upload"))
+async def _create_shard(drive: Drive, req: Request, stream: ServerStream) -> None:
+    where = req.what
+    writer = await drive.create_shard(req["upload"])
     acknowledged = False
     try:
         await stream.send(SHARD_READY)
@@ -345,20 +456,82 @@ async def _create_shard(drive: Drive, stream: ServerStream) -> None:
             await _abort_shielded(writer, where)
 
 
+_StreamOp = Callable[[Drive, Request, ServerStream], Awaitable[None]]
+
+
 def _stream_handler(
-    drive: Drive, path: str, handler_id: HandlerID, body: Callable[[Drive, ServerStream], Any]
+    drive: Drive, path: str, handler_id: HandlerID, spec: DriveHandler
 ) -> Callable[[ServerStream], Awaitable[None]]:
     what = f"{handler_id.name} {path}"
+    body = spec.stream
+    assert body is not None
 
     async def handle(stream: ServerStream) -> None:
         try:
-            await body(drive, stream)
+            await body(drive, Request(stream.payload, what, spec.fields), stream)
         except StorageError as exc:
             raise _WireError(exc) from exc
         except Exception as exc:
             raise _WireError(_unexpected(what, exc)) from exc
 
     return handle
+
+
+@dataclass(frozen=True)
+class DriveHandler:
+    """One drive handler: the request fields it takes, and its body (a call or a stream)."""
+
+    fields: tuple[str, ...]
+    call: _Op | None = None
+    stream: _StreamOp | None = None
+    in_capacity: int = 1
+    out_capacity: int = 1
+
+
+_SHARD_AT: Final = ("vol", "key", "ddir", "chunk", "size")
+_COMMIT: Final = ("upload", "vol", "key")
+
+#: Every handler the drive service registers, with the fields of its request. A field name
+#: means the same thing in every handler, and :data:`FIELDS` checks it.
+DRIVE_HANDLERS: Final[dict[HandlerID, DriveHandler]] = {
+    HandlerID.DISK_INFO: DriveHandler((), call=_disk_info),
+    HandlerID.READ_FORMAT: DriveHandler((), call=_read_format),
+    HandlerID.WRITE_FORMAT: DriveHandler(("format",), call=_write_format),
+    HandlerID.MAKE_VOLUME: DriveHandler(("vol",), call=_make_volume),
+    HandlerID.LIST_VOLUMES: DriveHandler((), call=_list_volumes),
+    HandlerID.STAT_VOLUME: DriveHandler(("vol",), call=_stat_volume),
+    HandlerID.DELETE_VOLUME: DriveHandler(("vol", "force"), call=_delete_volume),
+    HandlerID.READ_METADATA: DriveHandler(("vol", "key"), call=_read_metadata),
+    HandlerID.WRITE_METADATA: DriveHandler(("vol", "key", "meta"), call=_write_metadata),
+    HandlerID.DELETE_OBJECT: DriveHandler(("vol", "key"), call=_delete_object),
+    HandlerID.RENAME_DATA: DriveHandler((*_COMMIT, "meta"), call=_rename_data),
+    HandlerID.COMMIT_RENAME: DriveHandler(_COMMIT, call=_commit_rename),
+    HandlerID.UNDO_RENAME: DriveHandler(_COMMIT, call=_undo_rename),
+    HandlerID.VERIFY_SHARD: DriveHandler((*_SHARD_AT, "deep"), call=_verify_shard),
+    HandlerID.LIST_OBJECTS_PAGE: DriveHandler(
+        ("vol", "prefix", "delim", "after", "limit"), call=_list_objects_page
+    ),
+    HandlerID.READ_SHARD: DriveHandler(
+        (*_SHARD_AT, "off", "len"), stream=_read_shard, out_capacity=READ_SHARD_OUT_CAPACITY
+    ),
+    HandlerID.CREATE_SHARD: DriveHandler(
+        ("upload",), stream=_create_shard, in_capacity=CREATE_SHARD_IN_CAPACITY, out_capacity=2
+    ),
+}
+
+
+def encode_request(handler_id: HandlerID, fields: Mapping[str, Any], endpoint: str) -> bytes:
+    """The request payload for ``handler_id``, after the same checks the server makes.
+
+    ``meta`` and ``format`` may be given as the objects themselves.
+    """
+    spec = DRIVE_HANDLERS[handler_id]
+    check_fields(fields, spec.fields, f"{handler_id.name} {endpoint}")
+    wire = {
+        name: value.to_dict() if isinstance(value, ObjectMeta | FormatInfo) else value
+        for name, value in fields.items()
+    }
+    return pack(wire) if wire else b""
 
 
 def serve_drives(manager: Manager, drives: Mapping[str, Drive]) -> None:
@@ -370,32 +543,34 @@ def serve_drives(manager: Manager, drives: Mapping[str, Drive]) -> None:
     for path, drive in drives.items():
         if not path or len(path.encode()) > MAX_SUBROUTE:
             raise ValueError(f"drive path {path!r} must be 1-{MAX_SUBROUTE} bytes")
-        for handler_id, op in SINGLE_OPS.items():
-            manager.register_single(
-                handler_id, _single_handler(drive, path, handler_id, op), subroute=path
-            )
-        manager.register_stream(
-            HandlerID.READ_SHARD,
-            _stream_handler(drive, path, HandlerID.READ_SHARD, _read_shard),
-            subroute=path,
-            out_capacity=READ_SHARD_OUT_CAPACITY,
-        )
-        manager.register_stream(
-            HandlerID.CREATE_SHARD,
-            _stream_handler(drive, path, HandlerID.CREATE_SHARD, _create_shard),
-            subroute=path,
-            in_capacity=CREATE_SHARD_IN_CAPACITY,
-            out_capacity=2,
-        )
+        for handler_id, spec in DRIVE_HANDLERS.items():
+            if spec.call is not None:
+                manager.register_single(
+                    handler_id, _single_handler(drive, path, handler_id, spec), subroute=path
+                )
+            else:
+                manager.register_stream(
+                    handler_id,
+                    _stream_handler(drive, path, handler_id, spec),
+                    subroute=path,
+                    in_capacity=spec.in_capacity,
+                    out_capacity=spec.out_capacity,
+                )
 
 
 __all__ = [
     "CREATE_SHARD_IN_CAPACITY",
+    "DRIVE_HANDLERS",
+    "FIELDS",
     "READ_SHARD_OUT_CAPACITY",
     "SHARD_COMMITTED",
     "SHARD_READY",
+    "DriveHandler",
+    "check_fields",
+    "check_format",
     "decode_error",
     "encode_error",
+    "encode_request",
     "pack",
     "serve_drives",
 ]

@@ -9,8 +9,25 @@ Layout under the drive root::
     <bucket>/<key>/__mg.data.<data dir>/shard   the shard, bitrot-framed
 
 Every filesystem call runs in the loop's default thread pool, so the event loop never blocks on
-the disk. Every path is built with :func:`storage.names.safe_join`, so no name can reach outside
-the root.
+the disk.
+
+**Names.** A LocalDrive checks every name where it builds a path, even though the drive service
+checked it on arrival: a volume is a bucket name, a key an object key, an upload ID and a data
+directory a UUID hex (:mod:`storage.names`), and every path is built with
+:func:`storage.names.safe_join`, so no name can reach outside the root. Data directory names
+read back from files (the previous metadata, ``new.ddir`` in an upload) are checked again
+before anything is renamed or removed.
+
+**Private.** Files are created 0600 and directories 0700, whatever the process umask.
+
+**Durable** (``fsync=True``, the default). A write is on stable storage before it is
+acknowledged: the shard file is fdatasync'ed (and its directory fsync'ed) when the shard is
+committed; ``rename_data`` fsyncs every directory whose entries changed as the data directory
+moves into the object directory (before the metadata names it), writes the metadata to a
+temporary file and fdatasyncs it, renames it over the old one (the commit point) and fsyncs
+the object directory. Volume, format and delete operations fsync the directory they changed.
+``fsync=False`` skips every sync (labs, benchmarks): a power cut may then lose acknowledged
+writes, though a crash of the process alone loses nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +36,6 @@ import asyncio
 import contextlib
 import errno
 import os
-import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -42,23 +58,38 @@ from storage.errors import (
 )
 from storage.format import FORMAT_FILE, FormatInfo, decode_format, encode_format
 from storage.latency import LatencyWindow
-from storage.meta import ObjectMeta, decode_meta, encode_meta
+from storage.meta import MAX_BLOCK_SIZE, MetaError, ObjectMeta, decode_meta, encode_meta
 from storage.names import (
-    DATA_DIR_PREFIX,
     SHARD_FILE,
     SYSTEM_VOLUME,
+    data_dir_path,
     object_location,
     safe_join,
+    shown,
     validate_bucket,
+    validate_data_dir,
+    validate_list_text,
+    validate_upload_id,
 )
 
 T = TypeVar("T")
 
-_UPLOAD_ID_RE = re.compile(r"^[0-9a-zA-Z-]{1,64}$")
+#: Owner-only: every file and directory a drive creates.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+#: The most entries one listing page holds; a larger limit gets a truncated page (the object
+#: layer asks again from the last entry), so a peer cannot make one call walk a whole volume.
+MAX_LIST_PAGE = 10_000
+#: The largest shard chunk a read may ask for: a chunk is at most one erasure block.
+MAX_CHUNK_SIZE = MAX_BLOCK_SIZE
+_MAX_SHARD_SIZE = 1 << 60
+
 _PREV_META = "prev.meta"
 _NO_PREV = "no-prev"
 _NEW_DATA_DIR = "new.ddir"
 _REPLACED_DATA = "replaced.data"
+_NEW_META = "new.meta"
+_STAGED_DATA = "data"
 
 
 def _os_error(exc: OSError, what: str) -> StorageError:
@@ -70,18 +101,79 @@ def _os_error(exc: OSError, what: str) -> StorageError:
     return StorageError(f"{what}: {exc.strerror or exc}")
 
 
-def _check_upload_id(upload_id: str) -> str:
-    if not _UPLOAD_ID_RE.match(upload_id):
-        raise InvalidArgument(f"bad upload id {upload_id!r}")
-    return upload_id
-
-
 def _write_file(path: str, data: bytes, fsync: bool) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
+    """Create (or truncate) ``path`` owner-only with ``data``; fdatasync it when ``fsync``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         if fsync:
-            handle.flush()
-            os.fsync(handle.fileno())
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_dir(path: str) -> None:
+    """fsync a directory, so the entries created, renamed or removed in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: str) -> list[str]:
+    """Create ``path`` and its missing parents, each 0700 whatever the umask.
+
+    Returns the directories whose entries changed (the parent of each directory created, top
+    first), for the caller to fsync. ``os.makedirs`` cannot do this: it gives intermediate
+    directories the umask's mode and says nothing about what it created.
+    """
+    missing: list[str] = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    changed: list[str] = []
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by a concurrent call; a file in the way fails later
+        changed.append(os.path.dirname(directory))
+    return changed
+
+
+def _read_data_dir(path: str) -> str:
+    """The data directory named in file ``path`` ("" when there is none), checked."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(256)
+    except FileNotFoundError:
+        return ""
+    try:
+        return validate_data_dir(raw.decode("ascii"))
+    except (UnicodeDecodeError, StorageError) as exc:
+        raise FileCorrupt(f"{path} does not hold a data dir: {shown(raw)}") from exc
+
+
+def _checked(meta: ObjectMeta) -> ObjectMeta:
+    """``meta`` if it is sound, else InvalidArgument: nothing unsound is ever written."""
+    try:
+        return meta.check()
+    except MetaError as exc:
+        raise InvalidArgument(f"object metadata: {exc}") from exc
+
+
+def _check_shard_geometry(chunk_size: int, shard_size: int) -> None:
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise InvalidArgument(f"shard chunk size {chunk_size} is outside 1..{MAX_CHUNK_SIZE}")
+    if not 0 <= shard_size <= _MAX_SHARD_SIZE:
+        raise InvalidArgument(f"shard size {shard_size} is out of range")
 
 
 class LocalShardWriter:
@@ -113,9 +205,13 @@ class LocalShardWriter:
             return
         try:
             if fsync:
-                os.fsync(fd)
+                os.fdatasync(fd)
         finally:
             os.close(fd)
+        if fsync:
+            # rename_data moves this directory as a whole: the shard's entry in it must be
+            # durable before the directory is renamed into the object.
+            sync_dir(os.path.dirname(self._path))
 
     async def commit(self) -> None:
         await self._drive.run("commit_shard", self._close_sync, self._drive.fsync)
@@ -134,7 +230,7 @@ class LocalShardWriter:
 class LocalDrive:
     """A directory-backed drive. Create it with :meth:`open`."""
 
-    def __init__(self, root: str, endpoint: str | None = None, *, fsync: bool = False) -> None:
+    def __init__(self, root: str, endpoint: str | None = None, *, fsync: bool = True) -> None:
         self.root = os.path.abspath(root)
         self._endpoint = endpoint or self.root
         self.fsync = fsync
@@ -147,9 +243,13 @@ class LocalDrive:
 
     @classmethod
     async def open(
-        cls, root: str, endpoint: str | None = None, *, fsync: bool = False, create: bool = True
+        cls, root: str, endpoint: str | None = None, *, fsync: bool = True, create: bool = True
     ) -> LocalDrive:
-        """Open a drive directory, creating it when ``create``, and empty its temporary area."""
+        """Open a drive directory, creating it when ``create``, and empty its temporary area.
+
+        ``fsync`` (default on) makes every write durable before it returns; see the module
+        docstring.
+        """
         drive = cls(root, endpoint, fsync=fsync)
         await asyncio.get_running_loop().run_in_executor(None, drive._open_sync, create)
         return drive
@@ -158,10 +258,10 @@ class LocalDrive:
         if not os.path.isdir(self.root):
             if not create:
                 raise DriveNotFound(f"drive {self.root} does not exist")
-            os.makedirs(self.root, exist_ok=True)
+            self._sync_dirs(*make_dirs(self.root))
         for area in (self._tmp_root, self._trash_root):
             shutil.rmtree(area, ignore_errors=True)
-            os.makedirs(area, exist_ok=True)
+            make_dirs(area)
         try:
             self._drive_id = self._read_format_sync().drive_id
         except StorageError:
@@ -206,6 +306,12 @@ class LocalDrive:
             raise InvalidArgument(f"bad system file name {name!r}")
         return os.path.join(self.root, SYSTEM_VOLUME, name)
 
+    def _sync_dirs(self, *paths: str) -> None:
+        """fsync each directory once (when this drive syncs), in the order given."""
+        if self.fsync:
+            for path in dict.fromkeys(paths):
+                sync_dir(path)
+
     def _volume_dir(self, volume: str) -> str:
         return safe_join(self.root, validate_bucket(volume))
 
@@ -222,7 +328,7 @@ class LocalDrive:
         return obj_dir, os.path.join(obj_dir, meta_name)
 
     def _upload_dir(self, upload_id: str) -> str:
-        return os.path.join(self._tmp_root, _check_upload_id(upload_id))
+        return safe_join(self._tmp_root, validate_upload_id(upload_id))
 
     def _prune(self, start: str, stop: str) -> None:
         """Remove empty directories from ``start`` up to, not including, ``stop``."""
@@ -263,9 +369,10 @@ class LocalDrive:
 
     def _write_format_sync(self, fmt: FormatInfo) -> None:
         tmp = os.path.join(self._tmp_root, f"format-{uuid.uuid4().hex}")
-        os.makedirs(self._tmp_root, exist_ok=True)
+        make_dirs(self._tmp_root)
         _write_file(tmp, encode_format(fmt), self.fsync)
         os.replace(tmp, os.path.join(self.root, FORMAT_FILE))
+        self._sync_dirs(self.root)
         self._drive_id = fmt.drive_id
 
     async def write_format(self, fmt: FormatInfo) -> None:
@@ -275,9 +382,10 @@ class LocalDrive:
 
     def _make_volume_sync(self, volume: str) -> None:
         try:
-            os.mkdir(self._volume_dir(volume))
+            os.mkdir(self._volume_dir(volume), DIR_MODE)
         except FileExistsError as exc:
             raise VolumeExists(f"volume {volume} exists on {self._endpoint}") from exc
+        self._sync_dirs(self.root)
 
     async def make_volume(self, volume: str) -> None:
         await self.run("make_volume", self._make_volume_sync, volume)
@@ -311,8 +419,9 @@ class LocalDrive:
         if not force and listing.walk_page(path, "", "", "", 1).entries:
             raise VolumeNotEmpty(f"volume {volume} is not empty on {self._endpoint}")
         trash = os.path.join(self._trash_root, uuid.uuid4().hex)
-        os.makedirs(self._trash_root, exist_ok=True)
+        make_dirs(self._trash_root)
         os.rename(path, trash)
+        self._sync_dirs(self.root)
         shutil.rmtree(trash, ignore_errors=True)
 
     async def delete_volume(self, volume: str, force: bool = False) -> None:
@@ -334,13 +443,15 @@ class LocalDrive:
         return await self.run("read_metadata", self._read_metadata_sync, volume, key)
 
     def _write_metadata_sync(self, volume: str, key: str, meta: ObjectMeta) -> None:
+        blob = encode_meta(_checked(meta))
         self._require_volume(volume)
         obj_dir, meta_path = self._object_paths(volume, key)
-        os.makedirs(obj_dir, exist_ok=True)
-        os.makedirs(self._tmp_root, exist_ok=True)
+        self._sync_dirs(*make_dirs(obj_dir))
+        make_dirs(self._tmp_root)
         tmp = os.path.join(self._tmp_root, f"meta-{uuid.uuid4().hex}")
-        _write_file(tmp, encode_meta(meta), self.fsync)
+        _write_file(tmp, blob, self.fsync)
         os.replace(tmp, meta_path)
+        self._sync_dirs(obj_dir)
 
     async def write_metadata(self, volume: str, key: str, meta: ObjectMeta) -> None:
         await self.run("write_metadata", self._write_metadata_sync, volume, key, meta)
@@ -354,8 +465,9 @@ class LocalDrive:
         except FileCorrupt:
             data_dir = None
         os.unlink(meta_path)  # the object is gone from here on; the rest is cleanup
+        self._sync_dirs(obj_dir)
         if data_dir:
-            shutil.rmtree(os.path.join(obj_dir, DATA_DIR_PREFIX + data_dir), ignore_errors=True)
+            shutil.rmtree(data_dir_path(obj_dir, data_dir), ignore_errors=True)
         self._prune(obj_dir, vol_dir)
 
     async def delete_object(self, volume: str, key: str) -> None:
@@ -364,65 +476,73 @@ class LocalDrive:
     # --- writing shards and committing ------------------------------------------------------
 
     def _create_shard_sync(self, upload_id: str) -> tuple[int, str]:
-        data_dir = os.path.join(self._upload_dir(upload_id), "data")
-        os.makedirs(data_dir, exist_ok=True)
-        path = os.path.join(data_dir, SHARD_FILE)
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), path
+        staged = os.path.join(self._upload_dir(upload_id), _STAGED_DATA)
+        make_dirs(staged)
+        path = os.path.join(staged, SHARD_FILE)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        return os.open(path, flags, FILE_MODE), path
 
     async def create_shard(self, upload_id: str) -> ShardWriter:
         fd, path = await self.run("create_shard", self._create_shard_sync, upload_id)
         return LocalShardWriter(self, fd, path)
 
     def _rename_data_sync(self, upload_id: str, volume: str, key: str, meta: ObjectMeta) -> None:
+        blob = encode_meta(_checked(meta))
         vol_dir = self._require_volume(volume)
         up_dir = self._upload_dir(upload_id)
         obj_dir, meta_path = self._object_paths(volume, key)
-        os.makedirs(up_dir, exist_ok=True)
+        target = data_dir_path(obj_dir, meta.data_dir)
+        make_dirs(up_dir)
         _write_file(os.path.join(up_dir, _NEW_DATA_DIR), meta.data_dir.encode(), False)
-        staged = os.path.join(up_dir, "data")
+        staged = os.path.join(up_dir, _STAGED_DATA)
+        changed: list[str] = []
         for _attempt in range(3):  # a concurrent delete may prune obj_dir between the calls
-            os.makedirs(obj_dir, exist_ok=True)
             try:
+                changed.extend(make_dirs(obj_dir))
                 if os.path.isdir(staged):
-                    target = os.path.join(obj_dir, DATA_DIR_PREFIX + meta.data_dir)
                     if os.path.isdir(target):
                         # A heal rewriting a damaged copy of this very version: the old data
                         # goes aside, dropped on commit and put back on undo.
                         os.rename(target, os.path.join(up_dir, _REPLACED_DATA))
                     os.rename(staged, target)
+                    changed.append(obj_dir)
                 break
             except FileNotFoundError:
                 if not os.path.isdir(vol_dir):
                     raise
         else:
             raise FileNotFound(f"could not place the data of {volume}/{key}")
+        # The data directory (and any object directory just made) must be durable before the
+        # metadata that names it is.
+        self._sync_dirs(*changed)
         # Keep the version being replaced so undo_rename can put it back.
         try:
             os.link(meta_path, os.path.join(up_dir, _PREV_META))
         except FileNotFoundError:
             _write_file(os.path.join(up_dir, _NO_PREV), b"", False)
-        tmp_meta = os.path.join(up_dir, "new.meta")
-        _write_file(tmp_meta, encode_meta(meta), self.fsync)
+        tmp_meta = os.path.join(up_dir, _NEW_META)
+        _write_file(tmp_meta, blob, self.fsync)
         os.replace(tmp_meta, meta_path)  # the commit point on this drive
+        self._sync_dirs(obj_dir)
 
     async def rename_data(self, upload_id: str, volume: str, key: str, meta: ObjectMeta) -> None:
         await self.run("rename_data", self._rename_data_sync, upload_id, volume, key, meta)
 
+    def _previous_data_dir(self, up_dir: str) -> str:
+        """The data dir of the version rename_data replaced ("" if none or unreadable)."""
+        try:
+            with open(os.path.join(up_dir, _PREV_META), "rb") as handle:
+                return decode_meta(handle.read()).data_dir  # decoding checks the data dir
+        except (FileNotFoundError, FileCorrupt):
+            return ""
+
     def _commit_rename_sync(self, upload_id: str, volume: str, key: str) -> None:
         up_dir = self._upload_dir(upload_id)
         obj_dir, _ = self._object_paths(volume, key)
-        try:
-            with open(os.path.join(up_dir, _PREV_META), "rb") as handle:
-                previous = decode_meta(handle.read()).data_dir
-        except (FileNotFoundError, FileCorrupt):
-            previous = ""
-        try:
-            with open(os.path.join(up_dir, _NEW_DATA_DIR), "rb") as handle:
-                installed = handle.read().decode()
-        except FileNotFoundError:
-            installed = ""
+        previous = self._previous_data_dir(up_dir)
+        installed = _read_data_dir(os.path.join(up_dir, _NEW_DATA_DIR))
         if previous and previous != installed:
-            shutil.rmtree(os.path.join(obj_dir, DATA_DIR_PREFIX + previous), ignore_errors=True)
+            shutil.rmtree(data_dir_path(obj_dir, previous), ignore_errors=True)
         shutil.rmtree(up_dir, ignore_errors=True)
 
     async def commit_rename(self, upload_id: str, volume: str, key: str) -> None:
@@ -432,22 +552,24 @@ class LocalDrive:
         vol_dir = self._volume_dir(volume)
         up_dir = self._upload_dir(upload_id)
         obj_dir, meta_path = self._object_paths(volume, key)
+        installed = _read_data_dir(os.path.join(up_dir, _NEW_DATA_DIR))
+        previous = self._previous_data_dir(up_dir)
         prev = os.path.join(up_dir, _PREV_META)
         if os.path.exists(prev):
             os.replace(prev, meta_path)
+            self._sync_dirs(obj_dir)
         elif os.path.exists(os.path.join(up_dir, _NO_PREV)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(meta_path)
-        try:
-            with open(os.path.join(up_dir, _NEW_DATA_DIR), "rb") as handle:
-                installed = handle.read().decode()
-        except FileNotFoundError:
-            installed = ""
+                self._sync_dirs(obj_dir)
         if installed:
-            target = os.path.join(obj_dir, DATA_DIR_PREFIX + installed)
-            shutil.rmtree(target, ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(os.path.join(up_dir, _REPLACED_DATA), target)
+            target = data_dir_path(obj_dir, installed)
+            replaced = os.path.join(up_dir, _REPLACED_DATA)
+            if os.path.isdir(replaced):  # a heal replaced this data: put the old copy back
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(replaced, target)
+            elif installed != previous:  # never the data of the version put back
+                shutil.rmtree(target, ignore_errors=True)
         shutil.rmtree(up_dir, ignore_errors=True)
         self._prune(obj_dir, vol_dir)
 
@@ -458,9 +580,7 @@ class LocalDrive:
 
     def _shard_path(self, volume: str, key: str, data_dir: str) -> str:
         obj_dir, _ = self._object_paths(volume, key)
-        if not data_dir or "/" in data_dir or data_dir in (".", ".."):
-            raise InvalidArgument(f"bad data dir {data_dir!r}")
-        return os.path.join(obj_dir, DATA_DIR_PREFIX + data_dir, SHARD_FILE)
+        return os.path.join(data_dir_path(obj_dir, data_dir), SHARD_FILE)
 
     def _open_shard_sync(self, volume: str, key: str, data_dir: str, framed_size: int) -> int:
         path = self._shard_path(volume, key, data_dir)
@@ -496,6 +616,7 @@ class LocalDrive:
         offset: int,
         length: int,
     ) -> AsyncIterator[bytes]:
+        _check_shard_geometry(chunk_size, shard_size)
         if offset < 0 or length < 0 or offset + length > shard_size:
             raise InvalidArgument(f"shard range {offset}+{length} outside {shard_size} bytes")
         framed = bitrot.framed_size(shard_size, chunk_size)
@@ -520,6 +641,7 @@ class LocalDrive:
     def _verify_shard_sync(
         self, volume: str, key: str, data_dir: str, chunk_size: int, shard_size: int
     ) -> None:
+        _check_shard_geometry(chunk_size, shard_size)
         framed = bitrot.framed_size(shard_size, chunk_size)
         fd = self._open_shard_sync(volume, key, data_dir, framed)
         where = f"{volume}/{key} on {self._endpoint}"
@@ -555,6 +677,9 @@ class LocalDrive:
     def _list_page_sync(
         self, volume: str, prefix: str, delimiter: str, start_after: str, limit: int
     ) -> ListPage:
+        validate_list_text(prefix, "listing prefix")
+        validate_list_text(delimiter, "listing delimiter")
+        validate_list_text(start_after, "listing marker")
         return listing.walk_page(
             self._require_volume(volume), prefix, delimiter, start_after, limit
         )
@@ -562,8 +687,10 @@ class LocalDrive:
     async def list_objects_page(
         self, volume: str, prefix: str, delimiter: str, start_after: str, limit: int
     ) -> ListPage:
-        if limit <= 0:
+        """A page of at most ``limit`` entries, and never more than :data:`MAX_LIST_PAGE`."""
+        if not isinstance(limit, int) or limit <= 0:
             raise InvalidArgument("listing limit must be positive")
+        limit = min(limit, MAX_LIST_PAGE)
         return await self.run(
             "list_objects", self._list_page_sync, volume, prefix, delimiter, start_after, limit
         )

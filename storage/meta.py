@@ -6,6 +6,13 @@ mismatch in any part raises :class:`~storage.errors.FileCorrupt`.
 Every drive of a set holds its own copy. The copies differ only in ``erasure.index`` (which
 shard this drive holds) and in ``inline`` (this drive's framed shard, for small objects), so
 :meth:`ObjectMeta.version_key` leaves those out when the object layer votes on a version.
+
+Metadata arrives from grid peers as well as from disk, so decoding trusts nothing: every field
+must have its type and lie in its range (:meth:`ObjectMeta.check`), the data directory must be
+a UUID hex (it becomes a path), and the sizes that drive allocations (block size, shard
+counts, the shard distribution) are bounded, so a crafted record can neither reach outside the
+drive nor make a node allocate without bound. A record that breaks a rule raises
+:class:`MetaError` (a ``ValueError``); :func:`decode_meta` turns it into FileCorrupt.
 """
 
 from __future__ import annotations
@@ -17,10 +24,55 @@ from typing import Any
 import msgpack
 import xxhash
 
-from storage.errors import FileCorrupt
+from storage.errors import FileCorrupt, StorageError
+from storage.names import shown, validate_data_dir
+from storage.placement import MAX_SET_DRIVES
 
 META_MAGIC = b"MGM1"
 META_FORMAT_VERSION = 1
+
+#: S3's largest object (5 TiB).
+MAX_OBJECT_SIZE = 5 << 40
+#: The largest erasure block a record may name (the layer uses 1 MiB): a reader allocates
+#: about one block per stream, so a crafted block size must not be able to ask for more.
+MAX_BLOCK_SIZE = 64 << 20
+MAX_ETAG_CHARS = 256
+#: Content type and each user metadata value come from HTTP headers (aiohttp caps a header
+#: at 8190 bytes); user metadata as a whole is capped well above the gateway's 2 KiB.
+MAX_TEXT_BYTES = 8 << 10
+MAX_USER_META_BYTES = 64 << 10
+#: Bitrot hash bytes in front of each chunk (storage.bitrot.HASH_SIZE).
+_FRAME_HASH_BYTES = 16
+_INT64_MAX = (1 << 63) - 1
+
+
+class MetaError(ValueError):
+    """A metadata record breaks a rule: a missing field, a wrong type, a value out of range."""
+
+
+def _int(value: object, field_name: str, low: int, high: int) -> int:
+    # bool is an int subclass: True must never pass as a count or a size.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MetaError(f"field {field_name!r} must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise MetaError(f"field {field_name!r} is {shown(value)}, outside {low}..{high}")
+    return value
+
+
+def _text(value: object, field_name: str, max_bytes: int) -> str:
+    if not isinstance(value, str):
+        raise MetaError(f"field {field_name!r} must be a string, not {type(value).__name__}")
+    if len(value) > max_bytes or len(value.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise MetaError(f"field {field_name!r} is longer than {max_bytes} bytes")
+    return value
+
+
+def _field(raw: dict[str, Any], name: str) -> Any:
+    if not isinstance(raw, dict):
+        raise MetaError(f"expected a map, not {type(raw).__name__}")
+    if name not in raw:
+        raise MetaError(f"field {name!r} is missing")
+    return raw[name]
 
 
 @dataclass(frozen=True)
@@ -46,6 +98,21 @@ class ErasureInfo:
         full, rest = divmod(object_size, self.block_size)
         return full * self.shard_chunk_size() + -(-rest // self.data)
 
+    def check(self) -> ErasureInfo:
+        """Raise MetaError unless every field has its type and lies in its range."""
+        _int(self.data, "k", 1, MAX_SET_DRIVES)
+        _int(self.parity, "m", 0, MAX_SET_DRIVES - self.data)
+        _int(self.block_size, "bs", 1, MAX_BLOCK_SIZE)
+        _int(self.index, "idx", -1, self.total - 1)
+        dist = self.distribution
+        if not isinstance(dist, tuple) or len(dist) != self.total:
+            raise MetaError(f"field 'dist' must list {self.total} shard indices")
+        for position, shard in enumerate(dist):
+            _int(shard, f"dist[{position}]", 0, self.total - 1)
+        if len(set(dist)) != self.total:
+            raise MetaError("field 'dist' must name every shard index once")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "k": self.data,
@@ -57,13 +124,17 @@ class ErasureInfo:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ErasureInfo:
+        """Decode and :meth:`check` (MetaError on any fault)."""
+        dist = _field(raw, "dist")
+        if not isinstance(dist, list | tuple) or len(dist) > MAX_SET_DRIVES:
+            raise MetaError(f"field 'dist' must be a list of at most {MAX_SET_DRIVES} indices")
         return cls(
-            data=int(raw["k"]),
-            parity=int(raw["m"]),
-            block_size=int(raw["bs"]),
-            distribution=tuple(int(x) for x in raw["dist"]),
-            index=int(raw["idx"]),
-        )
+            data=_field(raw, "k"),
+            parity=_field(raw, "m"),
+            block_size=_field(raw, "bs"),
+            distribution=tuple(dist),
+            index=_field(raw, "idx"),
+        ).check()
 
 
 @dataclass(frozen=True)
@@ -103,6 +174,45 @@ class ObjectMeta:
             self, erasure=dataclasses.replace(self.erasure, index=index), inline=inline
         )
 
+    def check(self) -> ObjectMeta:
+        """Raise MetaError unless every field has its type and lies in its range.
+
+        The data directory must be a UUID hex (it becomes a path on the drive), and inline data
+        must fit the one short block an inline object has.
+        """
+        _int(self.size, "size", 0, MAX_OBJECT_SIZE)
+        _text(self.etag, "etag", MAX_ETAG_CHARS)
+        _int(self.mod_time_ns, "mtime", 0, _INT64_MAX)
+        try:
+            validate_data_dir(self.data_dir)
+        except StorageError as exc:
+            raise MetaError(f"field 'ddir': {exc}") from exc
+        if not isinstance(self.erasure, ErasureInfo):
+            raise MetaError("field 'ec' must be erasure information")
+        self.erasure.check()
+        _text(self.content_type, "ctype", MAX_TEXT_BYTES)
+        self._check_user_meta()
+        if self.inline is not None:
+            if not isinstance(self.inline, bytes):
+                raise MetaError("field 'inline' must be bytes")
+            if self.size >= self.erasure.block_size:
+                raise MetaError("an object of a block or more cannot be stored inline")
+            limit = self.erasure.shard_chunk_size() + _FRAME_HASH_BYTES
+            if len(self.inline) > limit:
+                raise MetaError(f"field 'inline' is {len(self.inline)} bytes, over {limit}")
+        return self
+
+    def _check_user_meta(self) -> None:
+        if not isinstance(self.user_meta, dict):
+            raise MetaError("field 'umeta' must be a map")
+        total = 0
+        for name, value in self.user_meta.items():
+            total += len(_text(name, "umeta", MAX_TEXT_BYTES)) + len(
+                _text(value, "umeta", MAX_TEXT_BYTES)
+            )
+            if total > MAX_USER_META_BYTES:
+                raise MetaError(f"field 'umeta' holds more than {MAX_USER_META_BYTES} bytes")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "v": META_FORMAT_VERSION,
@@ -118,17 +228,23 @@ class ObjectMeta:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ObjectMeta:
-        inline = raw.get("inline")
+        """Decode a record from disk or from a peer, and :meth:`check` it (MetaError)."""
+        version = _field(raw, "v")
+        if version != META_FORMAT_VERSION:
+            raise MetaError(f"metadata format version {shown(version)} is not supported")
+        user_meta = _field(raw, "umeta")
+        if not isinstance(user_meta, dict):
+            raise MetaError("field 'umeta' must be a map")
         return cls(
-            size=int(raw["size"]),
-            etag=str(raw["etag"]),
-            mod_time_ns=int(raw["mtime"]),
-            data_dir=str(raw["ddir"]),
-            erasure=ErasureInfo.from_dict(raw["ec"]),
-            content_type=str(raw["ctype"]),
-            user_meta={str(k): str(v) for k, v in raw["umeta"].items()},
-            inline=bytes(inline) if inline is not None else None,
-        )
+            size=_field(raw, "size"),
+            etag=_field(raw, "etag"),
+            mod_time_ns=_field(raw, "mtime"),
+            data_dir=_field(raw, "ddir"),
+            erasure=ErasureInfo.from_dict(_field(raw, "ec")),
+            content_type=_field(raw, "ctype"),
+            user_meta=dict(user_meta),
+            inline=raw.get("inline"),
+        ).check()
 
     def to_msgpack(self) -> bytes:
         packed: bytes = msgpack.packb(self.to_dict(), use_bin_type=True)
@@ -156,4 +272,5 @@ def decode_meta(blob: bytes, where: str = "") -> ObjectMeta:
     try:
         return ObjectMeta.from_msgpack(payload)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        # MetaError and msgpack's errors are ValueErrors.
         raise FileCorrupt(f"metadata payload is malformed{suffix}: {exc}") from exc

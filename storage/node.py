@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
@@ -47,6 +48,8 @@ from storage.s3.gateway import S3Gateway
 log = logging.getLogger("storage.node")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: A node's files (drives, logs) are for its owner only.
+PRIVATE_UMASK = 0o077
 SHUTDOWN_TIMEOUT = 10.0
 MIN_STRAGGLER_WAIT = 0.2
 MAX_STRAGGLER_WAIT = 2.0
@@ -138,6 +141,8 @@ class Node:
     async def _open_local_drives(self) -> None:
         """Open this node's drives and give each blank one its planned format."""
         config = self.config
+        if not config.fsync:
+            log.warning("fsync is off: a power cut can lose writes that were acknowledged")
         for position, (owner, path) in enumerate(self.layout.drives):
             if owner != config.node:
                 continue
@@ -281,6 +286,8 @@ def setup_logging(config: NodeConfig) -> None:
     handler: logging.Handler
     if config.log_file:
         handler = logging.FileHandler(config.log_file)
+        if os.path.isfile(config.log_file):  # not /dev/stderr and the like
+            os.chmod(config.log_file, 0o600)  # a log made before the umask was set
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -308,6 +315,7 @@ async def serve(config: NodeConfig) -> None:
 
 def run_node(config: NodeConfig) -> int:
     """The body of ``minigrid node run``: the exit status (0 after a clean stop)."""
+    os.umask(PRIVATE_UMASK)
     setup_logging(config)
     try:
         asyncio.run(serve(config))

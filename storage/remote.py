@@ -13,6 +13,10 @@ Failures always come back as StorageError subclasses, never as grid errors:
 - the grid refused the call (no such drive path on that node), the far side cancelled a
   stream, or broke the protocol → :class:`DriveNotFound`.
 
+Every request is checked before it is sent, with the same rules the serving node applies
+(:func:`storage.drive_service.encode_request`): a bad name fails here with InvalidName or
+InvalidArgument, without a round trip. The serving node checks again; it trusts no peer.
+
 A drive that is offline (its grid connection is down, or the peer table marked it) fails every
 call with DriveOffline before touching the grid, and answers ``is_online() is False`` so the
 object layer skips it. RemoteDrive never logs a failed request: the peer table logs one line
@@ -41,7 +45,7 @@ from minigrid.errors import (
 from minigrid.handlers import HandlerID
 from minigrid.streams import ClientStream
 from storage.drive import DiskInfo, ListPage, ShardWriter, VolumeInfo
-from storage.drive_service import SHARD_COMMITTED, SHARD_READY, decode_error, pack
+from storage.drive_service import SHARD_COMMITTED, SHARD_READY, decode_error, encode_request
 from storage.errors import (
     DriveNotFound,
     DriveOffline,
@@ -153,10 +157,11 @@ class RemoteDrive:
         self, handler_id: HandlerID, request: dict[str, Any] | None = None, timeout: float = 0.0
     ) -> bytes:
         self._check_online()
+        payload = encode_request(handler_id, request or {}, self._endpoint)
         try:
             return await self.conn.call(
                 handler_id,
-                pack(request) if request is not None else b"",
+                payload,
                 subroute=self.path,
                 timeout=timeout or self.call_timeout,
             )
@@ -200,7 +205,7 @@ class RemoteDrive:
         return fmt
 
     async def write_format(self, fmt: FormatInfo) -> None:
-        await self._call(HandlerID.WRITE_FORMAT, {"format": fmt.to_dict()})
+        await self._call(HandlerID.WRITE_FORMAT, {"format": fmt})
         self._disk_info = None  # the drive ID changed
 
     # --- volumes ------------------------------------------------------------------------------
@@ -228,9 +233,7 @@ class RemoteDrive:
         return meta
 
     async def write_metadata(self, volume: str, key: str, meta: ObjectMeta) -> None:
-        await self._call(
-            HandlerID.WRITE_METADATA, {"vol": volume, "key": key, "meta": meta.to_dict()}
-        )
+        await self._call(HandlerID.WRITE_METADATA, {"vol": volume, "key": key, "meta": meta})
 
     async def delete_object(self, volume: str, key: str) -> None:
         await self._call(HandlerID.DELETE_OBJECT, {"vol": volume, "key": key})
@@ -251,7 +254,7 @@ class RemoteDrive:
     async def rename_data(self, upload_id: str, volume: str, key: str, meta: ObjectMeta) -> None:
         await self._call(
             HandlerID.RENAME_DATA,
-            {"upload": upload_id, "vol": volume, "key": key, "meta": meta.to_dict()},
+            {"upload": upload_id, "vol": volume, "key": key, "meta": meta},
         )
 
     async def commit_rename(self, upload_id: str, volume: str, key: str) -> None:
@@ -264,8 +267,9 @@ class RemoteDrive:
 
     async def _open_stream(self, handler_id: HandlerID, request: dict[str, Any]) -> ClientStream:
         self._check_online()
+        payload = encode_request(handler_id, request, self._endpoint)
         try:
-            return await self.conn.stream(handler_id, pack(request), subroute=self.path).open()
+            return await self.conn.stream(handler_id, payload, subroute=self.path).open()
         except GridError as exc:
             raise grid_error_to_storage(exc, self._endpoint) from exc
 

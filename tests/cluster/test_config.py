@@ -8,7 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from cli.cluster import new_cluster
+from cli.main import main
 from cli.s3client import S3Client, S3ClientError
 from storage.config import (
     ConfigError,
@@ -132,3 +135,25 @@ async def test_one_node_in_process_with_faults_allowed(tmp_path: Path) -> None:
         assert [d["state"] for d in info["drives"]] == ["ok"] * 4
     finally:
         await node.close()
+
+
+def test_fsync_is_on_unless_turned_off_by_any_of_its_names(tmp_path: Path) -> None:
+    path = _toml(tmp_path / "node.toml")
+    assert load_config(str(path), env={}).fsync is True  # durable by default
+    assert load_config(str(path), env={"MINIGRID_FSYNC": "off"}).fsync is False
+    assert load_config(str(path), env={"MINIGRID_FSYNC": "off"}, flags={"fsync": "on"}).fsync
+    assert load_config(str(path), env={}, flags={"fsync": "off"}).fsync is False
+    with_file = tmp_path / "node.json"
+    document = {"secret": "s", "access_key": "a", "secret_key": "b", "node": 0, "fsync": "off",
+                "nodes": [{"url": "http://127.0.0.1:9000", "drives": ["/a", "/b", "/c", "/d"]}]}
+    with_file.write_text(json.dumps(document))  # fmt: skip
+    config = load_config(str(with_file), env={})
+    assert config.fsync is False and config.public_dict()["fsync"] == "off"
+    with pytest.raises(ConfigError, match="fsync must be on or off, not 'maybe'"):
+        load_config(str(path), env={"MINIGRID_FSYNC": "maybe"})
+    refused = CliRunner().invoke(main, ["node", "run", "--config", str(path), "--fsync", "no"])
+    assert refused.exit_code == 2 and "'no' is not one of 'on', 'off'" in refused.output
+    # cluster up --fsync off keeps it in cluster.json, which the nodes read as their config.
+    cluster = new_cluster(tmp_path / "c", 4, 1, [9000, 9001, 9002, 9003], None, "fast", False)
+    assert cluster.config["fsync"] == "off"
+    assert "fsync" not in new_cluster(tmp_path / "d", 4, 1, [1, 2, 3, 4], None, "fast").config

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from storage_helpers import flip_byte, payload, shard_files
+from storage_helpers import flip_byte, hex_id, payload, shard_files
 
 from storage import bitrot
 from storage.errors import FileCorrupt
 from storage.local import LocalDrive
 from storage.meta import ErasureInfo, ObjectMeta
+
+DD1 = hex_id("dd1")
+UP1 = hex_id("up1")
 
 
 def test_frame_round_trip() -> None:
@@ -42,7 +45,7 @@ def test_chunk_span() -> None:
 
 async def _write_shard(drive: LocalDrive, data: bytes, chunk: int) -> ObjectMeta:
     await drive.make_volume("bkt")
-    writer = await drive.create_shard("up1")
+    writer = await drive.create_shard(UP1)
     for pos in range(0, len(data), chunk):
         await writer.write(data[pos : pos + chunk])
     await writer.commit()
@@ -50,11 +53,11 @@ async def _write_shard(drive: LocalDrive, data: bytes, chunk: int) -> ObjectMeta
         size=len(data),
         etag="x",
         mod_time_ns=1,
-        data_dir="dd1",
+        data_dir=DD1,
         erasure=ErasureInfo(1, 0, chunk, (0,), 0),
     )
-    await drive.rename_data("up1", "bkt", "obj", meta)
-    await drive.commit_rename("up1", "bkt", "obj")
+    await drive.rename_data(UP1, "bkt", "obj", meta)
+    await drive.commit_rename(UP1, "bkt", "obj")
     return meta
 
 
@@ -64,24 +67,22 @@ async def test_drive_read_detects_one_flipped_byte(drive: LocalDrive) -> None:
     await _write_shard(drive, data, 4096)
     args = {"chunk_size": 4096, "shard_size": len(data)}
     whole = b"".join(
-        [c async for c in drive.read_shard("bkt", "obj", "dd1", offset=0, length=len(data), **args)]
+        [c async for c in drive.read_shard("bkt", "obj", DD1, offset=0, length=len(data), **args)]
     )
     assert whole == data
     part = b"".join(
-        [c async for c in drive.read_shard("bkt", "obj", "dd1", offset=4000, length=5000, **args)]
+        [c async for c in drive.read_shard("bkt", "obj", DD1, offset=4000, length=5000, **args)]
     )
     assert part == data[4000:9000]
     (path,) = shard_files(drive.root)
     flip_byte(path, 2 * (4096 + 16) + 16 + 7)  # inside the third chunk
     with pytest.raises(FileCorrupt):
-        await drive.verify_shard("bkt", "obj", "dd1", **args)
+        await drive.verify_shard("bkt", "obj", DD1, **args)
     received = []
     with pytest.raises(FileCorrupt):
-        async for chunk in drive.read_shard(
-            "bkt", "obj", "dd1", offset=0, length=len(data), **args
-        ):
+        async for chunk in drive.read_shard("bkt", "obj", DD1, offset=0, length=len(data), **args):
             received.append(chunk)
     assert b"".join(received) == data[: 2 * 4096]  # good chunks before the bad one
     # A range that avoids the damaged chunk still reads.
-    head = [c async for c in drive.read_shard("bkt", "obj", "dd1", offset=0, length=4096, **args)]
+    head = [c async for c in drive.read_shard("bkt", "obj", DD1, offset=0, length=4096, **args)]
     assert b"".join(head) == data[:4096]

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from storage_helpers import MIB, flip_byte, payload, read_all, shard_files
+from storage_helpers import MIB, flip_byte, hex_id, payload, read_all, shard_files
 
 from storage.erasure import Erasure
 from storage.errors import ObjectNotFound, StorageError, WriteQuorum
@@ -233,17 +233,19 @@ async def test_crash_mid_commit_never_tears_an_object(tmp_path: Path) -> None:
         size=len(new),
         etag="new",
         mod_time_ns=meta.mod_time_ns + 1,
-        data_dir="crashed",
+        data_dir=hex_id("crashed"),
         erasure=meta.erasure,
     )
     blocks = [erasure.encode(new[i : i + MIB]) for i in range(0, len(new), MIB)]
     for pos in range(3):
         index = meta.erasure.distribution[pos]
-        writer = await drives[pos].create_shard("dying")
+        writer = await drives[pos].create_shard(hex_id("dying"))
         for shards in blocks:
             await writer.write(shards[index])
         await writer.commit()
-        await drives[pos].rename_data("dying", "bkt", "obj", new_meta.for_drive(index, None))
+        await drives[pos].rename_data(
+            hex_id("dying"), "bkt", "obj", new_meta.for_drive(index, None)
+        )
     # Restart: reopen every drive (emptying the temporary areas) and read.
     reports: list[HealReport] = []
     reopened = [await LocalDrive.open(d.root) for d in drives]
@@ -253,11 +255,13 @@ async def test_crash_mid_commit_never_tears_an_object(tmp_path: Path) -> None:
     # Once five drives hold the new version, it wins, whole.
     for pos in range(3, 5):
         index = meta.erasure.distribution[pos]
-        writer = await reopened[pos].create_shard("late")
+        writer = await reopened[pos].create_shard(hex_id("late"))
         for shards in blocks:
             await writer.write(shards[index])
         await writer.commit()
-        await reopened[pos].rename_data("late", "bkt", "obj", new_meta.for_drive(index, None))
+        await reopened[pos].rename_data(
+            hex_id("late"), "bkt", "obj", new_meta.for_drive(index, None)
+        )
     assert await read_all(restarted, "bkt", "obj") == new
 
 

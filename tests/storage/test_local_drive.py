@@ -18,6 +18,20 @@ from storage.errors import (
 )
 from storage.local import LocalDrive, iter_upload_ids
 from storage.meta import ErasureInfo, ObjectMeta
+from tests.storage.storage_helpers import hex_id
+
+UP_ABANDONED = hex_id("abandoned")
+UP = hex_id("up")
+U1 = hex_id("u1")
+U2 = hex_id("u2")
+U3 = hex_id("u3")
+U4 = hex_id("u4")
+V1 = hex_id("v1")
+V2 = hex_id("v2")
+V3 = hex_id("v3")
+V9 = hex_id("v9")
+D1 = hex_id("d1")
+D = hex_id("d")
 
 
 def meta_for(data_dir: str, size: int = 1, inline: bytes | None = b"x") -> ObjectMeta:
@@ -45,7 +59,7 @@ async def test_volumes(drive: LocalDrive) -> None:
     assert (await drive.stat_volume("alpha")).name == "alpha"
     with pytest.raises(VolumeNotFound):
         await drive.stat_volume("gamma")
-    await drive.write_metadata("alpha", "k", meta_for("d1"))
+    await drive.write_metadata("alpha", "k", meta_for(D1))
     with pytest.raises(VolumeNotEmpty):
         await drive.delete_volume("alpha")
     await drive.delete_volume("alpha", force=True)
@@ -60,8 +74,8 @@ async def test_metadata_and_delete(drive: LocalDrive) -> None:
     await drive.make_volume("bkt")
     with pytest.raises(FileNotFound):
         await drive.read_metadata("bkt", "a/b/c")
-    await drive.write_metadata("bkt", "a/b/c", meta_for("d1"))
-    assert await drive.read_metadata("bkt", "a/b/c") == meta_for("d1")
+    await drive.write_metadata("bkt", "a/b/c", meta_for(D1))
+    assert await drive.read_metadata("bkt", "a/b/c") == meta_for(D1)
     await drive.delete_object("bkt", "a/b/c")
     with pytest.raises(FileNotFound):
         await drive.delete_object("bkt", "a/b/c")
@@ -71,19 +85,19 @@ async def test_metadata_and_delete(drive: LocalDrive) -> None:
 
 @pytest.mark.asyncio
 async def test_temp_area_is_emptied_on_open(tmp_path: Path) -> None:
-    root = str(tmp_path / "d")
+    root = str(tmp_path / D)
     drive = await LocalDrive.open(root)
-    writer = await drive.create_shard("abandoned")
+    writer = await drive.create_shard(UP_ABANDONED)
     await writer.write(b"partial")
     await writer.commit()
-    assert list(iter_upload_ids(drive)) == ["abandoned"]
+    assert list(iter_upload_ids(drive)) == [UP_ABANDONED]
     reopened = await LocalDrive.open(root)
     assert list(iter_upload_ids(reopened)) == []
 
 
 @pytest.mark.asyncio
 async def test_writer_abort_removes_partial_shard(drive: LocalDrive) -> None:
-    writer = await drive.create_shard("up")
+    writer = await drive.create_shard(UP)
     await writer.write(b"abc")
     await writer.abort()
     await writer.abort()
@@ -104,21 +118,21 @@ async def test_rename_commit_and_undo(drive: LocalDrive) -> None:
         folder = os.path.join(drive.root, "bkt", "obj")
         return sorted(d for d in os.listdir(folder) if d.startswith("__mg.data."))
 
-    await stage("u1", "v1")
-    await drive.commit_rename("u1", "bkt", "obj")
-    assert (await drive.read_metadata("bkt", "obj")).data_dir == "v1"
-    await stage("u2", "v2")
-    assert (await drive.read_metadata("bkt", "obj")).data_dir == "v2"
-    await drive.undo_rename("u2", "bkt", "obj")
-    assert (await drive.read_metadata("bkt", "obj")).data_dir == "v1"
-    assert data_dirs() == ["__mg.data.v1"]
-    await stage("u3", "v3")
-    await drive.commit_rename("u3", "bkt", "obj")
-    assert (await drive.read_metadata("bkt", "obj")).data_dir == "v3"
-    assert data_dirs() == ["__mg.data.v3"]  # the replaced version's data is gone
+    await stage(U1, V1)
+    await drive.commit_rename(U1, "bkt", "obj")
+    assert (await drive.read_metadata("bkt", "obj")).data_dir == V1
+    await stage(U2, V2)
+    assert (await drive.read_metadata("bkt", "obj")).data_dir == V2
+    await drive.undo_rename(U2, "bkt", "obj")
+    assert (await drive.read_metadata("bkt", "obj")).data_dir == V1
+    assert data_dirs() == ["__mg.data." + V1]
+    await stage(U3, V3)
+    await drive.commit_rename(U3, "bkt", "obj")
+    assert (await drive.read_metadata("bkt", "obj")).data_dir == V3
+    assert data_dirs() == ["__mg.data." + V3]  # the replaced version's data is gone
     # Undo of a first version removes the object entirely.
-    await drive.rename_data("u4", "bkt", "fresh", meta_for("v9"))
-    await drive.undo_rename("u4", "bkt", "fresh")
+    await drive.rename_data(U4, "bkt", "fresh", meta_for(V9))
+    await drive.undo_rename(U4, "bkt", "fresh")
     with pytest.raises(FileNotFound):
         await drive.read_metadata("bkt", "fresh")
     assert list(iter_upload_ids(drive)) == []
@@ -129,7 +143,7 @@ async def test_listing_is_in_key_order(drive: LocalDrive) -> None:
     await drive.make_volume("bkt")
     keys = ["a", "a-b", "a/", "a/b", "a/b/c", "a.txt", "a0", "b", "z/y/x", "ab/c"]
     for key in keys:
-        await drive.write_metadata("bkt", key, meta_for("d"))
+        await drive.write_metadata("bkt", key, meta_for(D))
     page = await drive.list_objects_page("bkt", "", "", "", 100)
     assert [e.name for e in page.entries] == sorted(keys)
     assert not page.truncated

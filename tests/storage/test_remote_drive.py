@@ -41,10 +41,22 @@ from storage.meta import ErasureInfo, ObjectMeta
 from storage.remote import RemoteDrive
 from storage.testing import FaultyDrive
 from tests.conftest import eventually
-from tests.storage.storage_helpers import flip_byte, payload
+from tests.storage.storage_helpers import flip_byte, hex_id, payload
 
 CHUNK = 1000
 FAST_RECONNECT = GridConfig(backoff_initial=0.05, backoff_cap=0.2)
+DD1 = hex_id("dd1")
+DD_MISSING = hex_id("dd-missing")
+DD_OLD = hex_id("old")
+DD_NEW = hex_id("new")
+DD = hex_id("dd")
+UP1 = hex_id("up-1")
+UP2 = hex_id("up-2")
+UP_ABORT = hex_id("up-abort")
+UP_DROPPED = hex_id("up-dropped")
+UP_KEPT = hex_id("up-kept")
+UP_FULL = hex_id("up-full")
+UP_X = hex_id("up-x")
 
 
 class GatedDrive(FaultyDrive):
@@ -144,11 +156,11 @@ async def read_range(drive: Drive, data_dir: str, size: int, offset: int, length
     return b"".join([chunk async for chunk in chunks])
 
 
-async def put_shard(drive: Drive, data: bytes, data_dir: str = "dd1") -> None:
+async def put_shard(drive: Drive, data: bytes, data_dir: str = DD1) -> None:
     """Store ``data`` as the shard of bkt/obj through the full create/rename/commit path."""
-    await write_shard(drive, "up-1", data)
-    await drive.rename_data("up-1", "bkt", "obj", meta_for(data_dir, len(data)))
-    await drive.commit_rename("up-1", "bkt", "obj")
+    await write_shard(drive, UP1, data)
+    await drive.rename_data(UP1, "bkt", "obj", meta_for(data_dir, len(data)))
+    await drive.commit_rename(UP1, "bkt", "obj")
 
 
 # --- the error encoding ---------------------------------------------------------------------
@@ -208,7 +220,7 @@ async def test_format_disk_info_and_volumes_round_trip(tmp_path: Path) -> None:
         with pytest.raises(InvalidName):
             await drive.make_volume("../escape")
 
-        await drive.write_metadata("other", "k", meta_for("dd", 0, inline=b""))
+        await drive.write_metadata("other", "k", meta_for(DD, 0, inline=b""))
         with pytest.raises(VolumeNotEmpty):
             await drive.delete_volume("other")
         await drive.delete_volume("other", force=True)
@@ -236,7 +248,7 @@ async def test_metadata_round_trip_and_typed_errors(tmp_path: Path) -> None:
     async with served_pair(tmp_path) as pair:
         drive = pair.remote0
         await drive.make_volume("bkt")
-        meta = meta_for("dd", 5, inline=b"\x00\xffinline bytes")
+        meta = meta_for(DD, 5, inline=b"\x00\xffinline bytes")
         meta = ObjectMeta(**{**meta.__dict__, "user_meta": {"x-amz-meta-a": "ü"}})
         await drive.write_metadata("bkt", "dir/obj", meta)
         assert await drive.read_metadata("bkt", "dir/obj") == meta
@@ -276,7 +288,7 @@ async def test_unknown_drive_path_and_bad_requests(tmp_path: Path) -> None:
             await anext(
                 aiter(
                     missing.read_shard(
-                        "b", "k", "d", chunk_size=1, shard_size=1, offset=0, length=1
+                        "bkt", "k", DD1, chunk_size=1, shard_size=1, offset=0, length=1
                     )
                 )
             )
@@ -299,24 +311,24 @@ async def test_shard_write_commit_rename_and_ranged_reads(tmp_path: Path) -> Non
         data = payload(3 * CHUNK + 123, seed=1)
         await put_shard(drive, data)
         assert list(iter_upload_ids(pair.local0)) == []
-        await drive.verify_shard("bkt", "obj", "dd1", chunk_size=CHUNK, shard_size=len(data))
+        await drive.verify_shard("bkt", "obj", DD1, chunk_size=CHUNK, shard_size=len(data))
         size = len(data)
         ranges = [(0, size), (0, 0), (5, 10), (CHUNK - 1, 2), (999, 2100), (size - 1, 1)]
         for offset, length in ranges:
             expected = data[offset : offset + length]
-            assert await read_range(drive, "dd1", size, offset, length) == expected
-            assert await read_range(pair.local0, "dd1", size, offset, length) == expected
+            assert await read_range(drive, DD1, size, offset, length) == expected
+            assert await read_range(pair.local0, DD1, size, offset, length) == expected
         # One item per bitrot frame, trimmed at the ends of the range, as LocalDrive does.
         chunks = drive.read_shard(
-            "bkt", "obj", "dd1", chunk_size=CHUNK, shard_size=size, offset=500, length=2000
+            "bkt", "obj", DD1, chunk_size=CHUNK, shard_size=size, offset=500, length=2000
         )
         assert [len(c) async for c in chunks] == [500, 1000, 500]
         with pytest.raises(InvalidArgument):
-            await read_range(drive, "dd1", size, size - 1, 2)
+            await read_range(drive, DD1, size, size - 1, 2)
         with pytest.raises(FileNotFound):
-            await read_range(drive, "dd-missing", size, 0, 1)
+            await read_range(drive, DD_MISSING, size, 0, 1)
         with pytest.raises(FileNotFound):
-            await drive.verify_shard("bkt", "obj", "dd-missing", chunk_size=CHUNK, shard_size=size)
+            await drive.verify_shard("bkt", "obj", DD_MISSING, chunk_size=CHUNK, shard_size=size)
 
 
 @pytest.mark.asyncio
@@ -324,13 +336,13 @@ async def test_undo_rename_restores_the_previous_version(tmp_path: Path) -> None
     async with served_pair(tmp_path) as pair:
         drive = pair.remote0
         await drive.make_volume("bkt")
-        await put_shard(drive, payload(CHUNK, seed=2), data_dir="old")
-        await write_shard(drive, "up-2", payload(CHUNK, seed=3))
-        await drive.rename_data("up-2", "bkt", "obj", meta_for("new", CHUNK))
-        assert (await drive.read_metadata("bkt", "obj")).data_dir == "new"
-        await drive.undo_rename("up-2", "bkt", "obj")
-        assert (await drive.read_metadata("bkt", "obj")).data_dir == "old"
-        assert await read_range(drive, "old", CHUNK, 0, CHUNK) == payload(CHUNK, seed=2)
+        await put_shard(drive, payload(CHUNK, seed=2), data_dir=DD_OLD)
+        await write_shard(drive, UP2, payload(CHUNK, seed=3))
+        await drive.rename_data(UP2, "bkt", "obj", meta_for(DD_NEW, CHUNK))
+        assert (await drive.read_metadata("bkt", "obj")).data_dir == DD_NEW
+        await drive.undo_rename(UP2, "bkt", "obj")
+        assert (await drive.read_metadata("bkt", "obj")).data_dir == DD_OLD
+        assert await read_range(drive, DD_OLD, CHUNK, 0, CHUNK) == payload(CHUNK, seed=2)
 
 
 @pytest.mark.asyncio
@@ -340,18 +352,18 @@ async def test_a_flipped_byte_in_a_remote_shard_is_file_corrupt(tmp_path: Path) 
         await drive.make_volume("bkt")
         data = payload(3 * CHUNK, seed=4)
         await put_shard(drive, data)
-        shard = tmp_path / "d0" / "bkt" / "obj" / "__mg.data.dd1" / "shard"
+        shard = tmp_path / "d0" / "bkt" / "obj" / f"__mg.data.{DD1}" / "shard"
         # Damage the second frame's chunk: the first chunk still arrives, then the error.
         flip_byte(str(shard), CHUNK + bitrot.HASH_SIZE + bitrot.HASH_SIZE + 7)
         with pytest.raises(FileCorrupt):
-            await drive.verify_shard("bkt", "obj", "dd1", chunk_size=CHUNK, shard_size=len(data))
+            await drive.verify_shard("bkt", "obj", DD1, chunk_size=CHUNK, shard_size=len(data))
         chunks = drive.read_shard(
-            "bkt", "obj", "dd1", chunk_size=CHUNK, shard_size=len(data), offset=0, length=len(data)
+            "bkt", "obj", DD1, chunk_size=CHUNK, shard_size=len(data), offset=0, length=len(data)
         )
         assert await anext(chunks) == data[:CHUNK]
         with pytest.raises(FileCorrupt):
             await anext(chunks)
-        assert await read_range(drive, "dd1", len(data), 2 * CHUNK, CHUNK) == data[2 * CHUNK :]
+        assert await read_range(drive, DD1, len(data), 2 * CHUNK, CHUNK) == data[2 * CHUNK :]
 
 
 @pytest.mark.asyncio
@@ -371,7 +383,7 @@ async def test_early_exit_from_a_shard_read_closes_the_stream_on_both_sides(
             return drive.read_shard(
                 "bkt",
                 "obj",
-                "dd1",
+                DD1,
                 chunk_size=CHUNK,
                 shard_size=len(data),
                 offset=0,
@@ -392,17 +404,17 @@ async def test_early_exit_from_a_shard_read_closes_the_stream_on_both_sides(
         await eventually(lambda: streams() == 0, what="a dropped reader's stream closed")
 
         # Reading to the end leaves nothing behind either.
-        assert await read_range(drive, "dd1", len(data), 0, len(data)) == data
+        assert await read_range(drive, DD1, len(data), 0, len(data)) == data
         await eventually(lambda: streams() == 0, what="a finished stream closed")
 
 
 @pytest.mark.asyncio
 async def test_shard_abort_removes_the_temporary_file(tmp_path: Path) -> None:
     async with served_pair(tmp_path) as pair:
-        writer = await pair.remote0.create_shard("up-abort")
+        writer = await pair.remote0.create_shard(UP_ABORT)
         await writer.write(b"x" * CHUNK)
         await writer.write(b"y" * CHUNK)
-        assert list(iter_upload_ids(pair.local0)) == ["up-abort"]
+        assert list(iter_upload_ids(pair.local0)) == [UP_ABORT]
         await writer.abort()
         await writer.abort()  # safe twice
         await eventually(
@@ -412,7 +424,7 @@ async def test_shard_abort_removes_the_temporary_file(tmp_path: Path) -> None:
             await writer.write(b"z")
 
         # A writer dropped without commit or abort is aborted too.
-        dropped = await pair.remote0.create_shard("up-dropped")
+        dropped = await pair.remote0.create_shard(UP_DROPPED)
         await dropped.write(b"d" * CHUNK)
         del dropped
         gc.collect()
@@ -421,22 +433,22 @@ async def test_shard_abort_removes_the_temporary_file(tmp_path: Path) -> None:
         )
 
         # Commit, then abort: the abort is a no-op, the shard stays for rename_data.
-        writer = await pair.remote0.create_shard("up-kept")
+        writer = await pair.remote0.create_shard(UP_KEPT)
         await writer.write(b"z" * CHUNK)
         await writer.commit()
         await writer.abort()
-        assert list(iter_upload_ids(pair.local0)) == ["up-kept"]
+        assert list(iter_upload_ids(pair.local0)) == [UP_KEPT]
 
 
 @pytest.mark.asyncio
 async def test_shard_writer_errors_are_typed(tmp_path: Path) -> None:
     async with served_pair(tmp_path) as pair:
-        with pytest.raises(InvalidArgument, match="upload id"):
+        with pytest.raises(InvalidName, match="upload id"):
             await pair.remote0.create_shard("../../escape")
         # A write failing on the server (injected DriveFull after one chunk) reaches the client
         # by the commit at the latest, and the partial file is removed.
         pair.gated.fail_writes_after = 1
-        writer = await pair.remote1.create_shard("up-full")
+        writer = await pair.remote1.create_shard(UP_FULL)
         with pytest.raises(StorageError) as caught:
             for _ in range(20):
                 await writer.write(b"w" * CHUNK)
@@ -474,7 +486,7 @@ async def test_a_drop_fails_calls_and_streams_in_flight_with_drive_offline(
         chunks = drive.read_shard(
             "bkt",
             "obj",
-            "dd1",
+            DD1,
             chunk_size=CHUNK,
             shard_size=10 * CHUNK,
             offset=0,
@@ -492,9 +504,9 @@ async def test_a_drop_fails_calls_and_streams_in_flight_with_drive_offline(
         with pytest.raises(DriveOffline):
             await drive.disk_info()
         with pytest.raises(DriveOffline):
-            await drive.create_shard("up-x")
+            await drive.create_shard(UP_X)
         pair.gated.meta_gate.set()
         pair.gated.read_gate.set()
         await pair.client.wait_connected()
         assert drive.is_online()
-        assert (await drive.read_metadata("bkt", "obj")).data_dir == "dd1"
+        assert (await drive.read_metadata("bkt", "obj")).data_dir == DD1
