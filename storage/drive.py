@@ -258,9 +258,19 @@ class Drive(Protocol):
         """
 
     async def verify_shard(
-        self, volume: str, key: str, data_dir: str, *, chunk_size: int, shard_size: int
+        self,
+        volume: str,
+        key: str,
+        data_dir: str,
+        *,
+        chunk_size: int,
+        shard_size: int,
+        deep: bool = True,
     ) -> None:
-        """Check every frame of a shard; FileCorrupt or FileNotFound when it is bad."""
+        """Check a shard: FileNotFound when it is missing, FileCorrupt when it is bad.
+
+        ``deep`` checks the hash of every frame; otherwise only that the file exists with the
+        right size (what the scanner's normal mode and the healer's quick check need)."""
 
     async def list_objects_page(
         self, volume: str, prefix: str, delimiter: str, start_after: str, limit: int

@@ -232,6 +232,7 @@ FIELDS: Final[dict[str, Callable[[Any], Any]]] = {
     "off": lambda value: _integer(value, "off", 0, MAX_SHARD_BYTES),
     "len": lambda value: _integer(value, "len", 0, MAX_SHARD_BYTES),
     "force": _flag,
+    "deep": _flag,
     "meta": _meta,
     "format": _format,
 }
@@ -342,7 +343,12 @@ async def _undo_rename(drive: Drive, req: Request) -> bytes:
 
 async def _verify_shard(drive: Drive, req: Request) -> bytes:
     await drive.verify_shard(
-        req["vol"], req["key"], req["ddir"], chunk_size=req["chunk"], shard_size=req["size"]
+        req["vol"],
+        req["key"],
+        req["ddir"],
+        chunk_size=req["chunk"],
+        shard_size=req["size"],
+        deep=req["deep"],
     )
     return b""
 
@@ -501,7 +507,7 @@ DRIVE_HANDLERS: Final[dict[HandlerID, DriveHandler]] = {
     HandlerID.RENAME_DATA: DriveHandler((*_COMMIT, "meta"), call=_rename_data),
     HandlerID.COMMIT_RENAME: DriveHandler(_COMMIT, call=_commit_rename),
     HandlerID.UNDO_RENAME: DriveHandler(_COMMIT, call=_undo_rename),
-    HandlerID.VERIFY_SHARD: DriveHandler(_SHARD_AT, call=_verify_shard),
+    HandlerID.VERIFY_SHARD: DriveHandler((*_SHARD_AT, "deep"), call=_verify_shard),
     HandlerID.LIST_OBJECTS_PAGE: DriveHandler(
         ("vol", "prefix", "delim", "after", "limit"), call=_list_objects_page
     ),

@@ -51,6 +51,23 @@ class Erasure:
             shards.extend(encoder.encode(tuple(shards), self._parity_nums))
         return shards
 
+    def encode_some(self, block: bytes, wanted: Sequence[int]) -> dict[int, bytes]:
+        """Only the shards ``wanted`` of one block (index -> bytes), for healing.
+
+        A data shard is a slice of the block; zfec computes just the parity shards asked
+        for, so rebuilding one lost shard costs a fraction of a full encode."""
+        size = self.shard_len(len(block))
+        if size * self.data != len(block):
+            block = block + bytes(size * self.data - len(block))
+        view = memoryview(block)
+        data = [bytes(view[i * size : (i + 1) * size]) for i in range(self.data)]
+        out = {index: data[index] for index in wanted if index < self.data}
+        parity = tuple(sorted(index for index in wanted if index >= self.data))
+        if parity:
+            encoder = zfec.Encoder(self.data, self.total)
+            out.update(zip(parity, encoder.encode(tuple(data), parity), strict=True))
+        return out
+
     def decode(self, shards: Mapping[int, bytes], block_len: int) -> bytes:
         """Rebuild a block of ``block_len`` bytes from any ``data`` shards (index → bytes)."""
         if all(index in shards for index in range(self.data)):

@@ -87,6 +87,7 @@ _MAX_SHARD_SIZE = 1 << 60
 _PREV_META = "prev.meta"
 _NO_PREV = "no-prev"
 _NEW_DATA_DIR = "new.ddir"
+_REPLACED_DATA = "replaced.data"
 _NEW_META = "new.meta"
 _STAGED_DATA = "data"
 
@@ -299,6 +300,12 @@ class LocalDrive:
         finally:
             self._latency.record(op, loop.time() - started)
 
+    def system_path(self, name: str) -> str:
+        """A file in the drive's own area (not a bucket), e.g. the heal tracker."""
+        if not name or "/" in name or name in (".", "..") or "\x00" in name:
+            raise InvalidArgument(f"bad system file name {name!r}")
+        return os.path.join(self.root, SYSTEM_VOLUME, name)
+
     def _sync_dirs(self, *paths: str) -> None:
         """fsync each directory once (when this drive syncs), in the order given."""
         if self.fsync:
@@ -493,6 +500,10 @@ class LocalDrive:
             try:
                 changed.extend(make_dirs(obj_dir))
                 if os.path.isdir(staged):
+                    if os.path.isdir(target):
+                        # A heal rewriting a damaged copy of this very version: the old data
+                        # goes aside, dropped on commit and put back on undo.
+                        os.rename(target, os.path.join(up_dir, _REPLACED_DATA))
                     os.rename(staged, target)
                     changed.append(obj_dir)
                 break
@@ -551,8 +562,14 @@ class LocalDrive:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(meta_path)
                 self._sync_dirs(obj_dir)
-        if installed and installed != previous:  # never the data of the version put back
-            shutil.rmtree(data_dir_path(obj_dir, installed), ignore_errors=True)
+        if installed:
+            target = data_dir_path(obj_dir, installed)
+            replaced = os.path.join(up_dir, _REPLACED_DATA)
+            if os.path.isdir(replaced):  # a heal replaced this data: put the old copy back
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(replaced, target)
+            elif installed != previous:  # never the data of the version put back
+                shutil.rmtree(target, ignore_errors=True)
         shutil.rmtree(up_dir, ignore_errors=True)
         self._prune(obj_dir, vol_dir)
 
@@ -635,12 +652,25 @@ class LocalDrive:
         finally:
             os.close(fd)
 
-    async def verify_shard(
-        self, volume: str, key: str, data_dir: str, *, chunk_size: int, shard_size: int
+    def _stat_shard_sync(
+        self, volume: str, key: str, data_dir: str, chunk_size: int, shard_size: int
     ) -> None:
-        await self.run(
-            "verify_shard", self._verify_shard_sync, volume, key, data_dir, chunk_size, shard_size
+        os.close(
+            self._open_shard_sync(volume, key, data_dir, bitrot.framed_size(shard_size, chunk_size))
         )
+
+    async def verify_shard(
+        self,
+        volume: str,
+        key: str,
+        data_dir: str,
+        *,
+        chunk_size: int,
+        shard_size: int,
+        deep: bool = True,
+    ) -> None:
+        check = self._verify_shard_sync if deep else self._stat_shard_sync
+        await self.run("verify_shard", check, volume, key, data_dir, chunk_size, shard_size)
 
     # --- listing ----------------------------------------------------------------------------
 

@@ -297,7 +297,14 @@ class RemoteDrive:
         return RemoteShardReader(self, request)
 
     async def verify_shard(
-        self, volume: str, key: str, data_dir: str, *, chunk_size: int, shard_size: int
+        self,
+        volume: str,
+        key: str,
+        data_dir: str,
+        *,
+        chunk_size: int,
+        shard_size: int,
+        deep: bool = True,
     ) -> None:
         await self._call(
             HandlerID.VERIFY_SHARD,
@@ -307,6 +314,7 @@ class RemoteDrive:
                 "ddir": data_dir,
                 "chunk": chunk_size,
                 "size": shard_size,
+                "deep": deep,
             },
         )
 

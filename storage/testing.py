@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import shutil
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -173,11 +175,18 @@ class FaultyDrive:
                 await closer()
 
     async def verify_shard(
-        self, volume: str, key: str, data_dir: str, *, chunk_size: int, shard_size: int
+        self,
+        volume: str,
+        key: str,
+        data_dir: str,
+        *,
+        chunk_size: int,
+        shard_size: int,
+        deep: bool = True,
     ) -> None:
         await self._enter("verify_shard")
         await self.inner.verify_shard(
-            volume, key, data_dir, chunk_size=chunk_size, shard_size=shard_size
+            volume, key, data_dir, chunk_size=chunk_size, shard_size=shard_size, deep=deep
         )
 
     async def list_objects_page(
@@ -202,3 +211,47 @@ async def local_layer(
         drives = [FaultyDrive(d) for d in drives]
     layer = await ObjectLayer.open(drives, count, **options)
     return layer, list(layer.sets[0].drives)
+
+
+MIB = 1 << 20
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    """Deterministic random bytes (no period that could hide an offset bug)."""
+    return random.Random(seed).randbytes(size)
+
+
+async def read_all(layer: ObjectLayer, bucket: str, key: str, *args: int) -> bytes:
+    """Read a whole object (or a range: ``offset, length``) into memory."""
+    async with await layer.get_object(bucket, key, *args) as reader:
+        return await reader.read_all()
+
+
+def shard_files(drive_root: str) -> list[str]:
+    """Every shard file on a local drive, outside its system area."""
+    found: list[str] = []
+    for folder, _dirs, files in os.walk(drive_root):
+        if ".minigrid.sys" in folder:
+            continue
+        found.extend(os.path.join(folder, f) for f in files if f == "shard")
+    return sorted(found)
+
+
+def flip_byte(path: str, position: int) -> None:
+    """Invert one byte of a file; a negative position counts from the end."""
+    whence = os.SEEK_END if position < 0 else os.SEEK_SET
+    with open(path, "r+b") as handle:
+        handle.seek(position, whence)
+        value = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([value[0] ^ 0xFF]))
+
+
+def wipe_drive(root: str) -> None:
+    """Remove everything on a local drive, its format included (a replaced disk)."""
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)

@@ -114,6 +114,7 @@ HOSTILE: dict[str, tuple[object, ...]] = {
     "off": (-1, U64_MAX, None),
     "len": (-1, U64_MAX, None),
     "force": ("yes", 1, None),
+    "deep": ("yes", 1, None),
 }
 
 #: The fields this test expects each handler to take. A new handler, or a new field, must be
@@ -132,7 +133,7 @@ EXPECTED_FIELDS: dict[HandlerID, tuple[str, ...]] = {
     HandlerID.RENAME_DATA: ("upload", "vol", "key", "meta"),
     HandlerID.COMMIT_RENAME: ("upload", "vol", "key"),
     HandlerID.UNDO_RENAME: ("upload", "vol", "key"),
-    HandlerID.VERIFY_SHARD: ("vol", "key", "ddir", "chunk", "size"),
+    HandlerID.VERIFY_SHARD: ("vol", "key", "ddir", "chunk", "size", "deep"),
     HandlerID.LIST_OBJECTS_PAGE: ("vol", "prefix", "delim", "after", "limit"),
     HandlerID.READ_SHARD: ("vol", "key", "ddir", "chunk", "size", "off", "len"),
     HandlerID.CREATE_SHARD: ("upload",),
@@ -163,6 +164,7 @@ VALID: dict[str, object] = {
     "off": 0,
     "len": 10,
     "force": True,
+    "deep": True,
     "meta": good_meta().to_dict(),
     "format": GOOD_FORMAT.to_dict(),
 }
