@@ -51,7 +51,7 @@ from rich.console import Console
 from rich.table import Table
 
 from minigrid.tls import KeyPair, issue_certificate, make_ca
-from storage.config import ConfigError, choose_set_size
+from node.config import ConfigError, choose_set_size
 
 CLUSTER_FILE = "cluster.json"
 DEFAULT_DATA_DIR = ".minigrid"

@@ -1,6 +1,6 @@
 """``minigrid node run``: run one node in the foreground.
 
-Every option of :data:`storage.config.OPTIONS` is a flag here, with the same name as in a
+Every option of :data:`node.config.OPTIONS` is a flag here, with the same name as in a
 config file and in the environment (``--access-key`` = ``access_key`` = ``MINIGRID_ACCESS_KEY``).
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from storage.config import OPTIONS, ConfigError, Option, load_config
-from storage.node import run_node
+from node.config import OPTIONS, ConfigError, Option, load_config
+from node.process import run_node
 
 AnyCallable = Callable[..., Any]
 

@@ -9,7 +9,7 @@ size:
   exactly that many bytes arrive.
 - **GET** returns the response, to be read in pieces.
 
-The signing itself reuses the gateway's pure SigV4 functions (:mod:`storage.s3.sigv4`), so the
+The signing itself reuses the gateway's pure SigV4 functions (:mod:`node.s3.sigv4`), so the
 client and the server build the canonical request with the same code.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from storage.s3 import sigv4
+from node.s3 import sigv4
 
 CHUNK = 1 << 20
 EMPTY_SHA256 = sigv4.EMPTY_SHA256

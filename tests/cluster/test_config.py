@@ -14,7 +14,7 @@ from cli.cluster import new_cluster
 from cli.main import main
 from cli.s3client import S3Client, S3ClientError
 from minigrid.testing import make_test_tls
-from storage.config import (
+from node.config import (
     ConfigError,
     choose_set_size,
     drive_order,
@@ -22,8 +22,8 @@ from storage.config import (
     parse_nodes,
     planned_formats,
 )
-from storage.metrics import s3_operation
-from storage.node import Node
+from node.metrics import s3_operation
+from node.process import Node
 
 
 def _toml(path: Path) -> Path:

@@ -22,7 +22,7 @@ import pytest
 
 from cli.cluster import bind_port
 from cli.s3client import S3Client, S3ClientError, object_path
-from storage.s3 import sigv4
+from node.s3 import sigv4
 from tests.cluster.helpers import MIB, LocalCluster, payload, wait_for
 
 BUCKET = "failures"

@@ -323,7 +323,7 @@ def test_emfile_is_logged_once_per_interval(tmp_path: Path) -> None:
 
 
 def test_limits_are_configuration_options(tmp_path: Path) -> None:
-    from storage.config import ConfigError, load_config
+    from node.config import ConfigError, load_config
 
     base = {"nodes": f"http://127.0.0.1:1={tmp_path}/a,{tmp_path}/b,{tmp_path}/c,{tmp_path}/d",
             "node": "0", "secret": "s", "access_key": "a", "secret_key": "b"}  # fmt: skip

@@ -21,8 +21,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
+from node.s3 import S3Gateway
 from storage.objects import ObjectLayer
-from storage.s3 import S3Gateway
 from storage.testing import local_layer
 
 T = TypeVar("T")
@@ -229,7 +229,7 @@ def encode_signed_chunks(
     trailer: Mapping[str, str] | None = None,
 ) -> bytes:
     """An aws-chunked body with chunk signatures chained from the request's seed signature
-    (written here from the AWS description, independently of storage.s3)."""
+    (written here from the AWS description, independently of node.s3)."""
     amz_date = headers["X-Amz-Date"]
     scope = f"{amz_date[:8]}/{REGION}/s3/aws4_request"
     key = chunk_key(secret, amz_date[:8])

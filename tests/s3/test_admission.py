@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
-from storage.s3.routes import MAX_PUT_SIZE
+from node.s3.routes import MAX_PUT_SIZE
 from tests.s3.helpers import MIB, SECRET_KEY, GatewayServer, payload, send, signed_headers
 from tests.s3.test_raw_http import no_uploads_in_progress
 
@@ -172,7 +172,7 @@ def wait(predicate: Callable[[], bool], what: str) -> None:
 
 def gateway_records(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
     """The gateway's own log records that mention ``text`` (not aiohttp's access log)."""
-    return [r for r in caplog.records if r.name.startswith("storage.") and text in r.getMessage()]
+    return [r for r in caplog.records if r.name.startswith("node.") and text in r.getMessage()]
 
 
 def test_a_501_is_one_line_without_traceback(

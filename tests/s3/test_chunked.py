@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage.s3 import sigv4
-from storage.s3.chunked import MAX_LINE, AwsChunkedDecoder, ChunkedError
+from node.s3 import sigv4
+from node.s3.chunked import MAX_LINE, AwsChunkedDecoder, ChunkedError
 from tests.s3.helpers import REGION, SECRET_KEY, encode_signed_chunks, encode_unsigned_chunks
 
 AMZ_DATE = "20240102T030405Z"

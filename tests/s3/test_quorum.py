@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from node.s3.errors import from_exception
 from storage import errors as storage_errors
-from storage.s3.errors import from_exception
 from tests.s3.helpers import GatewayServer, client
 
 

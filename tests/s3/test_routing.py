@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from storage.s3 import routes
+from node.s3 import routes
 from tests.s3.helpers import GatewayServer, RawResponse, send, signed_headers
 
 # The subresources of the S3 API reference (one entry per query name; the last ones combine

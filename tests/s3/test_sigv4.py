@@ -13,7 +13,7 @@ from botocore.credentials import Credentials
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage.s3 import S3Error, sigv4
+from node.s3 import S3Error, sigv4
 
 # The "get-vanilla" case of the AWS SigV4 test suite: GET / on example.amazonaws.com, signed
 # with the suite's example key for service "service" at 2015-08-30 12:36:00 UTC.

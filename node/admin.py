@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from node.metrics import CONTENT_TYPE
+from node.s3 import errors as s3_errors
+from node.s3.auth import Authenticator
 from storage.drive import Drive
 from storage.errors import (
     FileCorrupt,
@@ -35,12 +38,9 @@ from storage.errors import (
 )
 from storage.format import FormatInfo
 from storage.local import LocalDrive
-from storage.metrics import CONTENT_TYPE
-from storage.s3 import errors as s3_errors
-from storage.s3.auth import Authenticator
 
 if TYPE_CHECKING:
-    from storage.node import Node
+    from node.process import Node
 
 ADMIN_PREFIX = "/minigrid/admin/v1"
 DRIVE_INFO_TIMEOUT = 2.0
@@ -98,7 +98,7 @@ def _offline_cause(drive: Drive) -> str:
 
 
 class AdminRoutes:
-    """Health, admin and metrics handlers of one :class:`~storage.node.Node`."""
+    """Health, admin and metrics handlers of one :class:`~node.process.Node`."""
 
     def __init__(self, node: Node) -> None:
         self.node = node

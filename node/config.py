@@ -27,13 +27,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from storage.errors import StorageError
-from storage.format import FormatInfo
-from storage.http_limits import (
+from node.http_limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
 )
+from storage.errors import StorageError
+from storage.format import FormatInfo
 from storage.placement import MAX_SET_DRIVES, MIN_SET_DRIVES, check_parity, default_parity
 
 ENV_PREFIX: Final = "MINIGRID_"

@@ -5,13 +5,13 @@ Startup, in order (``minigrid node run`` calls :func:`run_node`):
 1. bind the listening socket first (or take the one ``cluster up`` passed down), so a port that
    is taken fails at once, and peers that dial early wait in the accept queue;
 2. open this node's drives (emptying their temporary areas) and format the blank ones with the
-   planned format (:func:`storage.config.planned_formats`); a drive that holds another
+   planned format (:func:`node.config.planned_formats`); a drive that holds another
    deployment or another slot stops the node with a clear error;
 3. start the grid (``Manager``), serve the local drives on it (``serve_drives``) and follow the
    peers (``PeerTable``); every other node's drives become ``RemoteDrive``s;
 4. build the object layer over the cluster-wide drive list, in the same order on every node;
 5. serve: the node's own routes first, then the S3 gateway's catch-all routes, behind the HTTP
-   limits of :mod:`storage.http_limits` (connection cap, header timeout, accept-error log).
+   limits of :mod:`node.http_limits` (connection cap, header timeout, accept-error log).
 
 The node is *ready* when every erasure set has a write quorum of drives online. Each change of
 readiness is logged once, like the grid's and the peer table's state changes.
@@ -35,21 +35,21 @@ from aiohttp import web
 
 from minigrid import Manager, profile
 from minigrid.tls import TLSConfigError, client_context, server_context
-from storage.admin import AdminRoutes, drive_reports, node_summary
-from storage.config import NodeConfig, planned_formats
+from node.admin import AdminRoutes, drive_reports, node_summary
+from node.config import NodeConfig, planned_formats
+from node.http_limits import AcceptErrorLog, ServerLimits
+from node.metrics import NodeMetrics
+from node.s3.gateway import S3Gateway
 from storage.drive import Drive
 from storage.drive_service import serve_drives
 from storage.errors import StorageError, UnformattedDrive
 from storage.format import FormatInfo
-from storage.http_limits import AcceptErrorLog, ServerLimits
 from storage.local import LocalDrive
-from storage.metrics import NodeMetrics
 from storage.objects import ObjectLayer
 from storage.peers import PeerTable
 from storage.remote import qualified_endpoint
-from storage.s3.gateway import S3Gateway
 
-log = logging.getLogger("storage.node")
+log = logging.getLogger("node")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: A node's files (drives, logs) are for its owner only.

@@ -18,8 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from minigrid.manager import Manager
+from node.s3.routes import operation_for
 from storage.drive import Drive
-from storage.s3.routes import operation_for
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _CONNECTION_STATES = ("connected", "connecting", "unconnected", "error", "shutdown")

@@ -1,6 +1,6 @@
 """Authenticating a request with AWS Signature V4 (header or presigned query).
 
-This is the glue between aiohttp's request object and the pure :mod:`storage.s3.sigv4`
+This is the glue between aiohttp's request object and the pure :mod:`node.s3.sigv4`
 functions: it gathers method, raw path, raw query and headers, checks the credential scope and
 clock, and returns the verified :class:`Authenticated` context the body readers need.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from storage.s3 import errors, sigv4
+from node.s3 import errors, sigv4
 
 MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
 _PAYLOAD_MODES = frozenset(

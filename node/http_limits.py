@@ -43,7 +43,7 @@ from typing import Any, Final
 from aiohttp import web
 from aiohttp.http import HttpProcessingError
 
-log = logging.getLogger("storage.http")
+log = logging.getLogger("node.http")
 
 DEFAULT_MAX_CONNECTIONS: Final = 1024
 DEFAULT_HEADER_TIMEOUT: Final = 15.0

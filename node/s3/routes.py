@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from storage.s3 import errors
+from node.s3 import errors
 
 GIB: Final = 1 << 30
 #: S3's largest single PUT (larger objects need multipart upload).

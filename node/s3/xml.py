@@ -8,8 +8,8 @@ from urllib.parse import quote
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
+from node.s3 import errors
 from storage.objects import BucketInfo, ListResult, ObjectInfo
-from storage.s3 import errors
 
 MAX_DELETE_KEYS = 1000
 

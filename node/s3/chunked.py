@@ -8,7 +8,7 @@ comes out. Each chunk is framed as::
 and the body ends with a zero-size chunk, optional trailer lines (``name:value\\r\\n``, e.g. a
 ``x-amz-checksum-crc32``; ``x-amz-trailer-signature`` when signed) and an empty line.
 
-With a :class:`~storage.s3.sigv4.ChunkSigner` every chunk signature (and the trailer signature)
+With a :class:`~node.s3.sigv4.ChunkSigner` every chunk signature (and the trailer signature)
 is checked against the chain that starts at the request's seed signature. With a ``limit`` (the
 declared ``x-amz-decoded-content-length``) a chunk that would take the payload past it fails at
 its size line, before any of its data is taken. Whatever arrives, the decoder either succeeds or
@@ -21,7 +21,7 @@ import enum
 import hashlib
 from typing import Any
 
-from storage.s3.sigv4 import ChunkSigner
+from node.s3.sigv4 import ChunkSigner
 
 MAX_LINE = 4096  # a chunk header or one trailer line
 MAX_TRAILER_BYTES = 16 * 1024

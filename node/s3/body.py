@@ -24,9 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from storage.s3 import checksum, errors, sigv4
-from storage.s3.auth import Authenticated
-from storage.s3.chunked import AwsChunkedDecoder, ChunkedError
+from node.s3 import checksum, errors, sigv4
+from node.s3.auth import Authenticated
+from node.s3.chunked import AwsChunkedDecoder, ChunkedError
 
 MAX_TRAILERS = 4
 DEFAULT_IDLE_TIMEOUT = 30.0

@@ -10,7 +10,7 @@ does not grow with object size (and ``client_max_size`` does not matter).
 A request goes through two steps:
 
 1. **Admission** (:meth:`S3Gateway._admit`), from the request line and headers alone: the
-   signature, the route (:mod:`storage.s3.routes`: an operation the gateway does not build is
+   signature, the route (:mod:`node.s3.routes`: an operation the gateway does not build is
    ``NotImplemented`` here, before any handler runs), the bucket name and the declared body
    size. aiohttp runs it as the routes' ``expect_handler`` when the client sent
    ``Expect: 100-continue``, so ``100 Continue`` goes out only to an admitted request and a
@@ -18,7 +18,7 @@ A request goes through two steps:
 2. **The handler** of the route, which reads the body if it has one.
 
 Exceptions become S3 XML errors in one place, :meth:`S3Gateway._answer_error`, through
-:func:`storage.s3.errors.from_exception`. Logging follows the project's rule: a real 500 gets
+:func:`node.s3.errors.from_exception`. Logging follows the project's rule: a real 500 gets
 its traceback; a 501, a 503 or a client that went away gets one line.
 """
 
@@ -37,13 +37,13 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict
 
+from node.s3 import errors, routes, xml
+from node.s3.auth import Authenticated, Authenticator
+from node.s3.body import DEFAULT_IDLE_TIMEOUT, BodyPlan, VerifiedBody, plan_body
+from node.s3.ranges import ByteRange, parse_range
 from storage.errors import InvalidName, InvalidRange, ObjectNotFound
 from storage.names import validate_bucket
 from storage.objects import MAX_KEYS, ObjectInfo, ObjectLayer, ObjectReader
-from storage.s3 import errors, routes, xml
-from storage.s3.auth import Authenticated, Authenticator
-from storage.s3.body import DEFAULT_IDLE_TIMEOUT, BodyPlan, VerifiedBody, plan_body
-from storage.s3.ranges import ByteRange, parse_range
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Use :class:`S3Gateway`: ``S3Gateway(layer, {"access key": "secret key"}).add_routes(app)``.
 """
 
-from storage.s3.errors import S3Error
-from storage.s3.gateway import S3Gateway
+from node.s3.errors import S3Error
+from node.s3.gateway import S3Gateway
 
 __all__ = ["S3Error", "S3Gateway"]
