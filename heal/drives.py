@@ -165,8 +165,6 @@ class DriveHealer:
         self._start(path, Tracker(drive_id=self.formats[path].drive_id))
 
     def _start(self, path: str, tracker: Tracker) -> None:
-        drive = self.drives[path]
-        drive.healing = True
         self.trackers[path] = tracker
         task = asyncio.create_task(self._heal_drive(path, tracker), name=f"heal {path}")
         self._healing[path] = task
@@ -186,6 +184,13 @@ class DriveHealer:
             except StorageError as exc:
                 log.debug("heal of %s waits for its set: %s", drive.endpoint, exc)
                 await asyncio.sleep(RETRY_EVERY)
+        if not buckets and not tracker.done_buckets:
+            # A new cluster (or an empty one): nothing to heal, so the drive is never "healing".
+            tracker.finished = True
+            with contextlib.suppress(FileNotFoundError):
+                await _run(os.unlink, tracker_path)
+            return
+        drive.healing = True
         sleeper = DynamicSleeper(self.speed)
         for bucket in buckets:
             if bucket in tracker.done_buckets:

@@ -43,7 +43,7 @@ import logging
 import random
 import ssl
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import aiohttp
@@ -167,10 +167,16 @@ class Manager:
             handler_id, fn, subroute=subroute, in_capacity=in_capacity, out_capacity=out_capacity
         )
 
+    def http_routes(
+        self,
+    ) -> list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]]:
+        """The grid's HTTP routes (sessions and pokes) as ``(method, path, handler)``."""
+        return [("GET", GRID_PATH, self._accept), ("GET", POKE_PATH, self._accept_poke)]
+
     def add_routes(self, app: web.Application) -> None:
         """Serve the grid routes (sessions and pokes) on an aiohttp application."""
-        app.router.add_get(GRID_PATH, self._accept)
-        app.router.add_get(POKE_PATH, self._accept_poke)
+        for method, path, handler in self.http_routes():
+            app.router.add_route(method, path, handler)
 
     @property
     def closed(self) -> bool:

@@ -19,16 +19,17 @@ No signature is 401; a wrong key or signature is 403. Errors are JSON:
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from node.config import NodeConfig
 from node.metrics import CONTENT_TYPE
 from node.s3 import errors as s3_errors
 from node.s3.auth import Authenticator
+from node.services import ADMIN_PREFIX, Handler, Route, Routes
 from storage.drive import Drive
 from storage.errors import (
     FileCorrupt,
@@ -39,13 +40,7 @@ from storage.errors import (
 from storage.format import FormatInfo
 from storage.local import LocalDrive
 
-if TYPE_CHECKING:
-    from node.process import Node
-
-ADMIN_PREFIX = "/minigrid/admin/v1"
 DRIVE_INFO_TIMEOUT = 2.0
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -97,28 +92,30 @@ def _offline_cause(drive: Drive) -> str:
     return f"offline ({cause})" if cause else "offline"
 
 
-class AdminRoutes:
-    """Health, admin and metrics handlers of one :class:`~node.process.Node`."""
+class NodeView(Protocol):
+    """What the admin API may see of a node: read-only, and nothing else."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        config = node.config
+    @property
+    def config(self) -> NodeConfig: ...
+
+    def readiness(self) -> dict[str, Any]: ...
+
+    async def info(self) -> dict[str, Any]: ...
+
+    def metrics_text(self) -> bytes: ...
+
+
+class AdminAuth:
+    """SigV4 with the admin credentials, for every admin route of every service."""
+
+    def __init__(self, config: NodeConfig) -> None:
         self._auth = Authenticator(
             {config.admin_access_key: config.admin_secret_key}, config.region, time.time
         )
 
-    def add_routes(self, app: web.Application, s3_fallback: Handler) -> None:
-        """Add the health, admin and metrics routes (before the gateway's catch-all routes)."""
-        self._s3_fallback = s3_fallback
-        app.router.add_get("/minigrid/health/live", self.live)
-        app.router.add_get("/minigrid/health/ready", self.ready)
-        app.router.add_get(ADMIN_PREFIX + "/info", self._admin(self.info))
-        app.router.add_get(ADMIN_PREFIX + "/config", self._admin(self.config))
-        app.router.add_route("*", ADMIN_PREFIX + "/fault/{name:.*}", self._admin(self.fault))
-        app.router.add_route("*", ADMIN_PREFIX + "/{rest:.*}", self._admin(self.unknown))
-        app.router.add_get("/metrics", self.metrics)
+    def guard(self, handler: Handler) -> Handler:
+        """``handler`` behind admin authentication: 401 unsigned, 403 for a bad signature."""
 
-    def _admin(self, handler: Handler) -> Handler:
         async def authenticated(request: web.Request) -> web.StreamResponse:
             if "Authorization" not in request.headers and "X-Amz-Signature" not in request.query:
                 return json_error(401, "Unauthenticated", "sign admin requests with SigV4")
@@ -131,25 +128,65 @@ class AdminRoutes:
 
         return authenticated
 
+
+async def unknown_admin_route(request: web.Request) -> web.Response:
+    return json_error(404, "NotFound", f"no admin endpoint {request.path}")
+
+
+class AdminService:
+    """Health checks, ``/metrics`` and the node's own admin endpoints (info, config, faults).
+
+    ``s3_fallback`` answers a *signed* ``GET /metrics``: that is S3's ListObjects on the bucket
+    named ``metrics``, not a scrape."""
+
+    name = "admin"
+
+    def __init__(self, view: NodeView, s3_fallback: Handler) -> None:
+        self.view = view
+        self._s3_fallback = s3_fallback
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def routes(self) -> Routes:
+        return Routes(
+            public=[
+                Route("GET", "/minigrid/health/live", self.live),
+                Route("GET", "/minigrid/health/ready", self.ready),
+                Route("GET", "/metrics", self.metrics),
+            ],
+            admin=[
+                Route("GET", "/info", self.info_route),
+                Route("GET", "/config", self.config_route),
+                Route("*", "/fault/{name:.*}", self.fault),
+            ],
+        )
+
+    def info(self) -> dict[str, Any]:
+        return {}
+
     # --- health -------------------------------------------------------------------------------
 
     async def live(self, _request: web.Request) -> web.Response:
-        return web.json_response({"live": True, "node": self.node.config.me.url})
+        return web.json_response({"live": True, "node": self.view.config.me.url})
 
     async def ready(self, _request: web.Request) -> web.Response:
-        report = self.node.readiness()
+        report = self.view.readiness()
         return web.json_response(report, status=200 if report["ready"] else 503)
 
     # --- admin --------------------------------------------------------------------------------
 
-    async def info(self, _request: web.Request) -> web.Response:
-        return web.json_response(await self.node.info())
+    async def info_route(self, _request: web.Request) -> web.Response:
+        return web.json_response(await self.view.info())
 
-    async def config(self, _request: web.Request) -> web.Response:
-        return web.json_response(self.node.config.public_dict())
+    async def config_route(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.view.config.public_dict())
 
     async def fault(self, request: web.Request) -> web.Response:
-        if not self.node.config.allow_faults:
+        if not self.view.config.allow_faults:
             return json_error(
                 403, "FaultsDisabled",
                 "fault injection is disabled; start the node with --allow-faults",
@@ -157,31 +194,12 @@ class AdminRoutes:
         name = request.match_info["name"]
         return json_error(501, "NotImplemented", f"fault {name!r} is not built yet")
 
-    async def unknown(self, request: web.Request) -> web.Response:
-        return json_error(404, "NotFound", f"no admin endpoint {request.path}")
-
     # --- metrics ------------------------------------------------------------------------------
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         if "Authorization" in request.headers or "X-Amz-Signature" in request.query:
             return await self._s3_fallback(request)  # S3: the bucket named "metrics"
-        return web.Response(body=self.node.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-
-def node_summary(node: Node) -> dict[str, Any]:
-    config = node.config
-    return {
-        "index": config.node,
-        "url": config.me.url,
-        "host": config.host,
-        "pid": os.getpid(),
-        "uptime_s": round(time.monotonic() - node.started_monotonic, 3),
-        "profile": config.profile,
-        "deployment_id": config.layout.deployment_id,
-        "allow_faults": config.allow_faults,
-        "tls": config.tls,
-        "grid_instance": node.manager.instance_id if node.manager is not None else "",
-    }
+        return web.Response(body=self.view.metrics_text(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def drive_reports(
@@ -196,4 +214,12 @@ async def drive_reports(
     return list(reports)
 
 
-__all__ = ["ADMIN_PREFIX", "AdminRoutes", "drive_report", "drive_reports", "node_summary"]
+__all__ = [
+    "ADMIN_PREFIX",
+    "AdminAuth",
+    "AdminService",
+    "NodeView",
+    "drive_report",
+    "drive_reports",
+    "unknown_admin_route",
+]

@@ -38,6 +38,7 @@ from storage.placement import MAX_SET_DRIVES, MIN_SET_DRIVES, check_parity, defa
 
 ENV_PREFIX: Final = "MINIGRID_"
 PROFILES: Final = ("fast", "minio")
+HEAL_SPEEDS: Final = ("fastest", "fast", "default", "slow", "slowest")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 
@@ -114,6 +115,20 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "float",
         "seconds an S3 request or response body may send or read nothing (30)",
     ),
+    Option(
+        "heal_speed",
+        "str",
+        "pace of the scanner and the drive healer: fastest, fast, default, slow or slowest",
+    ),
+    Option("scanner_deep", "bool", "the scanner verifies every bitrot hash of every object"),
+    Option("scanner_interval", "float", "seconds the scanner rests between cycles (1)"),
+    Option("drive_check_interval", "float", "seconds between checks for blank drives (10)"),
+    Option("mrf_delay", "float", "seconds MRF waits after a failure before it heals (1)"),
+    Option(
+        "unsafe_inline_heal",
+        "bool",
+        "UNSAFE, for the missed-ping lab only: hash and erasure-code on the event loop",
+    ),
     Option("tls_cert", "str", "PEM certificate (chain): serve S3, admin and the grid over TLS"),
     Option("tls_key", "str", "PEM private key of tls_cert"),
     Option(
@@ -153,6 +168,12 @@ class NodeConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    heal_speed: str = "default"
+    scanner_deep: bool = False
+    scanner_interval: float = 1.0
+    drive_check_interval: float = 10.0
+    mrf_delay: float = 1.0
+    unsafe_inline_heal: bool = False
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
@@ -323,6 +344,9 @@ def _build(values: dict[str, object]) -> NodeConfig:
     if level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     values["log_level"] = level
+    speed = values.get("heal_speed", "default")
+    if speed not in HEAL_SPEEDS:
+        raise ConfigError(f"heal_speed must be one of {', '.join(HEAL_SPEEDS)}, not {speed!r}")
     _check_limits(values)
     known = {f.name for f in fields(NodeConfig) if f.init}
     try:
@@ -332,8 +356,14 @@ def _build(values: dict[str, object]) -> NodeConfig:
 
 
 def _check_limits(values: dict[str, object]) -> None:
-    """The HTTP limits must be positive (and finite): a zero would refuse or cut off all."""
-    for name in ("max_connections", "header_timeout", "body_timeout"):
+    """Limits and intervals must be positive (and finite): a zero would refuse or spin."""
+    for name in (
+        "max_connections",
+        "header_timeout",
+        "body_timeout",
+        "scanner_interval",
+        "drive_check_interval",
+    ):
         value = values.get(name)
         if value is None:
             values.pop(name, None)

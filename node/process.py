@@ -29,19 +29,21 @@ import socket
 import ssl
 import sys
 import time
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
-from minigrid import Manager, profile
+from minigrid import Manager
 from minigrid.tls import TLSConfigError, client_context, server_context
-from node.admin import AdminRoutes, drive_reports, node_summary
+from node.admin import AdminAuth, AdminService, drive_reports, unknown_admin_route
 from node.config import NodeConfig, planned_formats
+from node.grid import GridService
+from node.healing import HealingService
 from node.http_limits import AcceptErrorLog, ServerLimits
 from node.metrics import NodeMetrics
 from node.s3.gateway import S3Gateway
+from node.services import ADMIN_PREFIX, Service
 from storage.drive import Drive
-from storage.drive_service import serve_drives
 from storage.errors import StorageError, UnformattedDrive
 from storage.format import FormatInfo
 from storage.local import LocalDrive
@@ -55,10 +57,6 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: A node's files (drives, logs) are for its owner only.
 PRIVATE_UMASK = 0o077
 SHUTDOWN_TIMEOUT = 10.0
-MIN_STRAGGLER_WAIT = 0.2
-MAX_STRAGGLER_WAIT = 2.0
-
-T = TypeVar("T")
 
 
 class NodeError(Exception):
@@ -98,7 +96,16 @@ def tls_contexts(config: NodeConfig) -> tuple[ssl.SSLContext | None, ssl.SSLCont
 
 
 class Node:
-    """One node of the cluster. ``await start()``, then ``await close()``."""
+    """One node of the cluster: the composition root. ``await start()``, then ``await close()``.
+
+    It builds the engine (local drives, the grid manager and its peer table, remote drives, the
+    object layer) and runs the services over it, in this order, closing them in reverse:
+
+    1. :class:`~node.grid.GridService`: the grid, the drive service on it, the peer table;
+    2. :class:`~node.healing.HealingService`: MRF, the scanner and drive replacement;
+    3. :class:`~node.admin.AdminService`: health checks, ``/metrics``, info, config, faults;
+    4. :class:`~node.s3.gateway.S3Gateway`: the S3 API (its catch-all routes are served last).
+    """
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
@@ -106,16 +113,31 @@ class Node:
         self.formats: list[FormatInfo] = planned_formats(self.layout)
         self.metrics = NodeMetrics()
         self.started_monotonic = time.monotonic()
-        self.manager: Manager | None = None
-        self.peers: PeerTable | None = None
         self.local_drives: dict[str, LocalDrive] = {}
         self.drives: list[Drive] = []
+        self.services: list[Service] = []
+        self.grid: GridService | None = None
         self.layer: ObjectLayer | None = None
         self.gateway: S3Gateway | None = None
-        self._runner: web.AppRunner | None = None
+        self.healing: HealingService | None = None
         self.http_limits = ServerLimits(config.max_connections, config.header_timeout)
-        self._accept_errors: AcceptErrorLog | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._runner: web.AppRunner | None = None
         self._was_ready: bool | None = None
+        self._blank: list[str] = []  # local drives this start formatted
+
+    @property
+    def manager(self) -> Manager | None:
+        return self.grid.manager if self.grid is not None else None
+
+    @property
+    def peers(self) -> PeerTable | None:
+        return self.grid.peers if self.grid is not None else None
+
+    @property
+    def addresses(self) -> list[Any]:
+        """Where the HTTP server listens (``(host, port, ...)`` per socket)."""
+        return list(self._runner.addresses) if self._runner is not None else []
 
     # --- startup ------------------------------------------------------------------------------
 
@@ -125,27 +147,21 @@ class Node:
         sock = listen_socket(config)
         try:
             await self._open_local_drives()
-            manager = self.manager = Manager(
-                config.host, config.hosts, config.secret, config=profile(config.profile),
-                tls=client_tls,
-            )  # fmt: skip
-            serve_drives(manager, self.local_drives)
-            await manager.start()
-            self.peers = PeerTable(manager)
-            self.drives = self._cluster_drives(self.peers)
+            self.grid = GridService(config, self.local_drives, client_tls)
+            await self._run(self.grid)
+            self.drives = self._cluster_drives(self.grid.peers)
             sets = [[self.drives[p] for p in positions] for positions in self.layout.sets()]
             self.layer = ObjectLayer(
                 sets, parity=self.layout.parity, deployment_id=self.layout.deployment_id
             )
-            self.metrics.follow(manager, self.drives, lambda: bool(self.readiness()["ready"]))
-            manager.state_listeners.append(lambda *_: self._log_readiness())
-            self._runner = web.AppRunner(
-                self._app(), access_log=None, handle_signals=False,
-                **self.http_limits.runner_kwargs(),
-            )  # fmt: skip
-            await self._runner.setup()
-            self._accept_errors = AcceptErrorLog(asyncio.get_running_loop())
-            await self.http_limits.serve(self._runner, sock, ssl_context=server_tls)
+            self.gateway = self._gateway(self.layer)
+            self.healing = self._healing(self.layer, self.grid.peers, self.gateway)
+            await self._run(self.healing)
+            await self._run(AdminService(self, self.gateway.handle))
+            await self._run(self.gateway)
+            self.metrics.follow(self.grid.manager, self.drives, lambda: bool(self.ready))
+            self.grid.manager.state_listeners.append(lambda *_: self._log_readiness())
+            await self._serve(sock, server_tls)
         except BaseException:
             sock.close()
             await self.close()
@@ -160,6 +176,62 @@ class Node:
         )  # fmt: skip
         self._log_readiness()
 
+    async def _run(self, service: Service) -> None:
+        """Start a service; it is closed (in reverse order) by :meth:`close`."""
+        self._stack.push_async_callback(service.close)
+        self.services.append(service)
+        await service.start()
+
+    def _gateway(self, layer: ObjectLayer) -> S3Gateway:
+        config = self.config
+        credentials = {config.access_key: config.secret_key}
+        credentials[config.admin_access_key] = config.admin_secret_key
+        return S3Gateway(layer, credentials, region=config.region, body_timeout=config.body_timeout)
+
+    def _healing(self, layer: ObjectLayer, peers: PeerTable, gateway: S3Gateway) -> HealingService:
+        config = self.config
+        by_path = {path: self.formats[p] for p, (owner, path) in enumerate(self.layout.drives)
+                   if owner == config.node}  # fmt: skip
+        healing = HealingService(
+            layer, peers, self.local_drives, by_path,
+            inflight=lambda: gateway.inflight, speed=config.heal_speed, deep=config.scanner_deep,
+            unsafe_inline=config.unsafe_inline_heal,
+            drive_check_every=config.drive_check_interval,
+            scanner_pause=config.scanner_interval, mrf_delay=config.mrf_delay,
+        )  # fmt: skip
+        for path in self._blank:
+            healing.replaced(path)
+        return healing
+
+    async def _serve(self, sock: socket.socket, server_tls: ssl.SSLContext | None) -> None:
+        """Serve every service's routes on the node's one port, behind the HTTP limits."""
+        app = web.Application(middlewares=[self.metrics.middleware])
+        admin = AdminAuth(self.config)
+        for service in self.services:
+            routes = service.routes()
+            for route in routes.admin:
+                app.router.add_route(route.method, ADMIN_PREFIX + route.path,
+                                     admin.guard(route.handler))  # fmt: skip
+        app.router.add_route("*", ADMIN_PREFIX + "/{rest:.*}", admin.guard(unknown_admin_route))
+        for service in self.services:
+            for route in service.routes().public:
+                app.router.add_route(route.method, route.path, route.handler,
+                                     expect_handler=route.expect_handler)  # fmt: skip
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, **self.http_limits.runner_kwargs()
+        )
+        self._stack.push_async_callback(self._stop_http)
+        await self._runner.setup()
+        accept_errors = AcceptErrorLog(asyncio.get_running_loop())
+        self._stack.callback(accept_errors.close)
+        await self.http_limits.serve(self._runner, sock, ssl_context=server_tls)
+
+    async def _stop_http(self) -> None:
+        if self._runner is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                    await self._runner.cleanup()
+
     async def _open_local_drives(self) -> None:
         """Open this node's drives and give each blank one its planned format."""
         config = self.config
@@ -173,17 +245,19 @@ class Node:
                 drive = await LocalDrive.open(path, endpoint, fsync=config.fsync)
             except (OSError, StorageError) as exc:
                 raise NodeError(f"cannot open drive {path}: {exc}") from exc
-            await self._check_format(drive, self.formats[position], position)
+            if await self._check_format(drive, self.formats[position], position):
+                self._blank.append(path)
             self.local_drives[path] = drive
 
     @staticmethod
-    async def _check_format(drive: LocalDrive, planned: FormatInfo, position: int) -> None:
+    async def _check_format(drive: LocalDrive, planned: FormatInfo, position: int) -> bool:
+        """Check a drive's format; format a blank one (and say so: it must be healed)."""
         try:
             found = await drive.read_format()
         except UnformattedDrive:
             await drive.write_format(planned)
             log.info("formatted drive %s (position %d)", drive.endpoint, position)
-            return
+            return True
         except StorageError as exc:
             raise NodeError(f"drive {drive.root}: cannot read its format: {exc}") from exc
         if found.deployment_id != planned.deployment_id:
@@ -196,6 +270,7 @@ class Node:
                 f"drive {drive.root} holds another slot of this deployment (the node or "
                 f"drive order changed?); expected position {position}"
             )
+        return False
 
     def _cluster_drives(self, peers: PeerTable) -> list[Drive]:
         """Every drive in global order: local drives directly, the others over the grid."""
@@ -207,23 +282,11 @@ class Node:
                 drives.append(peers.remote_drive(self.config.nodes[owner].host, path))
         return drives
 
-    def _app(self) -> web.Application:
-        assert self.layer is not None and self.manager is not None
-        config = self.config
-        app = web.Application(middlewares=[self.metrics.middleware])
-        credentials = {config.access_key: config.secret_key}
-        credentials[config.admin_access_key] = config.admin_secret_key
-        self.gateway = S3Gateway(
-            self.layer, credentials, region=config.region, body_timeout=config.body_timeout
-        )
-        self.manager.add_routes(app)
-        # A signed GET /metrics is S3's ListObjects on the bucket "metrics"; the gateway's own
-        # dispatcher answers it (there is no public hook for one request).
-        AdminRoutes(self).add_routes(app, self.gateway._handle)
-        self.gateway.add_routes(app)
-        return app
+    # --- the admin API's view (node.admin.NodeView) ---------------------------------------
 
-    # --- state --------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return bool(self.readiness()["ready"])
 
     def readiness(self) -> dict[str, Any]:
         """Whether every erasure set has a write quorum of drives online, and why not."""
@@ -232,7 +295,7 @@ class Node:
         sets = []
         problems = []
         for eset in self.layer.sets:
-            online = sum(1 for drive in eset.drives if drive.is_online())
+            online = eset.online()
             sets.append(
                 {"index": eset.index, "online": online, "drives": len(eset.drives),
                  "write_quorum": eset.write_quorum}
@@ -262,17 +325,30 @@ class Node:
         else:
             log.warning("not ready: %s", report["reason"])
 
+    def summary(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "index": config.node,
+            "url": config.me.url,
+            "host": config.host,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
+            "profile": config.profile,
+            "deployment_id": config.layout.deployment_id,
+            "allow_faults": config.allow_faults,
+            "tls": config.tls,
+            "grid_instance": self.manager.instance_id if self.manager is not None else "",
+        }
+
     async def info(self) -> dict[str, Any]:
-        """The admin API's view of this node, its drives, its grid connections and peers."""
+        """This node, every drive of the cluster as it sees them, and each service's report."""
         owners = [owner for owner, _ in self.layout.drives]
         drives = await drive_reports(self.drives, self.formats, owners)
         set_of = {p: i for i, positions in enumerate(self.layout.sets()) for p in positions}
-        for report in drives:
-            report["set"] = set_of[report["position"]]
-        grid = self.manager.stats() if self.manager is not None else {}
-        peers = self.peers.snapshot() if self.peers is not None else {}
-        return {
-            "node": node_summary(self),
+        for drive in drives:
+            drive["set"] = set_of[drive["position"]]
+        report: dict[str, Any] = {
+            "node": self.summary(),
             "nodes": [spec.to_dict() for spec in self.config.nodes],
             "ready": self.readiness(),
             "layout": {
@@ -282,30 +358,20 @@ class Node:
                 "data": self.layout.set_drive_count - self.layout.parity,
             },
             "drives": drives,
-            "grid": {host: stats.as_dict() for host, stats in sorted(grid.items())},
-            "peers": {host: info.as_dict() for host, info in peers.items()},
-            "loop_lag_s": self._loop_lag(),
         }
+        for service in self.services:
+            report.update(service.info())
+        return report
 
-    def _loop_lag(self) -> float | None:
-        return round(self.manager.monitor.worst_lag(), 4) if self.manager is not None else None
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()
 
     # --- shutdown -----------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Leave the grid, then stop serving HTTP."""
-        if self.peers is not None:
-            self.peers.close()
-        if self.manager is not None:
-            await self.manager.close()
-        if self._runner is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SHUTDOWN_TIMEOUT):
-                    await self._runner.cleanup()
-            self._runner = None
-        if self._accept_errors is not None:
-            self._accept_errors.close()
-            self._accept_errors = None
+        """Close the services in reverse order (HTTP first, the grid last)."""
+        await self._stack.aclose()
+        self._runner = None
 
 
 def setup_logging(config: NodeConfig) -> None:

@@ -32,15 +32,18 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict
 
-from node.s3 import errors, routes, xml
+from node.s3 import errors, xml
+from node.s3 import routes as s3_routes
 from node.s3.auth import Authenticated, Authenticator
 from node.s3.body import DEFAULT_IDLE_TIMEOUT, BodyPlan, VerifiedBody, plan_body
 from node.s3.ranges import ByteRange, parse_range
+from node.services import Route, Routes
 from storage.errors import InvalidName, InvalidRange, ObjectNotFound
 from storage.names import validate_bucket
 from storage.objects import MAX_KEYS, ObjectInfo, ObjectLayer, ObjectReader
@@ -73,7 +76,7 @@ class _Call:
     request_id: str
     bucket: str
     key: str
-    route: routes.Route | None = None
+    route: s3_routes.Route | None = None
     auth: Authenticated | None = None
     plan: BodyPlan | None = None
     refused: Exception | None = None
@@ -136,6 +139,8 @@ class S3Gateway:
         self.region = region
         self.body_timeout = body_timeout
         self._auth = Authenticator(credentials, region, clock)
+        #: S3 requests being served now (the healer yields to them).
+        self.inflight = 0
         self._handlers: dict[str, Handler] = {
             "ListBuckets": self._list_buckets,
             "CreateBucket": self._create_bucket,
@@ -149,13 +154,37 @@ class S3Gateway:
             "HeadObject": self._head_object,
             "DeleteObject": self._delete_object,
         }
-        unmatched = set(self._handlers) ^ {route.operation for route in routes.ROUTES}
+        unmatched = set(self._handlers) ^ {route.operation for route in s3_routes.ROUTES}
         assert not unmatched, f"routes and handlers differ: {sorted(unmatched)}"
+
+    # --- the service protocol (node.services) -------------------------------------------------
+
+    name = "s3"
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def routes(self) -> Routes:
+        """The catch-all S3 routes: the node serves them after every other service's."""
+        return Routes(
+            public=[
+                Route("*", path, self.handle, expect_handler=self._expect)
+                for path in ("/", "/{bucket}", "/{bucket}/", "/{bucket}/{key:.+}")
+            ]
+        )
+
+    def info(self) -> dict[str, Any]:
+        return {"s3": {"inflight": self.inflight, "region": self.region}}
 
     def add_routes(self, app: web.Application) -> None:
         """Add the catch-all S3 routes. Add the node's own routes before calling this."""
-        for path in ("/", "/{bucket}", "/{bucket}/", "/{bucket}/{key:.+}"):
-            app.router.add_route("*", path, self._handle, expect_handler=self._expect)
+        for route in self.routes().public:
+            app.router.add_route(
+                route.method, route.path, route.handler, expect_handler=route.expect_handler
+            )
 
     # --- admission ----------------------------------------------------------------------------
 
@@ -185,8 +214,8 @@ class S3Gateway:
         )
         try:
             call.auth = self._auth.authenticate(request)
-            resource = routes.resource_of(call.bucket, call.key)
-            call.route = routes.resolve(
+            resource = s3_routes.resource_of(call.bucket, call.key)
+            call.route = s3_routes.resolve(
                 request.method, resource, request.rel_url.query, request.headers
             )
             if call.bucket:
@@ -197,7 +226,7 @@ class S3Gateway:
         return call
 
     @staticmethod
-    def _plan_body(call: _Call, route: routes.Route, auth: Authenticated) -> BodyPlan | None:
+    def _plan_body(call: _Call, route: s3_routes.Route, auth: Authenticated) -> BodyPlan | None:
         """The body plan for a route that takes a body, refusing one declared too large."""
         body = route.body
         if body is None or (not body.required and not call.request.body_exists):
@@ -222,8 +251,10 @@ class S3Gateway:
 
     # --- the one boundary -------------------------------------------------------------------
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Serve one S3 request: the gateway's one boundary, where errors become S3 XML."""
         call = request.get(_CALL) or self._admit(request)
+        self.inflight += 1
         try:
             if call.refused is not None:
                 raise call.refused
@@ -235,6 +266,8 @@ class S3Gateway:
             raise
         except Exception as exc:
             return await self._answer_error(call, exc)
+        finally:
+            self.inflight -= 1
 
     async def _answer_error(self, call: _Call, exc: Exception) -> web.StreamResponse:
         if _client_went_away(exc):
@@ -309,7 +342,7 @@ class S3Gateway:
         # An optional CreateBucketConfiguration body is read (and verified) but not needed:
         # the gateway serves one region.
         if call.plan is not None:
-            await self._body(call).read_small(routes.MAX_CONFIG_BODY)
+            await self._body(call).read_small(s3_routes.MAX_CONFIG_BODY)
         await self.layer.make_bucket(call.bucket)
         return web.Response(status=200, headers=call.headers({"Location": f"/{call.bucket}"}))
 
@@ -326,7 +359,7 @@ class S3Gateway:
         return self._xml(call, xml.location(self.region))
 
     async def _delete_objects(self, call: _Call) -> web.Response:
-        document = await self._body(call).read_small(routes.MAX_DELETE_BODY)
+        document = await self._body(call).read_small(s3_routes.MAX_DELETE_BODY)
         keys, quiet = xml.parse_delete(document)
         deleted: list[str] = []
         failed: list[tuple[str, errors.S3Error]] = []

@@ -142,8 +142,7 @@ async def test_one_node_in_process_with_faults_allowed(tmp_path: Path) -> None:
     await node.start()
     try:
         assert node.readiness()["ready"]
-        assert node._runner is not None
-        host, port = node._runner.addresses[0][:2]
+        host, port = node.addresses[0][:2]
         url = f"http://{host}:{port}"
         admin = S3Client(url, "adm", "adm-secret")
         with pytest.raises(S3ClientError) as not_built:

@@ -199,10 +199,14 @@ async def test_a_drive_heal_resumes_from_its_tracker(cluster: Cluster) -> None:
         layer, ObjectHealer(layer), {drive.root: drive}, {drive.root: fmt},
         check_every=60, speed=Speed("fastest"),
     )  # fmt: skip
+    release = drives[1].hold("rename_data")  # hold the first rewrite to look at the drive
     async with running(healer.run()):
-        await eventually(lambda: drive.root in healer.trackers, what="resumed")
-        assert drive.healing
+        await eventually(lambda: drives[1].held["rename_data"] == 1, what="resumed and healing")
+        assert drive.healing and (await drive.disk_info()).healing
+        assert healer.status()[drive.root]["key"] == "o3"
+        release.set()
         await eventually(lambda: healer.trackers[drive.root].finished, what="finished")
+    assert not drive.healing
     tracker = healer.trackers[drive.root]
     # Only o4..o7 were healed by this run; the counters continue from the tracker's.
     assert (tracker.objects_scanned, tracker.objects_healed) == (8, 8)
