@@ -45,7 +45,7 @@ from minigrid.errors import (
 from minigrid.handlers import HandlerID
 from minigrid.streams import ClientStream
 from storage.drive import DiskInfo, ListPage, ShardWriter, VolumeInfo
-from storage.drive_service import SHARD_COMMITTED, SHARD_READY, decode_error, encode_request
+from storage.drive_wire import SHARD_COMMITTED, SHARD_READY, decode_error, encode_request
 from storage.errors import (
     DriveNotFound,
     DriveOffline,

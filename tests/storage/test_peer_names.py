@@ -40,13 +40,8 @@ from minigrid import HandlerID, Manager, RemoteError
 from minigrid.connection import Connection
 from minigrid.testing import local_grid
 from storage.drive import Drive
-from storage.drive_service import (
-    DRIVE_HANDLERS,
-    check_fields,
-    decode_error,
-    pack,
-    serve_drives,
-)
+from storage.drive_service import DRIVE_HANDLERS, serve_drives
+from storage.drive_wire import SCHEMA, check_fields, decode_error, pack
 from storage.errors import (
     FileCorrupt,
     FormatMismatch,
@@ -235,7 +230,7 @@ def _format_cases() -> Iterator[tuple[str, Callable[[dict[str, Any]], None]]]:
 def hostile_requests(handler: HandlerID) -> Iterator[tuple[str, bytes]]:
     """``(label, raw payload)`` for every way this test bends a request to ``handler``."""
     fields = EXPECTED_FIELDS[handler]
-    assert DRIVE_HANDLERS[handler].fields == fields, f"{handler.name} takes new fields"
+    assert SCHEMA[handler] == fields, f"{handler.name} takes new fields"
     baseline = {name: VALID[name] for name in fields}
     for name in fields:
         if name == "meta":
@@ -359,7 +354,7 @@ async def test_every_handler_refuses_bad_names_and_nothing_outside_changes(
             )
             assert handler.name in str(error), f"{label}: the error does not say where: {error}"
             field = label.split(":")[0].split()[-1]
-            if field in DRIVE_HANDLERS[handler].fields:
+            if field in SCHEMA[handler]:
                 assert repr(field) in str(error), f"{label}: the error does not name it: {error}"
             assert snapshot(box.root) == before, f"{handler.name} {label} changed the disk"
     assert not [r for r in caplog.records if "unexpectedly" in r.getMessage()], (
@@ -572,14 +567,14 @@ def test_metadata_with_any_field_bent_decodes_or_is_file_corrupt(
 def test_any_request_is_checked_or_refused_with_a_storage_error(
     handler: HandlerID, fields: object, which: int
 ) -> None:
-    spec = DRIVE_HANDLERS[handler]
+    names = SCHEMA[handler]
     request = fields if isinstance(fields, dict) else {"vol": fields}
     # Also bend one real field of an otherwise valid request, so the checkers themselves run.
-    bent = {name: VALID[name] for name in spec.fields}
-    if spec.fields:
-        bent[spec.fields[which % len(spec.fields)]] = fields
+    bent = {name: VALID[name] for name in names}
+    if names:
+        bent[names[which % len(names)]] = fields
     for candidate in (request, bent):
         try:
-            check_fields(candidate, spec.fields, handler.name)
+            check_fields(candidate, names, handler.name)
         except (InvalidName, InvalidArgument, FormatMismatch):
             continue

@@ -20,7 +20,8 @@ from minigrid import GridConfig, HandlerID, Manager, RemoteError
 from minigrid.testing import LocalGrid, local_grid
 from storage import bitrot
 from storage.drive import Drive
-from storage.drive_service import decode_error, encode_error, pack, serve_drives
+from storage.drive_service import serve_drives
+from storage.drive_wire import decode_error, encode_error, pack
 from storage.errors import (
     ERRORS_BY_CODE,
     DriveNotFound,
