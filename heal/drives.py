@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from heal.buckets import heal_buckets
-from heal.object import ObjectHealer, Outcome
+from heal.object import DriveState, ObjectHealer, Outcome
 from heal.pace import DynamicSleeper, Foreground, Speed, no_foreground
 from heal.walk import set_buckets, walk_set
 from storage.errors import StorageError, UnformattedDrive
@@ -44,6 +44,8 @@ TRACKER = "healing.json"
 CHECK_EVERY = 10.0
 SAVE_EVERY = 2.0
 RETRY_EVERY = 2.0
+#: Tries per object while the drive being healed is skipped (slow, or briefly unreachable).
+ATTEMPTS = 3
 
 
 @dataclass
@@ -173,7 +175,7 @@ class DriveHealer:
     async def _heal_drive(self, path: str, tracker: Tracker) -> None:
         drive = self.drives[path]
         tracker_path = drive.system_path(TRACKER)
-        set_index, _ = self.formats[path].position()
+        set_index, position = self.formats[path].position()
         eset = self.layer.sets[set_index]
         saved = time.monotonic()
         while True:
@@ -200,7 +202,7 @@ class DriveHealer:
             async for info in walk_set(eset, bucket, start_after=tracker.key):
                 await self.foreground.wait_for_low_io()
                 sleeper.start()
-                await self._heal_one(bucket, info.key, tracker)
+                await self._heal_one(bucket, info.key, tracker, position)
                 tracker.key = info.key
                 if time.monotonic() - saved >= self.save_every:
                     tracker.updated = time.time()
@@ -220,12 +222,23 @@ class DriveHealer:
             tracker.objects_failed, tracker.objects_skipped, tracker.objects_scanned,
         )  # fmt: skip
 
-    async def _heal_one(self, bucket: str, key: str, tracker: Tracker) -> None:
+    async def _heal_one(self, bucket: str, key: str, tracker: Tracker, position: int) -> None:
+        """Heal one object; try again (a few times, briefly) while this drive is left out."""
         tracker.objects_scanned += 1
-        try:
-            result = await self.healer.heal(bucket, key)
-        except StorageError as exc:
-            log.debug("drive heal: %s/%s: %s", bucket, key, exc)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                result = await self.healer.heal(bucket, key)
+            except StorageError as exc:
+                log.debug("drive heal: %s/%s: %s", bucket, key, exc)
+                result = None
+            if result is not None and (
+                result.outcome not in (Outcome.SKIPPED, Outcome.PARTIAL)
+                and result.after[position] is not DriveState.OFFLINE
+            ):
+                break
+            if attempt < ATTEMPTS:
+                await asyncio.sleep(RETRY_EVERY * attempt / ATTEMPTS)
+        if result is None:
             tracker.objects_failed += 1
             return
         tracker.bytes_healed += result.bytes_written

@@ -33,7 +33,7 @@ from heal.cpu import CpuPolicy
 from storage import bitrot
 from storage.drive import Drive, ShardWriter
 from storage.erasure import Erasure
-from storage.erasure_set import ErasureSet
+from storage.erasure_set import MAX_STRAGGLER_WAIT, ErasureSet
 from storage.errors import (
     FileCorrupt,
     FileNotFound,
@@ -45,6 +45,10 @@ from storage.names import validate_bucket, validate_object
 from storage.objects import ObjectLayer
 from storage.quorum import find_agreement
 from storage.reader import ShardFetcher, ShardSource
+
+#: How long a heal waits for a slow drive once a quorum answered (a foreground read waits far
+#: less): a heal would rather wait than skip the very drive it came to repair.
+PATIENCE = MAX_STRAGGLER_WAIT
 
 
 class DriveState(enum.StrEnum):
@@ -156,7 +160,7 @@ class ObjectHealer:
         validate_object(key)
         eset = self.layer.set_for(bucket, key)
         async with self.layer.locks.read((bucket, key)):
-            copies = await eset.read_metadata(bucket, key)
+            copies = await eset.read_metadata(bucket, key, patience=PATIENCE)
         agreement = find_agreement(copies, eset.read_quorum, version=ObjectMeta.version_key)
         result = ObjectHealResult(
             bucket, key, eset.index, Outcome.OK, [], [],

@@ -7,6 +7,9 @@
 * :func:`register_test_handlers` installs the echo, error, sleep and loop-blocking handlers.
 * :func:`make_test_tls` makes a private CA and a certificate for 127.0.0.1, so either of the
   above can run the grid over TLS (``tls=``).
+* :func:`remote_node` connects a manager in this process to a :class:`NodeProcess`;
+  :func:`leak_checked_grid` is a two-manager grid that fails the test if anything is left in
+  flight or reaches the loop's exception handler; :func:`wait_until` waits on a condition.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -24,13 +28,15 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgpack
 from aiohttp import web
 
 from .config import GridConfig, profile
+from .connection import Connection
 from .handlers import HandlerID
-from .manager import Manager
+from .manager import Manager, should_dial
 from .streams import ServerStream
 from .tls import client_context, issue_certificate, make_ca, server_context
 
@@ -158,6 +164,14 @@ class LocalGrid:
         for runner in self.runners:
             await runner.cleanup()
 
+    def quiet(self) -> bool:
+        """No call, handler or stream left in flight on any connection of the grid."""
+        return all(
+            s.inflight_calls == 0 and s.inflight_handlers == 0 and s.inflight_streams == 0
+            for manager in self.managers
+            for s in manager.stats().values()
+        )
+
 
 async def serve_manager(
     manager: Manager, sock: socket.socket, *, ssl_context: ssl.SSLContext | None = None
@@ -205,6 +219,117 @@ async def local_grid(
     finally:
         await grid.close()
         for sock in sockets:
+            sock.close()
+
+
+async def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, what: str = ""
+) -> None:
+    """Wait until ``predicate()`` is true, checking every 10 ms; AssertionError after
+    ``timeout``. For tests: wait on a condition, never on a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def loop_errors_checked() -> AsyncIterator[list[dict[str, Any]]]:
+    """Fail if anything reaches the loop's exception handler (a lost task error, say)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        yield errors
+        gc.collect()
+        await asyncio.sleep(0)  # let callbacks scheduled by finalizers run
+        assert errors == [], errors
+    finally:
+        loop.set_exception_handler(previous)
+
+
+@contextlib.asynccontextmanager
+async def leak_checked_grid(
+    register: Callable[[Manager], None] | None = None, config: GridConfig | None = None
+) -> AsyncIterator[LocalGrid]:
+    """A two-manager :func:`local_grid` with the test handlers (and ``register``'s), checked on
+    the way out: nothing left in flight, no task left running, nothing sent to the loop's
+    exception handler."""
+
+    def both(manager: Manager) -> None:
+        register_test_handlers(manager)
+        if register is not None:
+            register(manager)
+
+    async with loop_errors_checked():
+        async with local_grid(2, register=both, config=config) as grid:
+            yield grid
+            await wait_until(grid.quiet, what="no mux, call or handler left")
+        current = asyncio.current_task()
+        await wait_until(
+            lambda: not [t for t in asyncio.all_tasks() if t is not current and not t.done()],
+            what="no task left after the grid closed",
+        )
+
+
+@dataclass
+class RemoteNode:
+    """A local manager connected to a :class:`NodeProcess` peer (see :func:`remote_node`)."""
+
+    manager: Manager
+    node: NodeProcess
+    node_sock: socket.socket
+
+    @property
+    def conn(self) -> Connection:
+        """The local manager's connection to the node."""
+        return self.manager.connection(self.node.host)
+
+    def restart_node(self) -> None:
+        """Kill the node process and start a new one on the same socket (a new instance)."""
+        self.node.kill()
+        self.node = NodeProcess(self.node_sock, [self.manager.local], log_path=self.node.log_path)
+        self.node.start()
+
+
+@contextlib.asynccontextmanager
+async def remote_node(
+    log_path: str = "", *, we_dial: bool | None = None, connect_timeout: float = 15.0
+) -> AsyncIterator[RemoteNode]:
+    """A manager in this process (with the test handlers) and a node in a child process,
+    connected. ``we_dial`` picks which side dials (None: whichever the hosts decide)."""
+    ours, theirs = _socket_pair(we_dial)
+    node = NodeProcess(theirs, [host_of(ours)], log_path=log_path)
+    manager = Manager(host_of(ours), [node.host], TEST_SECRET)
+    register_test_handlers(manager)
+    runner = await serve_manager(manager, ours)
+    result = RemoteNode(manager, node, theirs)
+    try:
+        await asyncio.to_thread(node.start)
+        await manager.start()
+        await manager.wait_connected(connect_timeout)
+        yield result
+    finally:
+        await manager.close()
+        await runner.cleanup()
+        await asyncio.to_thread(result.node.kill)
+        ours.close()
+        theirs.close()
+
+
+def _socket_pair(we_dial: bool | None) -> tuple[socket.socket, socket.socket]:
+    """Two listening sockets; with ``we_dial`` set, ordered so the first one's host dials."""
+    spare: list[socket.socket] = []  # held open until the end, so no port comes back
+    try:
+        while True:
+            ours, theirs = listening_socket(), listening_socket()
+            if we_dial is None or should_dial(host_of(ours), host_of(theirs)) == we_dial:
+                return ours, theirs
+            spare += [ours, theirs]
+    finally:
+        for sock in spare:
             sock.close()
 
 

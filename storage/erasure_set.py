@@ -65,13 +65,16 @@ class ErasureSet:
         """Drives the peer table currently believes are usable."""
         return sum(1 for drive in self.drives if drive.is_online())
 
-    async def fan_out(self, call: Callable[[Drive], Awaitable[T]]) -> Results[T]:
+    async def fan_out(
+        self, call: Callable[[Drive], Awaitable[T]], *, patience: float | None = None
+    ) -> Results[T]:
         """Run ``call`` on every drive at once; offline drives fail without a call.
 
         A *frozen* peer (SIGSTOP, a stalled VM) keeps its connection up and answers nothing,
         so waiting for every drive would wait for the grid's failure detector. Once a write
-        quorum has answered, the rest get :meth:`straggler_wait` more; a drive still silent then
-        counts as failed for this call (its call is cancelled), as if it were offline.
+        quorum has answered, the rest get :meth:`straggler_wait` more (``patience`` instead,
+        for background work that would rather wait than skip a drive); a drive still silent
+        then counts as failed for this call (its call is cancelled), as if it were offline.
         """
         loop = asyncio.get_running_loop()
         missing = object()  # "no answer yet" (None is a valid answer)
@@ -87,26 +90,29 @@ class ErasureSet:
                 results[position] = exc
 
         tasks = [loop.create_task(one(p, d)) for p, d in enumerate(self.drives)]
+        wait = self.straggler_wait() if patience is None else patience
         try:
-            await self._wait_quorum_then_stragglers(tasks)
+            await self._wait_quorum_then_stragglers(tasks, wait)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        late = f"no answer within {self.straggler_wait():.2f}s of the quorum"
+        late = f"no answer within {wait:.2f}s of the quorum"
         return [
             DriveNotFound(f"drive {drive.endpoint}: {late}") if result is missing else result
             for drive, result in zip(self.drives, results, strict=True)
         ]
 
-    async def _wait_quorum_then_stragglers(self, tasks: Sequence[asyncio.Task[None]]) -> None:
+    async def _wait_quorum_then_stragglers(
+        self, tasks: Sequence[asyncio.Task[None]], wait: float
+    ) -> None:
         loop = asyncio.get_running_loop()
         pending = set(tasks)
         quorum_at: float | None = None
         while pending:
             timeout = None
             if quorum_at is not None:
-                timeout = max(0.0, quorum_at + self.straggler_wait() - loop.time())
+                timeout = max(0.0, quorum_at + wait - loop.time())
             done, pending = await asyncio.wait(
                 pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
@@ -115,9 +121,13 @@ class ErasureSet:
             if quorum_at is None and len(tasks) - len(pending) >= self.write_quorum:
                 quorum_at = loop.time()
 
-    async def read_metadata(self, bucket: str, key: str) -> Results[ObjectMeta]:
+    async def read_metadata(
+        self, bucket: str, key: str, *, patience: float | None = None
+    ) -> Results[ObjectMeta]:
         """Every drive's copy of an object's metadata (or why it has none)."""
-        return await self.fan_out(lambda drive: drive.read_metadata(bucket, key))
+        return await self.fan_out(
+            lambda drive: drive.read_metadata(bucket, key), patience=patience
+        )
 
     def pick_metadata(
         self, bucket: str, key: str, copies: Sequence[ObjectMeta | StorageError]

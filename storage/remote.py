@@ -14,7 +14,7 @@ Failures always come back as StorageError subclasses, never as grid errors:
   stream, or broke the protocol → :class:`DriveNotFound`.
 
 Every request is checked before it is sent, with the same rules the serving node applies
-(:func:`storage.drive_service.encode_request`): a bad name fails here with InvalidName or
+(:func:`storage.drive_wire.encode_request`): a bad name fails here with InvalidName or
 InvalidArgument, without a round trip. The serving node checks again; it trusts no peer.
 
 A drive that is offline (its grid connection is down, or the peer table marked it) fails every

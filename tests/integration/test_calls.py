@@ -21,10 +21,10 @@ from minigrid.protocol import Op
 from minigrid.testing import (
     TEST_SECRET,
     LocalGrid,
-    NodeProcess,
     host_of,
     listening_socket,
     local_grid,
+    remote_node,
     serve_manager,
 )
 from minigrid.typed import TypedHandler
@@ -195,16 +195,8 @@ async def test_calls_to_a_peer_that_is_not_connected_fail_at_once() -> None:
 
 @pytest.mark.asyncio
 async def test_calls_to_a_node_in_another_process() -> None:
-    local_sock, remote_sock = listening_socket(), listening_socket()
-    local_host = host_of(local_sock)
-    node = NodeProcess(remote_sock, [local_host])
-    manager = Manager(local_host, [node.host], TEST_SECRET)
-    runner = await serve_manager(manager, local_sock)
-    try:
-        await asyncio.to_thread(node.start)
-        await manager.start()
-        await manager.wait_connected(15)
-        conn = manager.connection(node.host)
+    async with remote_node() as remote:
+        conn = remote.conn
         for size in (0, 100, 1 << 20):
             payload = socket.gethostname().encode() * (size // 8) + b"x" * (size % 8)
             assert await conn.call(HandlerID.TEST_ECHO, payload) == payload
@@ -214,9 +206,3 @@ async def test_calls_to_a_node_in_another_process() -> None:
             *(conn.call(HandlerID.TEST_ECHO, str(i).encode()) for i in range(1000))
         )
         assert results == [str(i).encode() for i in range(1000)]
-    finally:
-        await manager.close()
-        await runner.cleanup()
-        await asyncio.to_thread(node.stop)
-        local_sock.close()
-        remote_sock.close()

@@ -7,14 +7,11 @@ assertions hold them to the ``fast`` profile's promise of 5s.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import signal
-import socket
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -24,75 +21,23 @@ from minigrid import (
     Disconnected,
     GridConfig,
     HandlerID,
-    Manager,
     State,
 )
 from minigrid.liveness import CAUSES, cause_kind
-from minigrid.manager import should_dial
 from minigrid.testing import (
-    TEST_SECRET,
-    NodeProcess,
+    RemoteNode,
     generate_request,
-    host_of,
-    listening_socket,
     local_grid,
-    register_test_handlers,
-    serve_manager,
+    remote_node,
 )
 from tests.conftest import eventually
 
 DETECTION_LIMIT = 5.0  # the fast profile's promise
 
 
-def sockets_for(we_dial: bool) -> tuple[socket.socket, socket.socket]:
-    """Two listening sockets such that the first side dials the second (or not)."""
-    spare: list[socket.socket] = []
-    try:
-        while True:
-            ours, theirs = listening_socket(), listening_socket()
-            if should_dial(host_of(ours), host_of(theirs)) == we_dial:
-                return ours, theirs
-            spare += [ours, theirs]
-    finally:
-        for sock in spare:
-            sock.close()
-
-
-@dataclass
-class Pair:
-    manager: Manager
-    node: NodeProcess
-    node_sock: socket.socket
-
-    @property
-    def conn(self):  # type: ignore[no-untyped-def]
-        return self.manager.connection(self.node.host)
-
-    def restart_node(self) -> None:
-        self.node.kill()
-        self.node = NodeProcess(self.node_sock, [self.manager.local], log_path=self.node.log_path)
-        self.node.start()
-
-
-@contextlib.asynccontextmanager
-async def pair(tmp_path: Path, *, we_dial: bool = True) -> AsyncIterator[Pair]:
-    ours, theirs = sockets_for(we_dial)
-    node = NodeProcess(theirs, [host_of(ours)], log_path=str(tmp_path / "node.log"))
-    manager = Manager(host_of(ours), [node.host], TEST_SECRET)
-    register_test_handlers(manager)
-    runner = await serve_manager(manager, ours)
-    result = Pair(manager, node, theirs)
-    try:
-        await asyncio.to_thread(node.start)
-        await manager.start()
-        await manager.wait_connected(15)
-        yield result
-    finally:
-        await manager.close()
-        await runner.cleanup()
-        await asyncio.to_thread(result.node.kill)
-        ours.close()
-        theirs.close()
+def pair(tmp_path: Path, *, we_dial: bool = True) -> AbstractAsyncContextManager[RemoteNode]:
+    """A manager here and a node in a child process, ``we_dial`` saying which side dials."""
+    return remote_node(str(tmp_path / "node.log"), we_dial=we_dial)
 
 
 @pytest.mark.asyncio

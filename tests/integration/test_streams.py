@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -28,51 +27,13 @@ from minigrid import (
 from minigrid.protocol import Op
 from minigrid.streams import ServerStream
 from minigrid.testing import (
-    LocalGrid,
     generate_request,
     generated_item,
-    local_grid,
-    register_test_handlers,
+    leak_checked_grid,
 )
 from tests.conftest import eventually
 
 GEN = HandlerID.TEST_STREAM_GENERATE
-
-
-def quiet(grid: LocalGrid) -> bool:
-    return all(
-        s.inflight_calls == 0 and s.inflight_handlers == 0 and s.inflight_streams == 0
-        for manager in grid.managers
-        for s in manager.stats().values()
-    )
-
-
-@contextlib.asynccontextmanager
-async def leak_checked_grid(
-    register: Callable[[Manager], None] | None = None, config: GridConfig | None = None
-) -> AsyncIterator[LocalGrid]:
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-
-    def both(manager: Manager) -> None:
-        register_test_handlers(manager)
-        if register is not None:
-            register(manager)
-
-    try:
-        async with local_grid(2, register=both, config=config) as grid:
-            yield grid
-            await eventually(lambda: quiet(grid), what="no mux, call or handler left")
-        current = asyncio.current_task()
-        await eventually(
-            lambda: not [t for t in asyncio.all_tasks() if t is not current and not t.done()],
-            what="no task left after the grid closed",
-        )
-        assert errors == [], errors
-    finally:
-        loop.set_exception_handler(previous)
 
 
 @pytest.mark.asyncio
@@ -369,7 +330,7 @@ async def test_disconnect_during_stream_setup_ends_clean_on_both_sides() -> None
             with pytest.raises(Disconnected):
                 await asyncio.wait_for(stream.recv(), 10)
             stream.cancel()
-            await eventually(lambda: quiet(grid), what="both sides released the mux")
+            await eventually(grid.quiet, what="both sides released the mux")
 
 
 @pytest.mark.asyncio

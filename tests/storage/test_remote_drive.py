@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from minigrid import GridConfig, HandlerID, Manager, RemoteError
-from minigrid.testing import LocalGrid, local_grid
+from minigrid.testing import LocalGrid, local_grid, loop_errors_checked
 from storage import bitrot
 from storage.drive import Drive
 from storage.drive_service import serve_drives
@@ -91,14 +91,6 @@ class Pair:
         return self.grid.managers[1]
 
 
-def quiet(grid: LocalGrid) -> bool:
-    return all(
-        s.inflight_calls == 0 and s.inflight_handlers == 0 and s.inflight_streams == 0
-        for manager in grid.managers
-        for s in manager.stats().values()
-    )
-
-
 @contextlib.asynccontextmanager
 async def served_pair(tmp_path: Path, config: GridConfig | None = None) -> AsyncIterator[Pair]:
     local0 = await LocalDrive.open(str(tmp_path / "d0"))
@@ -113,23 +105,7 @@ async def served_pair(tmp_path: Path, config: GridConfig | None = None) -> Async
         conn = grid.managers[0].connection(grid.hosts[1])
         pair = Pair(grid, local0, local1, gated, RemoteDrive(conn, "/d0"), RemoteDrive(conn, "/d1"))
         yield pair
-        await eventually(lambda: quiet(grid), what="no mux, call or handler left")
-
-
-@contextlib.asynccontextmanager
-async def loop_errors_checked() -> AsyncIterator[None]:
-    """Fail if anything reaches the loop's exception handler (a lost task error, say)."""
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, object]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    try:
-        yield
-        gc.collect()
-        await asyncio.sleep(0)  # let callbacks scheduled by finalizers run
-        assert errors == [], errors
-    finally:
-        loop.set_exception_handler(previous)
+        await eventually(grid.quiet, what="no mux, call or handler left")
 
 
 def meta_for(data_dir: str, size: int, inline: bytes | None = None) -> ObjectMeta:
