@@ -48,9 +48,24 @@ class GridConfig:
     #: While unconnected, the accepting side pokes the dialing side this often ("I am here,
     #: dial me now"), so a reachable peer never waits out a long backoff.
     poke_interval: float = 2.0
-    #: Bounds of the out-queue of data messages (control messages are few and unbounded).
+    #: Bounds of the out-queue of data messages.
     max_queue_messages: int = 4096
     max_queue_bytes: int = 32 << 20
+    #: Bound of the out-queue of control messages (pongs, acks, credit grants, cancels, error
+    #: replies). It only fills when the peer stops reading while it keeps sending; going over
+    #: it ends the session (cause ``peer-not-reading``). A session whose data queue stays full
+    #: with nothing written for ``dead_after`` ends the same way.
+    max_control_messages: int = 16384
+    #: Single calls the peer may have running here at once; more get an immediate "busy"
+    #: error reply, not a task.
+    max_inflight_handlers: int = 4096
+    #: Streams the peer may have open here at once; more are refused with a "busy" error.
+    max_inflight_streams: int = 1024
+    #: Bytes received from the peer that this node may hold at once, across every mux:
+    #: payloads being reassembled, unread stream items, the payloads of running calls and
+    #: open streams (each piece also costs ``minigrid.mux.HELD_OVERHEAD``). A message that
+    #: would go over it is refused; only its call or stream fails.
+    max_held_bytes: int = 256 << 20
     #: A merged frame holds at most this many messages and this many bytes.
     merge_max_messages: int = 512
     merge_max_bytes: int = 512 << 10

@@ -36,7 +36,7 @@ from .errors import (
     RemoteError,
     RemoteProtocolError,
 )
-from .mux import End, Inbox, Window
+from .mux import MAX_CAPACITY, End, Inbox, Window
 from .protocol import Flags, Op
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ _ERR_END_FLAGS = int(Flags.EOF | Flags.PAYLOAD_IS_ERR)
 _MORE = int(Flags.MORE)
 _EOF = int(Flags.EOF)
 _ERR = int(Flags.PAYLOAD_IS_ERR)
+#: A credit grant is at most this many bytes: grants never exceed MAX_CAPACITY.
+_MAX_GRANT_BYTES = 4
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
@@ -180,7 +182,7 @@ class _End:
                 f"{self.handler_name}: stream data before the stream was acknowledged"
             )
         if flags & _EOF:
-            error = payload.decode("utf-8", "replace") if flags & _ERR else ""
+            error = protocol.error_text(payload) if flags & _ERR else ""
             inbox.push_end(seq, error)
             self._peer_done = True
         elif not inbox.push(seq, payload, more=bool(flags & _MORE)):
@@ -191,6 +193,12 @@ class _End:
         if self._window is None:
             raise RemoteProtocolError(
                 f"{self.handler_name}: credit before the stream was acknowledged"
+            )
+        if len(payload) > _MAX_GRANT_BYTES:
+            # Checked before int.from_bytes: a long payload would be a huge number.
+            raise RemoteProtocolError(
+                f"{self.handler_name}: credit grant of {len(payload)} bytes "
+                f"(at most {_MAX_GRANT_BYTES})"
             )
         self._window.grant(int.from_bytes(payload, "big") if payload else 1)
         _wake(self._send_waiter)
@@ -305,6 +313,8 @@ class ClientStream(_End):
             self._expiry.cancel()
         if self._conn._client_streams.get(self.mux_id) is self:
             del self._conn._client_streams[self.mux_id]
+        if self._inbox is not None:
+            self._inbox.detach()  # the peer can add nothing more; what is unread stays readable
         self._wake_all()
 
     def _expire(self) -> None:
@@ -321,12 +331,18 @@ class ClientStream(_End):
     def on_ack(self, payload: bytes) -> None:
         info = protocol.unpack_map(payload, "ACK_MUX")
         in_capacity, out_capacity = info.get("in"), info.get("out")
-        if not isinstance(in_capacity, int) or not isinstance(out_capacity, int):
+        if type(in_capacity) is not int or type(out_capacity) is not int:
             raise RemoteProtocolError(f"{self.handler_name}: ACK_MUX without capacities")
+        if not (0 <= in_capacity <= MAX_CAPACITY and 0 <= out_capacity <= MAX_CAPACITY):
+            # The server's out capacity is how many items we would hold unread for it.
+            raise RemoteProtocolError(
+                f"{self.handler_name}: ACK_MUX capacities in={in_capacity} "
+                f"out={out_capacity} outside 0-{MAX_CAPACITY}"
+            )
         if self._inbox is not None:
             raise RemoteProtocolError(f"{self.handler_name}: second ACK_MUX")
         self._window = Window(in_capacity)
-        self._inbox = Inbox(out_capacity, f"{self.handler_name} responses")
+        self._inbox = Inbox(out_capacity, f"{self.handler_name} responses", self._conn.budget)
         _wake(self._send_waiter)
 
     def on_item(self, seq: int, flags: int, payload: bytes) -> None:
@@ -362,10 +378,22 @@ class ServerStream(_End):
         self.payload = payload
         #: The subroute the stream was opened on ("" for none).
         self.subroute = handler.subroute
-        self._inbox = Inbox(handler.in_capacity, f"{handler.name} requests")
+        self._budget = conn.budget  # this session's; released to it even after a reconnect
+        self._inbox = Inbox(handler.in_capacity, f"{handler.name} requests", self._budget)
         self._window = Window(handler.out_capacity)
         self.task: asyncio.Task[None] | None = None
         self.expired = False
+        #: What the initial payload costs the connection's budget while the stream is open.
+        self.cost = 0
+
+    def detach(self) -> None:
+        """The stream left its connection's table: give back what it had charged."""
+        if self.cost:
+            self._budget.release(self.cost)
+            self.cost = 0
+        inbox = self._inbox
+        if inbox is not None:
+            inbox.detach()
 
     def on_item(self, seq: int, flags: int, payload: bytes) -> None:
         self._on_item(seq, flags, payload)

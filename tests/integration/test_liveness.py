@@ -297,4 +297,5 @@ def test_cause_names_are_the_documented_ones() -> None:
         "network-silent",
         "reset",
         "peer-restarted",
+        "peer-not-reading",
     )
