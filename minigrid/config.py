@@ -61,11 +61,14 @@ class GridConfig:
     max_inflight_handlers: int = 4096
     #: Streams the peer may have open here at once; more are refused with a "busy" error.
     max_inflight_streams: int = 1024
-    #: Bytes received from the peer that this node may hold at once, across every mux:
-    #: payloads being reassembled, unread stream items, the payloads of running calls and
-    #: open streams (each piece also costs ``minigrid.mux.HELD_OVERHEAD``). A message that
-    #: would go over it is refused; only its call or stream fails.
-    max_held_bytes: int = 256 << 20
+    #: Bytes this node may hold for the peer at once, across every mux: what it received and
+    #: has not consumed (payloads being reassembled, unread stream items, the payloads of
+    #: running calls and open streams) and the replies and stream items its handlers produced
+    #: for the peer that wait for credit or queue room. Each piece also costs
+    #: ``minigrid.mux.HELD_OVERHEAD``. What would go over it is refused: that call or stream
+    #: fails ("busy"), the connection lives on. A legitimate peer comes near it only when this
+    #: node's disks or handlers fall far behind; raise it for many drives under heavy load.
+    max_held_bytes: int = 128 << 20
     #: A merged frame holds at most this many messages and this many bytes.
     merge_max_messages: int = 512
     merge_max_bytes: int = 512 << 10

@@ -255,6 +255,10 @@ class Connection:
         self._kick()
         return True
 
+    def _put_data_nowait(self, message: bytes) -> bool:
+        """Queue a data message if the session is up and the queue has room; else False."""
+        return self._state is State.CONNECTED and self._try_put_data(message)
+
     async def _put_data(self, message: bytes) -> None:
         """Queue a data message, waiting (cancellably) while the queue is full."""
         if self._state is not State.CONNECTED:
@@ -385,7 +389,33 @@ class Connection:
         ws = self._ws
         if ws is None or self._state is not State.CONNECTED:
             raise self._disconnected()
-        await ws.send_bytes(frame)
+        try:
+            await ws.send_bytes(frame)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise self._disconnected() from None  # the session ended under the send
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            raise self._disconnected() from exc
+
+    def expect_raw_reply(self, mux_id: int) -> asyncio.Future[bytes]:
+        """A future for the reply the peer sends to a raw request on ``mux_id``, as if a call
+        of ours were waiting on it: the payload, RemoteError, or Disconnected when the session
+        ends. The test hook that goes with :meth:`send_raw_frame`; pick mux ids far above the
+        connection's own (say from 2**48)."""
+        if self._state is not State.CONNECTED:
+            raise self._disconnected()
+        future: asyncio.Future[bytes] = self._loop.create_future()
+        calls = self._client_calls
+        calls[mux_id] = future
+
+        def forget(_: asyncio.Future[bytes]) -> None:
+            if calls.get(mux_id) is future:
+                del calls[mux_id]
+
+        future.add_done_callback(forget)
+        return future
 
     def pause_reading(self, paused: bool = True) -> None:
         """Stop (or resume) reading this session's socket, as a frozen peer would.
@@ -844,20 +874,25 @@ class Connection:
         try:
             flags, body = await self._call_handler(task, handler, payload, timeout)
             del payload
-            if len(body) <= protocol.CHUNK_SIZE:
-                reply = protocol.encode(
-                    _RESPONSE,
-                    mux_id=mux_id,
-                    handler_id=handler.handler_id,
-                    flags=flags,
-                    payload=body,
-                    checksum=self.config.checksum_payloads,
-                )
-                # The common case queues at once, without creating a coroutine.
-                if self._state is not State.CONNECTED or not self._try_put_data(reply):
-                    await self._put_data(reply)
-            else:
-                await self._send_payload(_RESPONSE, mux_id, handler.handler_id, 0, flags, body)
+            # A reply that must wait for room is held for the peer: it is charged to the
+            # budget with the request (or refused, if that would go over) while it waits.
+            if len(body) > protocol.CHUNK_SIZE:
+                if self._hold_reply(task, mux_id, handler.handler_id, len(body)):
+                    await self._send_payload(_RESPONSE, mux_id, handler.handler_id, 0, flags, body)
+                return
+            reply = protocol.encode(
+                _RESPONSE,
+                mux_id=mux_id,
+                handler_id=handler.handler_id,
+                flags=flags,
+                payload=body,
+                checksum=self.config.checksum_payloads,
+            )
+            del body  # only the encoded reply is kept while it waits
+            if self._put_data_nowait(reply):
+                return  # the common case: queued at once, without creating a coroutine
+            if self._hold_reply(task, mux_id, handler.handler_id, len(reply)):
+                await self._put_data(reply)
         except GridError:
             pass  # the connection dropped while the reply waited for room: nobody to tell
         finally:
@@ -865,6 +900,24 @@ class Connection:
             if entry is not None and entry[0] is task:
                 del self._server_calls[mux_id]
                 self.budget.release(entry[1])
+
+    def _hold_reply(
+        self, task: asyncio.Task[None], mux_id: int, handler_id: int, size: int
+    ) -> bool:
+        """Charge a reply that waits for room to its call's entry; False if it was refused
+        (answered "busy" instead) or the call is no longer ours to answer."""
+        entry = self._server_calls.get(mux_id)
+        if entry is None or entry[0] is not task:
+            return False
+        cost = size + HELD_OVERHEAD
+        try:
+            self.budget.charge(cost, "reply waiting to be sent")
+        except LimitExceeded as exc:
+            self._refused(f"reply to request {mux_id} dropped: {exc}")
+            self._reply_error(mux_id, handler_id, f"busy: {exc}; retry later")
+            return False
+        self._server_calls[mux_id] = (task, entry[1] + cost)
+        return True
 
     async def _call_handler(
         self, task: asyncio.Task[None], handler: SingleHandler, payload: bytes, timeout: float
@@ -1061,13 +1114,17 @@ class Connection:
             stream.detach()
 
     def _mux_breach(self, message: Message, exc: RemoteProtocolError) -> None:
-        """The peer broke the protocol on one mux: fail that mux only, on both sides."""
-        self._breach(message, exc)
+        """The peer broke the protocol on one mux, or went over a receive limit with it: fail
+        that mux only, on both sides."""
+        if isinstance(exc, LimitExceeded):
+            self._refused(f"stream {message.mux_id} failed: {exc}")
+            why = f"busy: {exc}"
+        else:
+            self._breach(message, exc)
+            why = f"protocol error: {exc}"
         client = self._client_streams.get(message.mux_id)
         if client is not None and message.op not in _CLIENT_OPS:
-            client._fail(
-                RemoteError(f"protocol error on this stream: {exc}", handler=client.handler_name)
-            )
+            client._fail(RemoteError(f"{why} (on this stream)", handler=client.handler_name))
             client._tell_server()
             client._release()
             return
@@ -1077,10 +1134,10 @@ class Connection:
                 protocol.encode(
                     Op.DISCONNECT_CLIENT_MUX,
                     mux_id=message.mux_id,
-                    payload=f"protocol error: {exc}".encode(),
+                    payload=why.encode()[: protocol.MAX_ERROR_TEXT],
                 )
             )
-            self._cancel_server_stream(server, f"protocol error: {exc}")
+            self._cancel_server_stream(server, why)
 
     def _on_client_msg(self, message: Message) -> None:
         stream = self._server_streams.get(message.mux_id)

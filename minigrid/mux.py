@@ -86,10 +86,10 @@ class Fragments:
     def add(self, payload: bytes, max_size: int, what: str) -> None:
         """Hold one more fragment that is not the last; raises on any cap."""
         if len(self.parts) >= MAX_FRAGMENTS - 1:
-            raise LimitExceeded(f"{what}: payload cut into over {MAX_FRAGMENTS} fragments")
+            raise RemoteProtocolError(f"{what}: payload cut into over {MAX_FRAGMENTS} fragments")
         size = self.size + len(payload)
         if size > max_size:
-            raise LimitExceeded(f"{what}: fragmented payload over {max_size} bytes")
+            raise RemoteProtocolError(f"{what}: fragmented payload over {max_size} bytes")
         cost = len(payload) + HELD_OVERHEAD
         self._budget.charge(cost, what)
         self.parts.append(payload)
@@ -102,7 +102,7 @@ class Fragments:
         parts = self.parts
         self.release()
         if size > max_size:
-            raise LimitExceeded(f"{what}: fragmented payload over {max_size} bytes")
+            raise RemoteProtocolError(f"{what}: fragmented payload over {max_size} bytes")
         parts.append(payload)
         return b"".join(parts)
 

@@ -47,8 +47,9 @@ MAX_REASSEMBLED: Final = 64 * CHUNK_SIZE
 #: Hard cap on the fragments of one payload, the last one included: a payload of
 #: ``MAX_REASSEMBLED`` bytes cut into ``CHUNK_SIZE`` chunks needs exactly this many.
 MAX_FRAGMENTS: Final = MAX_REASSEMBLED // CHUNK_SIZE
-#: Error texts from a peer (error payloads, cancel reasons) are cut to this many bytes.
-MAX_ERROR_TEXT: Final = 64 << 10
+#: Error texts are cut to this many bytes, both the ones a peer sends (error payloads, cancel
+#: reasons) and the ones sent to it (a stream's error end may wait in the queue unbounded).
+MAX_ERROR_TEXT: Final = 8 << 10
 #: Largest values of the header fields.
 MAX_MUX_ID: Final = (1 << 64) - 1
 MAX_SEQ: Final = (1 << 32) - 1

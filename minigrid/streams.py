@@ -36,7 +36,7 @@ from .errors import (
     RemoteError,
     RemoteProtocolError,
 )
-from .mux import MAX_CAPACITY, End, Inbox, Window
+from .mux import HELD_OVERHEAD, MAX_CAPACITY, End, Inbox, Window
 from .protocol import Flags, Op
 
 if TYPE_CHECKING:
@@ -130,29 +130,49 @@ class _End:
         """Send one item, waiting for credit. Items over 1 MiB go as fragments."""
         if self._send_closed:
             raise LocalProtocolError(f"{self.handler_name}: send after the sending side closed")
-        while True:
-            if self._error is not None:
-                raise self._error
-            if self._peer_done and isinstance(self, ClientStream):
-                return  # the server already finished; recv() tells the caller how
-            window = self._window
-            if window is not None and window.try_spend():
-                break
-            if window is not None and window.capacity == 0:
-                raise LocalProtocolError(f"{self.handler_name} takes no requests (in_capacity=0)")
-            await self._wait("_send_waiter")
-        for chunk, more in protocol.iter_chunks(payload):
-            seq = self._send_seq
-            self._send_seq += 1
-            await self._conn._put_data(
-                protocol.encode(
+        held = 0  # charged to the budget while the item waits (server side only)
+        try:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self._peer_done and isinstance(self, ClientStream):
+                    return  # the server already finished; recv() tells the caller how
+                window = self._window
+                if window is not None and window.try_spend():
+                    break
+                if window is not None and window.capacity == 0:
+                    raise LocalProtocolError(
+                        f"{self.handler_name} takes no requests (in_capacity=0)"
+                    )
+                held = held or self._hold(len(payload))
+                await self._wait("_send_waiter")
+            conn = self._conn
+            if len(payload) > protocol.CHUNK_SIZE:
+                # Charged before the first fragment goes: a refusal must not cut an item.
+                held = held or self._hold(len(payload))
+            for chunk, more in protocol.iter_chunks(payload):
+                seq = self._send_seq
+                self._send_seq += 1
+                message = protocol.encode(
                     self._send_op,
                     mux_id=self.mux_id,
                     seq=seq,
                     flags=_MORE if more else 0,
                     payload=chunk,
                 )
-            )
+                if not conn._put_data_nowait(message):
+                    held = held or self._hold(len(payload))
+                    await conn._put_data(message)
+        finally:
+            if held:
+                self._unhold(held)
+
+    def _hold(self, size: int) -> int:
+        """An item about to wait (for credit or queue room); what it was charged, if any."""
+        return 0
+
+    def _unhold(self, cost: int) -> None:
+        """Give back what :meth:`_hold` charged."""
 
     def _send_end(self, error: str = "") -> None:
         """Queue the terminal message of our direction; costs no credit and never waits."""
@@ -167,7 +187,7 @@ class _End:
                 mux_id=self.mux_id,
                 seq=seq,
                 flags=_ERR_END_FLAGS,
-                payload=error.encode()[:65536],
+                payload=error.encode()[: protocol.MAX_ERROR_TEXT],
             )
         else:
             message = protocol.encode(self._send_op, mux_id=self.mux_id, seq=seq, flags=_END_FLAGS)
@@ -385,6 +405,18 @@ class ServerStream(_End):
         self.expired = False
         #: What the initial payload costs the connection's budget while the stream is open.
         self.cost = 0
+
+    def _hold(self, size: int) -> int:
+        # What our handler sends the peer, held while the peer grants no credit or does not
+        # read, is held for the peer: it counts against the connection's budget (twice: the
+        # item and its encoded copy). Over it, the send fails (and with it the stream),
+        # instead of handlers pinning unbounded memory.
+        cost = 2 * size + HELD_OVERHEAD
+        self._budget.charge(cost, f"{self.handler_name} item waiting to be sent")
+        return cost
+
+    def _unhold(self, cost: int) -> None:
+        self._budget.release(cost)
 
     def detach(self) -> None:
         """The stream left its connection's table: give back what it had charged."""
