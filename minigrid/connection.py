@@ -904,19 +904,23 @@ class Connection:
     def _hold_reply(
         self, task: asyncio.Task[None], mux_id: int, handler_id: int, size: int
     ) -> bool:
-        """Charge a reply that waits for room to its call's entry; False if it was refused
-        (answered "busy" instead) or the call is no longer ours to answer."""
+        """A reply about to wait for room: its call is charged for the reply from now on
+        instead of the request (the handler is done with that). False if the budget refused
+        it (the call is answered "busy" instead) or the call is no longer ours to answer."""
         entry = self._server_calls.get(mux_id)
         if entry is None or entry[0] is not task:
             return False
         cost = size + HELD_OVERHEAD
         try:
-            self.budget.charge(cost, "reply waiting to be sent")
+            if cost > entry[1]:
+                self.budget.charge(cost - entry[1], "reply waiting to be sent")
+            else:
+                self.budget.release(entry[1] - cost)
         except LimitExceeded as exc:
             self._refused(f"reply to request {mux_id} dropped: {exc}")
             self._reply_error(mux_id, handler_id, f"busy: {exc}; retry later")
             return False
-        self._server_calls[mux_id] = (task, entry[1] + cost)
+        self._server_calls[mux_id] = (task, cost)
         return True
 
     async def _call_handler(

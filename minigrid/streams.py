@@ -408,10 +408,10 @@ class ServerStream(_End):
 
     def _hold(self, size: int) -> int:
         # What our handler sends the peer, held while the peer grants no credit or does not
-        # read, is held for the peer: it counts against the connection's budget (twice: the
-        # item and its encoded copy). Over it, the send fails (and with it the stream),
-        # instead of handlers pinning unbounded memory.
-        cost = 2 * size + HELD_OVERHEAD
+        # read, is held for the peer: it counts against the connection's budget (the item and
+        # the encoded copy of one chunk of it). Over it, the send fails (and with it the
+        # stream), instead of handlers pinning unbounded memory.
+        cost = size + min(size, protocol.CHUNK_SIZE) + HELD_OVERHEAD
         self._budget.charge(cost, f"{self.handler_name} item waiting to be sent")
         return cost
 
