@@ -48,7 +48,7 @@ MAX_REASSEMBLED: Final = 64 * CHUNK_SIZE
 #: ``MAX_REASSEMBLED`` bytes cut into ``CHUNK_SIZE`` chunks needs exactly this many.
 MAX_FRAGMENTS: Final = MAX_REASSEMBLED // CHUNK_SIZE
 #: Error texts are cut to this many bytes, both the ones a peer sends (error payloads, cancel
-#: reasons) and the ones sent to it (a stream's error end may wait in the queue unbounded).
+#: reasons) and the ones sent to it (a stream's error end is queued past the queue's bound).
 MAX_ERROR_TEXT: Final = 8 << 10
 #: Largest values of the header fields.
 MAX_MUX_ID: Final = (1 << 64) - 1
