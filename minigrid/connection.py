@@ -15,7 +15,7 @@ import collections
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -871,28 +871,28 @@ class Connection:
         slots fill and further requests are refused at once, instead of replies piling up."""
         task = asyncio.current_task()
         assert task is not None
+        expiry = self._loop.call_later(timeout, _expire_task, task)
         try:
-            flags, body = await self._call_handler(task, handler, payload, timeout)
-            del payload
-            # A reply that must wait for room is held for the peer: it is charged to the
-            # budget with the request (or refused, if that would go over) while it waits.
-            if len(body) > protocol.CHUNK_SIZE:
-                if self._hold_reply(task, mux_id, handler.handler_id, len(body)):
-                    await self._send_payload(_RESPONSE, mux_id, handler.handler_id, 0, flags, body)
-                return
-            reply = protocol.encode(
-                _RESPONSE,
-                mux_id=mux_id,
-                handler_id=handler.handler_id,
-                flags=flags,
-                payload=body,
-                checksum=self.config.checksum_payloads,
-            )
-            del body  # only the encoded reply is kept while it waits
-            if self._put_data_nowait(reply):
-                return  # the common case: queued at once, without creating a coroutine
-            if self._hold_reply(task, mux_id, handler.handler_id, len(reply)):
-                await self._put_data(reply)
+            # The handler is awaited here, not in a helper coroutine: one frame less per call.
+            result: object = None
+            try:
+                result = await handler.fn(payload)
+            except asyncio.CancelledError:
+                if not getattr(task, "_minigrid_expired", False):
+                    raise  # the caller left or the connection dropped: nobody wants an answer
+                task.uncancel()
+                flags, body = _ERR, f"{handler.name}: deadline of {timeout:.3f}s exceeded".encode()
+            except Exception as exc:
+                flags, body = _ERR, (str(exc) or exc.__class__.__name__).encode()
+            else:
+                flags, body = _check_result(handler, result)
+            finally:
+                expiry.cancel()
+            del payload, result
+            waiting = self._reply(task, mux_id, handler.handler_id, flags, body)
+            del body  # while the reply waits, only what it needs is kept
+            if waiting is not None:
+                await waiting
         except GridError:
             pass  # the connection dropped while the reply waited for room: nobody to tell
         finally:
@@ -900,6 +900,30 @@ class Connection:
             if entry is not None and entry[0] is task:
                 del self._server_calls[mux_id]
                 self.budget.release(entry[1])
+
+    def _reply(
+        self, task: asyncio.Task[None], mux_id: int, handler_id: int, flags: int, body: bytes
+    ) -> Awaitable[None] | None:
+        """Queue a call's reply: None once done, or what to await while it waits for room.
+        A reply that waits is held for the peer: it is charged to the budget (or refused, if
+        that would go over) while it waits."""
+        if len(body) > protocol.CHUNK_SIZE:
+            if self._hold_reply(task, mux_id, handler_id, len(body)):
+                return self._send_payload(_RESPONSE, mux_id, handler_id, 0, flags, body)
+            return None
+        reply = protocol.encode(
+            _RESPONSE,
+            mux_id=mux_id,
+            handler_id=handler_id,
+            flags=flags,
+            payload=body,
+            checksum=self.config.checksum_payloads,
+        )
+        if self._put_data_nowait(reply):
+            return None  # the common case: queued at once, without creating a coroutine
+        if self._hold_reply(task, mux_id, handler_id, len(reply)):
+            return self._put_data(reply)
+        return None
 
     def _hold_reply(
         self, task: asyncio.Task[None], mux_id: int, handler_id: int, size: int
@@ -922,31 +946,6 @@ class Connection:
             return False
         self._server_calls[mux_id] = (task, cost)
         return True
-
-    async def _call_handler(
-        self, task: asyncio.Task[None], handler: SingleHandler, payload: bytes, timeout: float
-    ) -> tuple[int, bytes]:
-        """The handler's answer as ``(flags, payload)``: its result, or its error as text."""
-        expiry = self._loop.call_later(timeout, _expire_task, task)
-        try:
-            result: object = await handler.fn(payload)
-        except asyncio.CancelledError:
-            if not getattr(task, "_minigrid_expired", False):
-                raise  # the caller cancelled or the connection dropped: nobody wants an answer
-            task.uncancel()
-            return _ERR, f"{handler.name}: deadline of {timeout:.3f}s exceeded".encode()
-        except Exception as exc:
-            return _ERR, (str(exc) or exc.__class__.__name__).encode()
-        finally:
-            expiry.cancel()
-        if not isinstance(result, bytes | bytearray | memoryview):
-            return _ERR, f"{handler.name} returned {type(result).__name__}, not bytes".encode()
-        if len(result) > protocol.MAX_REASSEMBLED:
-            return _ERR, (
-                f"{handler.name} returned {len(result)} bytes, over the "
-                f"{protocol.MAX_REASSEMBLED}-byte cap of a reply"
-            ).encode()
-        return 0, bytes(result)
 
     def _reply_error(self, mux_id: int, handler_id: int, text: str) -> None:
         """Answer a call with an error at once, as a control message: it never waits behind
@@ -1255,6 +1254,18 @@ class Connection:
             return
         self._set_state(State.SHUTDOWN, "shutdown")
         self._teardown("shutdown")
+
+
+def _check_result(handler: SingleHandler, result: object) -> tuple[int, bytes]:
+    """A handler's result as ``(flags, payload)``: bytes, or the error a wrong result is."""
+    if not isinstance(result, bytes | bytearray | memoryview):
+        return _ERR, f"{handler.name} returned {type(result).__name__}, not bytes".encode()
+    if len(result) > protocol.MAX_REASSEMBLED:
+        return _ERR, (
+            f"{handler.name} returned {len(result)} bytes, over the "
+            f"{protocol.MAX_REASSEMBLED}-byte cap of a reply"
+        ).encode()
+    return 0, bytes(result)
 
 
 def _expire(future: asyncio.Future[bytes], handler_id: int, timeout: float) -> None:
