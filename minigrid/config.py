@@ -48,9 +48,27 @@ class GridConfig:
     #: While unconnected, the accepting side pokes the dialing side this often ("I am here,
     #: dial me now"), so a reachable peer never waits out a long backoff.
     poke_interval: float = 2.0
-    #: Bounds of the out-queue of data messages (control messages are few and unbounded).
+    #: Bounds of the out-queue of data messages.
     max_queue_messages: int = 4096
     max_queue_bytes: int = 32 << 20
+    #: Bound of the out-queue of control messages (pongs, acks, credit grants, cancels, error
+    #: replies). It only fills when the peer stops reading while it keeps sending; going over
+    #: it ends the session (cause ``peer-not-reading``). A session whose data queue stays full
+    #: with nothing written for ``dead_after`` ends the same way.
+    max_control_messages: int = 16384
+    #: Single calls the peer may have running here at once; more get an immediate "busy"
+    #: error reply, not a task.
+    max_inflight_handlers: int = 4096
+    #: Streams the peer may have open here at once; more are refused with a "busy" error.
+    max_inflight_streams: int = 1024
+    #: Bytes this node may hold for the peer at once, across every mux: what it received and
+    #: has not consumed (payloads being reassembled, unread stream items, the payloads of
+    #: running calls and open streams) and the replies and stream items its handlers produced
+    #: for the peer that wait for credit or queue room. Each piece also costs
+    #: ``minigrid.mux.HELD_OVERHEAD``. What would go over it is refused: that call or stream
+    #: fails ("busy"), the connection lives on. A legitimate peer comes near it only when this
+    #: node's disks or handlers fall far behind; raise it for many drives under heavy load.
+    max_held_bytes: int = 128 << 20
     #: A merged frame holds at most this many messages and this many bytes.
     merge_max_messages: int = 512
     merge_max_bytes: int = 512 << 10

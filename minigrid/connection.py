@@ -15,7 +15,7 @@ import collections
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -26,6 +26,7 @@ from .errors import (
     DeadlineExceeded,
     Disconnected,
     GridError,
+    LimitExceeded,
     PayloadTooLarge,
     RemoteError,
     RemoteProtocolError,
@@ -33,13 +34,17 @@ from .errors import (
 from .handlers import SingleHandler, UnknownHandler, handler_name
 from .liveness import (
     LOCAL_STALLED,
+    MAX_WIRE_TIME,
     NETWORK_SILENT,
+    PEER_NOT_READING,
     PEER_RESTARTED,
     REMOTE_STALLED,
     Health,
     cause_kind,
     diagnose_silence,
+    wire_number,
 )
+from .mux import HELD_OVERHEAD, Budget, Fragments
 from .protocol import Flags, Message, Op
 from .state import State, check_transition
 from .stats import ConnStats, Counters
@@ -59,6 +64,10 @@ _CLIENT_OPS = frozenset(int(op) for op in protocol.CLIENT_OPS)
 _CLOSE_TYPES = frozenset(
     {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED}
 )
+#: Per session, the first few protocol errors of single messages or muxes, and the first
+#: refusal for a cap, are logged; the rest are only counted (``ConnStats``), so a hostile peer
+#: cannot flood the log.
+_LOGGED_PER_SESSION = 3
 
 
 class _Expired(Exception):
@@ -89,10 +98,24 @@ class Connection:
         self._writer_wake: asyncio.Future[None] | None = None
         # In-flight work, keyed by mux id. Client ids are ours; server ids are the peer's.
         self._client_calls: dict[int, asyncio.Future[bytes]] = {}
-        self._server_calls: dict[int, asyncio.Task[None]] = {}
+        # Calls the peer has running here: mux id -> (task, what its payload costs the budget).
+        # Whoever removes an entry gives the cost back (a task cancelled before it ever ran
+        # cannot do it itself).
+        self._server_calls: dict[int, tuple[asyncio.Task[None], int]] = {}
         self._client_streams: dict[int, ClientStream] = {}
         self._server_streams: dict[int, ServerStream] = {}
-        self._partial: dict[tuple[int, int], list[bytes]] = {}
+        # Call payloads being reassembled, keyed by (op, mux id).
+        self._partial: dict[tuple[int, int], Fragments] = {}
+        #: Bytes received from the peer and held here, across every mux (a new one per
+        #: session; whatever holds bytes releases them to the budget it charged).
+        self.budget = Budget(self.config.max_held_bytes)
+        self._max_control = self.config.max_control_messages
+        # When the data queue last refused a message with no frame written since (None: the
+        # writer has made progress since the queue was last full).
+        self._full_since: float | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | aiohttp.web.WebSocketResponse | None = None
+        self._breaches = 0  # protocol errors of single messages or muxes, this session
+        self._refusals = 0  # requests or streams refused for a cap, this session
         self.counters = Counters()
         self.last_cause = ""
         #: Set by the manager before it cancels a session, so the session reports why.
@@ -180,6 +203,7 @@ class Connection:
             inflight_handlers=len(self._server_calls),
             inflight_streams=len(self._client_streams) + len(self._server_streams),
             last_cause=self.last_cause,
+            held_bytes=self.budget.held,
         )
 
     # ---------------------------------------------------------------- out-queue
@@ -192,10 +216,23 @@ class Connection:
                 waiter.set_result(None)
 
     def _put_control(self, message: bytes) -> None:
-        """Queue a control message. Never blocks: control messages are small and few."""
+        """Queue a control message. Never blocks: control messages are small, and their queue
+        only fills when the peer stops reading, which ends the session instead."""
         if self._state is State.CONNECTED:
-            self._control.append(message)
+            control = self._control
+            if len(control) >= self._max_control:
+                self._not_reading(
+                    f"{len(control)} control messages queued and unsent (cap {self._max_control})"
+                )
+                return
+            control.append(message)
             self._kick()
+
+    def _not_reading(self, detail: str) -> None:
+        """End the session: the peer keeps sending but does not read what we send."""
+        cause = f"{PEER_NOT_READING}: {detail}; the peer sends but does not read"
+        if self.drop(cause):
+            log.warning("grid %s->%s: disconnecting: %s", self.local, self.remote, cause)
 
     def _put_terminal(self, message: bytes) -> None:
         """Queue the last message of a stream direction past the bound: it must never wait,
@@ -210,11 +247,17 @@ class Connection:
             len(self._data) >= self.config.max_queue_messages
             or self._data_bytes + len(message) > self.config.max_queue_bytes
         ):
+            if self._full_since is None:
+                self._full_since = self._loop.time()
             return False
         self._data.append(message)
         self._data_bytes += len(message)
         self._kick()
         return True
+
+    def _put_data_nowait(self, message: bytes) -> bool:
+        """Queue a data message if the session is up and the queue has room; else False."""
+        return self._state is State.CONNECTED and self._try_put_data(message)
 
     async def _put_data(self, message: bytes) -> None:
         """Queue a data message, waiting (cancellably) while the queue is full."""
@@ -277,6 +320,7 @@ class Connection:
             batch = self._take_batch()
             frame = protocol.merge(batch)
             await ws.send_bytes(frame)
+            self._full_since = None  # the peer is reading
             counters.frames_out += 1
             counters.messages_out += len(batch)
             counters.bytes_out += len(frame)
@@ -302,6 +346,10 @@ class Connection:
         self.remote_instance = remote_instance
         self._peer_health = None
         self._generation += 1
+        self.budget = Budget(self.config.max_held_bytes)
+        self._full_since = None
+        self._breaches = self._refusals = 0
+        self._ws = ws
         self._last_seen = self._loop.time()
         self.counters.session_started(self._loop.time())
         self._set_state(State.CONNECTED)
@@ -326,11 +374,48 @@ class Connection:
                 task.cancel()
             # Fail everything before closing the socket: callers must not wait on a slow close.
             self._teardown(cause)
+            self._ws = None
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     await ws.close()
         return cause
+
+    async def send_raw_frame(self, frame: bytes) -> None:
+        """Send ``frame`` as one websocket frame, exactly as given: no encoding, no queue.
+
+        A test hook, for hostile-peer tests that need bytes no well-behaved node would send;
+        nothing in minigrid or the node calls it."""
+        ws = self._ws
+        if ws is None or self._state is not State.CONNECTED:
+            raise self._disconnected()
+        try:
+            await ws.send_bytes(frame)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise self._disconnected() from None  # the session ended under the send
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            raise self._disconnected() from exc
+
+    def expect_raw_reply(self, mux_id: int) -> asyncio.Future[bytes]:
+        """A future for the reply the peer sends to a raw request on ``mux_id``, as if a call
+        of ours were waiting on it: the payload, RemoteError, or Disconnected when the session
+        ends. The test hook that goes with :meth:`send_raw_frame`; pick mux ids far above the
+        connection's own (say from 2**48)."""
+        if self._state is not State.CONNECTED:
+            raise self._disconnected()
+        future: asyncio.Future[bytes] = self._loop.create_future()
+        calls = self._client_calls
+        calls[mux_id] = future
+
+        def forget(_: asyncio.Future[bytes]) -> None:
+            if calls.get(mux_id) is future:
+                del calls[mux_id]
+
+        future.add_done_callback(forget)
+        return future
 
     def pause_reading(self, paused: bool = True) -> None:
         """Stop (or resume) reading this session's socket, as a frozen peer would.
@@ -399,7 +484,7 @@ class Connection:
             if not future.done():
                 future.set_exception(error)
         handlers, self._server_calls = self._server_calls, {}
-        for task in handlers.values():
+        for task, _ in handlers.values():
             task.cancel()
         client_streams, self._client_streams = self._client_streams, {}
         for client_stream in client_streams.values():
@@ -414,7 +499,7 @@ class Connection:
 
     def _log_casualties(self, cause: str) -> None:
         """One line for everything a lost session takes with it, never one per call."""
-        handlers = [task.get_name() for task in self._server_calls.values()]
+        handlers = [task.get_name() for task, _ in self._server_calls.values()]
         handlers += [
             f"{st.handler_name} {st.subroute}".strip() for st in self._server_streams.values()
         ]
@@ -480,10 +565,21 @@ class Connection:
                     max(late, silence),
                 )
                 self._last_seen = now
+                if self._full_since is not None:
+                    self._full_since = now
                 next_ping = now
                 continue
             if silence > config.dead_after:
                 return diagnose_silence(silence, self._peer_health, config.ping_interval)
+            full_since = self._full_since
+            if full_since is not None and now - full_since > config.dead_after:
+                cause = (
+                    f"{PEER_NOT_READING}: out-queue full for {now - full_since:.1f}s with "
+                    f"nothing written ({len(self._data)} messages, {self._data_bytes} bytes "
+                    "queued); the peer sends but does not read"
+                )
+                log.warning("grid %s->%s: disconnecting: %s", self.local, self.remote, cause)
+                return cause
             if now >= next_ping:
                 next_ping = now + config.ping_interval
                 self._put_control(protocol.encode(Op.PING, payload=protocol.pack_obj({"t": now})))
@@ -573,23 +669,40 @@ class Connection:
 
     # ---------------------------------------------------------- fragmentation
 
-    def _reassemble(self, key: tuple[int, int], message: Message) -> bytes | None:
-        """Collect MORE-flagged fragments; return the whole payload at the last one."""
-        parts = self._partial.get(key)
-        if message.flags & _MORE:
-            if parts is None:
-                parts = self._partial[key] = []
-            parts.append(message.payload)
-            if sum(map(len, parts)) > protocol.MAX_REASSEMBLED:
+    def _reassemble(self, op: int, message: Message, what: str) -> bytes | None:
+        """Collect a call's ``MORE``-flagged fragments; return the whole payload at the last.
+
+        Fragment n of a payload carries seq n. A fragment that continues nothing (seq > 0 and
+        no payload under way) is the rest of a payload refused earlier, and is dropped. On any
+        error the fragments held so far are dropped too, and the error is raised."""
+        key = (op, message.mux_id)
+        partial = self._partial.get(key)
+        seq = message.seq
+        if partial is None:
+            if seq:
+                return None
+            if not message.flags & _MORE:
+                return message.payload
+            partial = self._partial[key] = Fragments(self.budget)
+        try:
+            if seq != len(partial.parts):
                 raise RemoteProtocolError(
-                    f"fragmented payload over {protocol.MAX_REASSEMBLED} bytes"
+                    f"{what}: fragment {seq} out of order (expected {len(partial.parts)})"
                 )
-            return None
-        if parts is None:
-            return message.payload
-        del self._partial[key]
-        parts.append(message.payload)
-        return b"".join(parts)
+            if message.flags & _MORE:
+                partial.add(message.payload, protocol.MAX_REASSEMBLED, what)
+                return None
+            del self._partial[key]
+            return partial.finish(message.payload, protocol.MAX_REASSEMBLED, what)
+        except RemoteProtocolError:
+            self._partial.pop(key, None)
+            partial.release()
+            raise
+
+    def _drop_partial(self, op: int, mux_id: int) -> None:
+        partial = self._partial.pop((op, mux_id), None)
+        if partial is not None:
+            partial.release()
 
     async def _send_payload(
         self, op: int, mux_id: int, handler_id: int, deadline_ms: int, flags: int, payload: bytes
@@ -675,96 +788,225 @@ class Connection:
     def _on_response(self, message: Message) -> None:
         future = self._client_calls.get(message.mux_id)
         if future is None or future.done():
-            self._partial.pop((_RESPONSE, message.mux_id), None)
+            if self._partial:
+                self._drop_partial(_RESPONSE, message.mux_id)
             return  # the caller gave up; drop the late result
-        payload = self._reassemble((_RESPONSE, message.mux_id), message)
-        if payload is None:
-            return
+        if self._partial or message.flags & _MORE or message.seq:
+            try:
+                payload = self._reassemble(_RESPONSE, message, "response")
+            except RemoteProtocolError as exc:
+                self._breach(message, exc)
+                future.set_exception(
+                    RemoteError(
+                        f"protocol error in the response: {exc}",
+                        handler=handler_name(message.handler_id),
+                    )
+                )
+                return
+            if payload is None:
+                return
+        else:
+            payload = message.payload
         if message.flags & _ERR:
-            text = payload.decode("utf-8", "replace")
+            text = protocol.error_text(payload)
             future.set_exception(RemoteError(text, handler=handler_name(message.handler_id)))
         else:
             future.set_result(payload)
 
     def _on_request(self, message: Message) -> None:
-        payload = self._reassemble((_REQUEST, message.mux_id), message)
-        if payload is None:
-            return
+        if self._partial or message.flags & _MORE or message.seq:
+            try:
+                payload = self._reassemble(_REQUEST, message, "request")
+            except RemoteProtocolError as exc:
+                self._refuse_call(message, exc)
+                return
+            if payload is None:
+                return
+        else:
+            payload = message.payload
         subroute = ""
         if message.flags & _SUBROUTE:
-            subroute, payload = protocol.split_subroute(payload)
+            try:
+                subroute, payload = protocol.split_subroute(payload)
+            except RemoteProtocolError as exc:
+                self._refuse_call(message, exc)
+                return
         try:
             handler = self.manager.registry.single(message.handler_id, subroute)
         except UnknownHandler as exc:
-            self._respond(message.mux_id, message.handler_id, str(exc).encode(), _ERR)
+            self._reply_error(message.mux_id, message.handler_id, str(exc))
+            return
+        calls = self._server_calls
+        if len(calls) >= self.config.max_inflight_handlers:
+            self._refuse_call(
+                message,
+                LimitExceeded(
+                    f"{len(calls)} calls on this connection are already running "
+                    f"(cap {self.config.max_inflight_handlers})"
+                ),
+            )
+            return
+        if message.mux_id in calls:
+            self._refuse_call(
+                message, RemoteProtocolError(f"mux {message.mux_id} is already a running call")
+            )
+            return
+        cost = len(payload) + HELD_OVERHEAD
+        try:
+            self.budget.charge(cost, "request")
+        except LimitExceeded as exc:
+            self._refuse_call(message, exc)
             return
         timeout = message.deadline_ms / 1000 if message.deadline_ms else self.config.call_timeout
         task = self._loop.create_task(
             self._run_single(message.mux_id, handler, payload, timeout), name=handler.name
         )
-        self._server_calls[message.mux_id] = task
+        calls[message.mux_id] = (task, cost)
 
     async def _run_single(
         self, mux_id: int, handler: SingleHandler, payload: bytes, timeout: float
     ) -> None:
+        """Run one call and queue its reply. The call keeps its slot (and its payload its
+        share of the budget) until the reply is queued: with a peer that does not read, the
+        slots fill and further requests are refused at once, instead of replies piling up."""
         task = asyncio.current_task()
         assert task is not None
         expiry = self._loop.call_later(timeout, _expire_task, task)
         try:
-            result: object = await handler.fn(payload)
-        except asyncio.CancelledError:
-            if not getattr(task, "_minigrid_expired", False):
-                raise  # the caller cancelled or the connection dropped: nobody wants an answer
-            self._respond(
-                mux_id,
-                handler.handler_id,
-                f"{handler.name}: deadline of {timeout:.3f}s exceeded".encode(),
-                _ERR,
-            )
-            task.uncancel()
-        except Exception as exc:
-            text = str(exc) or exc.__class__.__name__
-            self._respond(mux_id, handler.handler_id, text.encode(), _ERR)
-        else:
-            if not isinstance(result, bytes | bytearray | memoryview):
-                self._respond(
-                    mux_id,
-                    handler.handler_id,
-                    f"{handler.name} returned {type(result).__name__}, not bytes".encode(),
-                    _ERR,
-                )
+            # The handler is awaited here, not in a helper coroutine: one frame less per call.
+            result: object = None
+            try:
+                result = await handler.fn(payload)
+            except asyncio.CancelledError:
+                if not getattr(task, "_minigrid_expired", False):
+                    raise  # the caller left or the connection dropped: nobody wants an answer
+                task.uncancel()
+                flags, body = _ERR, f"{handler.name}: deadline of {timeout:.3f}s exceeded".encode()
+            except Exception as exc:
+                flags, body = _ERR, (str(exc) or exc.__class__.__name__).encode()
             else:
-                self._respond(mux_id, handler.handler_id, bytes(result), 0)
+                flags, body = _check_result(handler, result)
+            finally:
+                expiry.cancel()
+            del payload, result
+            waiting = self._reply(task, mux_id, handler.handler_id, flags, body)
+            del body  # while the reply waits, only what it needs is kept
+            if waiting is not None:
+                await waiting
+        except GridError:
+            pass  # the connection dropped while the reply waited for room: nobody to tell
         finally:
-            expiry.cancel()
-            if self._server_calls.get(mux_id) is task:
+            entry = self._server_calls.get(mux_id)
+            if entry is not None and entry[0] is task:
                 del self._server_calls[mux_id]
+                self.budget.release(entry[1])
 
-    def _respond(self, mux_id: int, handler_id: int, payload: bytes, flags: int) -> None:
-        """Queue a response without waiting: a full queue must not pin the handler task."""
-        if self._state is not State.CONNECTED:
-            return
-        if len(payload) <= protocol.CHUNK_SIZE:
-            message = protocol.encode(
+    def _reply(
+        self, task: asyncio.Task[None], mux_id: int, handler_id: int, flags: int, body: bytes
+    ) -> Awaitable[None] | None:
+        """Queue a call's reply: None once done, or what to await while it waits for room.
+        A reply that waits is held for the peer: it is charged to the budget (or refused, if
+        that would go over) while it waits."""
+        if len(body) > protocol.CHUNK_SIZE:
+            if self._hold_reply(task, mux_id, handler_id, len(body)):
+                return self._send_payload(_RESPONSE, mux_id, handler_id, 0, flags, body)
+            return None
+        reply = protocol.encode(
+            _RESPONSE,
+            mux_id=mux_id,
+            handler_id=handler_id,
+            flags=flags,
+            payload=body,
+            checksum=self.config.checksum_payloads,
+        )
+        if self._put_data_nowait(reply):
+            return None  # the common case: queued at once, without creating a coroutine
+        if self._hold_reply(task, mux_id, handler_id, len(reply)):
+            return self._put_data(reply)
+        return None
+
+    def _hold_reply(
+        self, task: asyncio.Task[None], mux_id: int, handler_id: int, size: int
+    ) -> bool:
+        """A reply about to wait for room: its call is charged for the reply from now on
+        instead of the request (the handler is done with that). False if the budget refused
+        it (the call is answered "busy" instead) or the call is no longer ours to answer."""
+        entry = self._server_calls.get(mux_id)
+        if entry is None or entry[0] is not task:
+            return False
+        cost = size + HELD_OVERHEAD
+        try:
+            if cost > entry[1]:
+                self.budget.charge(cost - entry[1], "reply waiting to be sent")
+            else:
+                self.budget.release(entry[1] - cost)
+        except LimitExceeded as exc:
+            self._refused(f"reply to request {mux_id} dropped: {exc}")
+            self._reply_error(mux_id, handler_id, f"busy: {exc}; retry later")
+            return False
+        self._server_calls[mux_id] = (task, cost)
+        return True
+
+    def _reply_error(self, mux_id: int, handler_id: int, text: str) -> None:
+        """Answer a call with an error at once, as a control message: it never waits behind
+        data, and it never becomes a task."""
+        self._put_control(
+            protocol.encode(
                 _RESPONSE,
                 mux_id=mux_id,
                 handler_id=handler_id,
-                flags=flags,
-                payload=payload,
-                checksum=self.config.checksum_payloads,
+                flags=_ERR,
+                payload=text.encode()[: protocol.MAX_ERROR_TEXT],
             )
-            if self._try_put_data(message):
-                return
-        task = self._loop.create_task(
-            self._send_payload(_RESPONSE, mux_id, handler_id, 0, flags, payload)
         )
-        task.add_done_callback(_consume_task_error)
+
+    def _refuse_call(self, message: Message, exc: RemoteProtocolError) -> None:
+        """Refuse one request: a cap was reached ("busy") or it broke the protocol."""
+        if isinstance(exc, LimitExceeded):
+            self._refused(f"request {message.mux_id} refused: {exc}")
+            text = f"busy: {exc}; retry later"
+        else:
+            self._breach(message, exc)
+            text = f"protocol error: {exc}"
+        self._reply_error(message.mux_id, message.handler_id, text)
+
+    def _breach(self, message: Message, exc: Exception) -> None:
+        """One message or mux broke the protocol; it alone is refused. Logged a few times
+        per session, then only counted."""
+        self.counters.protocol_errors += 1
+        self._breaches += 1
+        if self._breaches <= _LOGGED_PER_SESSION:
+            log.warning(
+                "grid %s->%s: protocol error on mux %d (%s): %s%s",
+                self.local,
+                self.remote,
+                message.mux_id,
+                Op(message.op).name,
+                exc,
+                "; further ones this session are counted, not logged"
+                if self._breaches == _LOGGED_PER_SESSION
+                else "",
+            )
+
+    def _refused(self, what: str) -> None:
+        """A request or stream was refused for a cap ("busy"). Logged once per session."""
+        self.counters.refused += 1
+        self._refusals += 1
+        if self._refusals == 1:
+            log.warning(
+                "grid %s->%s: %s; further refusals this session are counted, not logged",
+                self.local,
+                self.remote,
+                what,
+            )
 
     def _on_disconnect_server_mux(self, message: Message) -> None:
-        task = self._server_calls.pop(message.mux_id, None)
-        self._partial.pop((_REQUEST, message.mux_id), None)
-        if task is not None:
-            task.cancel()
+        entry = self._server_calls.pop(message.mux_id, None)
+        if self._partial:
+            self._drop_partial(_REQUEST, message.mux_id)
+        if entry is not None:
+            self.budget.release(entry[1])
+            entry[0].cancel()
         stream = self._server_streams.pop(message.mux_id, None)
         if stream is not None:
             self._cancel_server_stream(stream, "the client cancelled the stream")
@@ -797,34 +1039,60 @@ class Connection:
         )
 
     def _cancel_server_stream(self, stream: ServerStream, reason: str) -> None:
+        """End a server stream already taken out of the table: its handler is cancelled."""
         stream._send_closed = True  # nobody is listening: send no terminal message
         stream._fail(Cancelled(f"{stream.handler_name}: {reason}"))
+        stream.detach()
         if stream.task is not None:
             stream.task.cancel()
 
     def _on_connect_mux(self, message: Message) -> None:
         payload = message.payload
         subroute = ""
-        if message.flags & _SUBROUTE:
-            subroute, payload = protocol.split_subroute(payload)
         try:
+            if message.flags & _MORE:
+                raise RemoteProtocolError("a stream's initial payload cannot be fragmented")
+            if message.flags & _SUBROUTE:
+                subroute, payload = protocol.split_subroute(payload)
+            if message.mux_id in self._server_streams:
+                raise RemoteProtocolError(f"stream mux {message.mux_id} is already open")
             handler = self.manager.registry.stream(message.handler_id, subroute)
         except UnknownHandler as exc:
-            self._put_control(
-                protocol.encode(
-                    Op.MUX_CONNECT_ERROR, mux_id=message.mux_id, payload=str(exc).encode()
-                )
-            )
+            self._refuse_stream(message.mux_id, str(exc))
             return
-        if message.mux_id in self._server_streams:
-            raise RemoteProtocolError(f"stream mux id {message.mux_id} opened twice")
+        except RemoteProtocolError as exc:
+            self._breach(message, exc)
+            self._refuse_stream(message.mux_id, f"protocol error: {exc}")
+            return
+        cost = len(payload) + HELD_OVERHEAD
+        try:
+            if len(self._server_streams) >= self.config.max_inflight_streams:
+                raise LimitExceeded(
+                    f"{len(self._server_streams)} streams on this connection are already open "
+                    f"(cap {self.config.max_inflight_streams})"
+                )
+            self.budget.charge(cost, "stream initial payload")
+        except LimitExceeded as exc:
+            self._refused(f"stream {message.mux_id} refused: {exc}")
+            self._refuse_stream(message.mux_id, f"busy: {exc}; retry later")
+            return
         stream = ServerStream(self, message.mux_id, handler, payload)
+        stream.cost = cost
         self._server_streams[message.mux_id] = stream
         # The acknowledgement is control: it never waits behind a full data queue.
         ack = protocol.pack_obj({"in": handler.in_capacity, "out": handler.out_capacity})
         self._put_control(protocol.encode(Op.ACK_MUX, mux_id=message.mux_id, payload=ack))
         timeout = message.deadline_ms / 1000 if message.deadline_ms else None
         stream.task = self._loop.create_task(self._run_stream(stream, timeout))
+
+    def _refuse_stream(self, mux_id: int, text: str) -> None:
+        self._put_control(
+            protocol.encode(
+                Op.MUX_CONNECT_ERROR,
+                mux_id=mux_id,
+                payload=text.encode()[: protocol.MAX_ERROR_TEXT],
+            )
+        )
 
     async def _run_stream(self, stream: ServerStream, timeout: float | None) -> None:
         task = asyncio.current_task()
@@ -846,21 +1114,20 @@ class Connection:
                 expiry.cancel()
             if self._server_streams.get(stream.mux_id) is stream:
                 del self._server_streams[stream.mux_id]
+            stream.detach()
 
     def _mux_breach(self, message: Message, exc: RemoteProtocolError) -> None:
-        """The peer broke the protocol on one mux: fail that mux only, on both sides."""
-        log.warning(
-            "grid %s->%s: protocol error on mux %d: %s",
-            self.local,
-            self.remote,
-            message.mux_id,
-            exc,
-        )
+        """The peer broke the protocol on one mux, or went over a receive limit with it: fail
+        that mux only, on both sides."""
+        if isinstance(exc, LimitExceeded):
+            self._refused(f"stream {message.mux_id} failed: {exc}")
+            why = f"busy: {exc}"
+        else:
+            self._breach(message, exc)
+            why = f"protocol error: {exc}"
         client = self._client_streams.get(message.mux_id)
         if client is not None and message.op not in _CLIENT_OPS:
-            client._fail(
-                RemoteError(f"protocol error on this stream: {exc}", handler=client.handler_name)
-            )
+            client._fail(RemoteError(f"{why} (on this stream)", handler=client.handler_name))
             client._tell_server()
             client._release()
             return
@@ -870,10 +1137,10 @@ class Connection:
                 protocol.encode(
                     Op.DISCONNECT_CLIENT_MUX,
                     mux_id=message.mux_id,
-                    payload=f"protocol error: {exc}".encode(),
+                    payload=why.encode()[: protocol.MAX_ERROR_TEXT],
                 )
             )
-            self._cancel_server_stream(server, f"protocol error: {exc}")
+            self._cancel_server_stream(server, why)
 
     def _on_client_msg(self, message: Message) -> None:
         stream = self._server_streams.get(message.mux_id)
@@ -922,12 +1189,12 @@ class Connection:
     def _on_disconnect_client_mux(self, message: Message) -> None:
         stream = self._client_streams.get(message.mux_id)
         if stream is not None:
-            stream.on_remote_cancel(message.payload.decode("utf-8", "replace"))
+            stream.on_remote_cancel(protocol.error_text(message.payload))
 
     def _on_mux_connect_error(self, message: Message) -> None:
         stream = self._client_streams.get(message.mux_id)
         if stream is not None:
-            stream.on_connect_error(message.payload.decode("utf-8", "replace"))
+            stream.on_connect_error(protocol.error_text(message.payload))
 
     # ---------------------------------------------------------------- liveness
 
@@ -946,9 +1213,14 @@ class Connection:
             stream.last_seen = self._loop.time()
             self._put_control(protocol.encode(Op.PONG, mux_id=message.mux_id))
             return
-        ping = protocol.unpack_map(message.payload, "PING")
+        try:
+            ping = protocol.unpack_map(message.payload, "PING")
+            sent = wire_number(ping.get("t", 0), "ping time", MAX_WIRE_TIME)
+        except RemoteProtocolError as exc:
+            self._breach(message, exc)  # that ping gets no pong; the session lives on
+            return
         reply = self.health().to_wire()
-        reply["t"] = ping.get("t", 0)
+        reply["t"] = sent
         self._put_control(protocol.encode(Op.PONG, payload=protocol.pack_obj(reply)))
 
     def _on_pong(self, message: Message) -> None:
@@ -958,11 +1230,17 @@ class Connection:
             if stream is not None:
                 stream.last_seen = now
             return
-        pong = protocol.unpack_map(message.payload, "PONG")
-        sent = pong.get("t")
-        if isinstance(sent, float | int) and 0 <= now - sent < 3600:
+        try:
+            pong = protocol.unpack_map(message.payload, "PONG")
+            sent = pong.get("t")
+            if sent is not None:
+                sent = wire_number(sent, "pong time", MAX_WIRE_TIME)
+            health = Health.from_wire(pong)
+        except RemoteProtocolError as exc:
+            self._breach(message, exc)  # that pong is ignored; the session lives on
+            return
+        if sent is not None and 0 <= now - sent < 3600:
             self.counters.add_rtt(now - sent)
-        health = Health.from_wire(pong)
         self._peer_health = health
         self.counters.peer_loop_lag = health.loop_lag
         if self._revisable is not None and health.stall >= self.config.dead_after / 2:
@@ -978,6 +1256,18 @@ class Connection:
         self._teardown("shutdown")
 
 
+def _check_result(handler: SingleHandler, result: object) -> tuple[int, bytes]:
+    """A handler's result as ``(flags, payload)``: bytes, or the error a wrong result is."""
+    if not isinstance(result, bytes | bytearray | memoryview):
+        return _ERR, f"{handler.name} returned {type(result).__name__}, not bytes".encode()
+    if len(result) > protocol.MAX_REASSEMBLED:
+        return _ERR, (
+            f"{handler.name} returned {len(result)} bytes, over the "
+            f"{protocol.MAX_REASSEMBLED}-byte cap of a reply"
+        ).encode()
+    return 0, bytes(result)
+
+
 def _expire(future: asyncio.Future[bytes], handler_id: int, timeout: float) -> None:
     if not future.done():
         future.set_exception(
@@ -988,10 +1278,3 @@ def _expire(future: asyncio.Future[bytes], handler_id: int, timeout: float) -> N
 def _expire_task(task: asyncio.Task[None]) -> None:
     task._minigrid_expired = True  # type: ignore[attr-defined]
     task.cancel()
-
-
-def _consume_task_error(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and isinstance(task.exception(), GridError):
-        return  # the connection dropped while a big response was queued; nothing to do
-    if not task.cancelled() and task.exception() is not None:
-        log.error("grid: failed to queue a response", exc_info=task.exception())

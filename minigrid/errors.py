@@ -3,6 +3,7 @@
 ``GridError``
 ├── ``ProtocolError``            the bytes on the wire broke the protocol
 │   ├── ``RemoteProtocolError``  the peer sent something invalid (close that connection / mux)
+│   │   └── ``LimitExceeded``    the peer sent more than a receive limit allows (refuse that mux)
 │   └── ``LocalProtocolError``   we were asked to do something the protocol forbids (misuse)
 ├── ``CallError``                a call did not produce a result
 │   ├── ``RemoteError``          the handler ran and said no (its message is kept)
@@ -28,6 +29,11 @@ class ProtocolError(GridError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that break the protocol."""
+
+
+class LimitExceeded(RemoteProtocolError):
+    """The peer sent more than a receive limit allows; only the message or mux that went over
+    is refused (see ``docs/security.md``, "Grid receive limits")."""
 
 
 class LocalProtocolError(ProtocolError):

@@ -13,6 +13,8 @@ When a session ends, the cause is one of::
     network-silent   no bytes arrived and nothing suggests a stall
     reset            the connection was closed or reset
     peer-restarted   the peer came back with a new instance ID
+    peer-not-reading our out-queue stayed full with nothing written for the disconnect window
+                     (or its control part overflowed): the peer sends but does not read
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import collections
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
+
+from .errors import RemoteProtocolError
 
 log = logging.getLogger("minigrid.grid")
 
@@ -31,12 +35,32 @@ LOCAL_STALLED = "local-stalled"
 NETWORK_SILENT = "network-silent"
 RESET = "reset"
 PEER_RESTARTED = "peer-restarted"
-CAUSES = (REMOTE_STALLED, LOCAL_STALLED, NETWORK_SILENT, RESET, PEER_RESTARTED)
+PEER_NOT_READING = "peer-not-reading"
+CAUSES = (REMOTE_STALLED, LOCAL_STALLED, NETWORK_SILENT, RESET, PEER_RESTARTED, PEER_NOT_READING)
 
 #: A timer that fires this late (seconds) counts as a stall of the loop, and is logged.
 STALL_THRESHOLD = 0.5
 #: How long a stall is remembered (and reported to peers in pongs).
 STALL_MEMORY = 120.0
+
+
+#: Largest number of seconds (loop lag, stall) a pong may report: about 11 days.
+MAX_WIRE_SECONDS: Final = 1e6
+#: Largest count (queue depth, calls, streams) a pong may report.
+MAX_WIRE_COUNT: Final = 1 << 32
+#: Largest monotonic time a ping may carry (seconds; a monotonic clock starts near boot).
+MAX_WIRE_TIME: Final = 1e12
+
+
+def wire_number(value: object, what: str, limit: float) -> float:
+    """``value`` from a peer as a number in ``[0, limit]``, or a protocol error of that message.
+
+    Rejects NaN, infinities, booleans and anything that is not an int or a float."""
+    if type(value) is not int and type(value) is not float:
+        raise RemoteProtocolError(f"{what} is a {type(value).__name__}, not a number")
+    if not 0 <= value <= limit:  # also False for NaN
+        raise RemoteProtocolError(f"{what} = {value!r} is outside 0-{limit:g}")
+    return float(value)
 
 
 def cause_kind(cause: str) -> str:
@@ -65,17 +89,16 @@ class Health:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Health:
-        def number(key: str) -> float:
-            value = data.get(key, 0)
-            return float(value) if isinstance(value, int | float) else 0.0
+        """The health in a pong. A missing field reads as 0; a field that is not a finite
+        number in range raises :class:`RemoteProtocolError` (that pong is refused)."""
 
-        return cls(
-            number("lag"),
-            int(number("q")),
-            int(number("calls")),
-            int(number("streams")),
-            number("stall"),
-        )
+        def seconds(key: str) -> float:
+            return wire_number(data.get(key, 0), f"pong field {key!r}", MAX_WIRE_SECONDS)
+
+        def count(key: str) -> int:
+            return int(wire_number(data.get(key, 0), f"pong field {key!r}", MAX_WIRE_COUNT))
+
+        return cls(seconds("lag"), count("q"), count("calls"), count("streams"), seconds("stall"))
 
 
 class LoopMonitor:

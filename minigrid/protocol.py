@@ -37,10 +37,19 @@ CHUNK_SIZE: Final = 1 << 20
 MAX_PAYLOAD: Final = CHUNK_SIZE + 4096
 #: Hard cap on one websocket frame.
 MAX_FRAME_SIZE: Final = 4 * CHUNK_SIZE
-#: Hard cap on messages inside one merged frame.
+#: Hard cap on messages in one websocket frame, counted across every form a frame can take:
+#: one ``MERGED`` message, messages packed back to back, or both. The writer merges at most
+#: ``GridConfig.merge_max_messages`` (512) per frame, so 4096 leaves room; the cap keeps what
+#: one frame can make the reader do (decode, dispatch, reply) bounded.
 MAX_MERGED: Final = 4096
 #: Hard cap on a payload reassembled from fragments.
 MAX_REASSEMBLED: Final = 64 * CHUNK_SIZE
+#: Hard cap on the fragments of one payload, the last one included: a payload of
+#: ``MAX_REASSEMBLED`` bytes cut into ``CHUNK_SIZE`` chunks needs exactly this many.
+MAX_FRAGMENTS: Final = MAX_REASSEMBLED // CHUNK_SIZE
+#: Error texts are cut to this many bytes, both the ones a peer sends (error payloads, cancel
+#: reasons) and the ones sent to it (a stream's error end is queued past the queue's bound).
+MAX_ERROR_TEXT: Final = 8 << 10
 #: Largest values of the header fields.
 MAX_MUX_ID: Final = (1 << 64) - 1
 MAX_SEQ: Final = (1 << 32) - 1
@@ -96,6 +105,7 @@ _ALL_FLAGS: Final = int(
     | Flags.MORE
 )
 _CHECKSUM_LEN: Final = 8
+_MERGED: Final = int(Op.MERGED)
 
 
 @dataclass(slots=True)
@@ -238,6 +248,9 @@ class FrameDecoder:
         # Offset just past the last complete message; ``Unpacker.tell()`` also counts bytes of
         # a message it has only partly parsed, so it cannot say where a message ended.
         self._boundary = 0
+        # Messages in the current frame, top-level and merged alike (checked against
+        # MAX_MERGED as each one is unpacked, before it is validated or expanded).
+        self._count = 0
 
     def feed(self, data: bytes) -> list[Message]:
         """Add bytes and return every message they complete, in order."""
@@ -258,33 +271,45 @@ class FrameDecoder:
         return out
 
     def end_frame(self) -> None:
-        """Raise if the bytes fed so far end inside a message."""
+        """Raise if the bytes fed so far end inside a message; then start a new frame."""
         leftover = self._fed - self._boundary
         if leftover:
             raise RemoteProtocolError(f"frame ended inside a message ({leftover} bytes left)")
+        self._count = 0
 
     def _expand(self, obj: Any, out: list[Message]) -> None:
+        count = self._count + 1
+        if count > MAX_MERGED:
+            raise _too_many()
+        self._count = count
         message = _to_message(obj)
-        if message.op != Op.MERGED:
+        if message.op != _MERGED:
             if len(message.payload) > MAX_PAYLOAD:
                 raise RemoteProtocolError(f"payload of {len(message.payload)} bytes over cap")
             out.append(message)
             return
+        # The MERGED wrapper itself is not a message: its parts are counted instead.
+        count -= 1
         inner = _new_unpacker(MAX_PAYLOAD)
         inner.feed(message.payload)
-        count = 0
+        first = count
         for item in inner:
             count += 1
             if count > MAX_MERGED:
-                raise RemoteProtocolError(f"merged frame holds over {MAX_MERGED} messages")
+                raise _too_many()
             part = _to_message(item)
-            if part.op == Op.MERGED:
+            if part.op == _MERGED:
                 raise RemoteProtocolError("merged message nested inside a merged message")
             out.append(part)
+        self._count = count
         if inner.tell() != len(message.payload):
             raise RemoteProtocolError("merged payload ends inside a message")
-        if count == 0:
+        if count == first:
             raise RemoteProtocolError("empty merged message")
+
+
+def _too_many() -> RemoteProtocolError:
+    return RemoteProtocolError(f"frame holds over {MAX_MERGED} messages")
 
 
 def decode_frame(data: bytes) -> list[Message]:
@@ -326,6 +351,13 @@ def split_subroute(payload: bytes) -> tuple[str, bytes]:
     except UnicodeDecodeError as exc:
         raise RemoteProtocolError("subroute is not UTF-8") from exc
     return subroute, payload[1 + length :]
+
+
+def error_text(payload: bytes) -> str:
+    """A peer's error payload as text, cut to :data:`MAX_ERROR_TEXT` bytes."""
+    if len(payload) > MAX_ERROR_TEXT:
+        return payload[:MAX_ERROR_TEXT].decode("utf-8", "replace") + " [cut]"
+    return payload.decode("utf-8", "replace")
 
 
 def pack_obj(obj: Any) -> bytes:

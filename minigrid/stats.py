@@ -35,6 +35,12 @@ class ConnStats:
     inflight_streams: int
     last_cause: str
     tls: str = ""  # the TLS version of the current session ("TLSv1.3"), "" when plaintext
+    #: Bytes received from the peer and held here now (see ``GridConfig.max_held_bytes``).
+    held_bytes: int = 0
+    #: Messages or muxes the peer sent that broke the protocol and were refused alone.
+    protocol_errors: int = 0
+    #: Requests and streams from the peer refused as "busy" because a cap was reached.
+    refused: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -57,6 +63,8 @@ class Counters:
     rtt_max: float | None = None
     peer_loop_lag: float | None = None
     tls: str = ""
+    protocol_errors: int = 0
+    refused: int = 0
 
     def session_started(self, now: float) -> None:
         self.sessions += 1
@@ -82,6 +90,7 @@ class Counters:
         inflight_handlers: int,
         last_cause: str,
         inflight_streams: int = 0,
+        held_bytes: int = 0,
     ) -> ConnStats:
         connected = state == "connected" and self.connected_at is not None
         rtts = sorted(self.rtts)
@@ -110,4 +119,7 @@ class Counters:
             inflight_streams=inflight_streams,
             last_cause=last_cause,
             tls=self.tls if connected else "",
+            held_bytes=held_bytes,
+            protocol_errors=self.protocol_errors,
+            refused=self.refused,
         )

@@ -36,7 +36,7 @@ from .errors import (
     RemoteError,
     RemoteProtocolError,
 )
-from .mux import End, Inbox, Window
+from .mux import HELD_OVERHEAD, MAX_CAPACITY, End, Inbox, Window
 from .protocol import Flags, Op
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ _ERR_END_FLAGS = int(Flags.EOF | Flags.PAYLOAD_IS_ERR)
 _MORE = int(Flags.MORE)
 _EOF = int(Flags.EOF)
 _ERR = int(Flags.PAYLOAD_IS_ERR)
+#: A credit grant is at most this many bytes: grants never exceed MAX_CAPACITY.
+_MAX_GRANT_BYTES = 4
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
@@ -128,29 +130,49 @@ class _End:
         """Send one item, waiting for credit. Items over 1 MiB go as fragments."""
         if self._send_closed:
             raise LocalProtocolError(f"{self.handler_name}: send after the sending side closed")
-        while True:
-            if self._error is not None:
-                raise self._error
-            if self._peer_done and isinstance(self, ClientStream):
-                return  # the server already finished; recv() tells the caller how
-            window = self._window
-            if window is not None and window.try_spend():
-                break
-            if window is not None and window.capacity == 0:
-                raise LocalProtocolError(f"{self.handler_name} takes no requests (in_capacity=0)")
-            await self._wait("_send_waiter")
-        for chunk, more in protocol.iter_chunks(payload):
-            seq = self._send_seq
-            self._send_seq += 1
-            await self._conn._put_data(
-                protocol.encode(
+        held = 0  # charged to the budget while the item waits (server side only)
+        try:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self._peer_done and isinstance(self, ClientStream):
+                    return  # the server already finished; recv() tells the caller how
+                window = self._window
+                if window is not None and window.try_spend():
+                    break
+                if window is not None and window.capacity == 0:
+                    raise LocalProtocolError(
+                        f"{self.handler_name} takes no requests (in_capacity=0)"
+                    )
+                held = held or self._hold(len(payload))
+                await self._wait("_send_waiter")
+            conn = self._conn
+            if len(payload) > protocol.CHUNK_SIZE:
+                # Charged before the first fragment goes: a refusal must not cut an item.
+                held = held or self._hold(len(payload))
+            for chunk, more in protocol.iter_chunks(payload):
+                seq = self._send_seq
+                self._send_seq += 1
+                message = protocol.encode(
                     self._send_op,
                     mux_id=self.mux_id,
                     seq=seq,
                     flags=_MORE if more else 0,
                     payload=chunk,
                 )
-            )
+                if not conn._put_data_nowait(message):
+                    held = held or self._hold(len(payload))
+                    await conn._put_data(message)
+        finally:
+            if held:
+                self._unhold(held)
+
+    def _hold(self, size: int) -> int:
+        """An item about to wait (for credit or queue room); what it was charged, if any."""
+        return 0
+
+    def _unhold(self, cost: int) -> None:
+        """Give back what :meth:`_hold` charged."""
 
     def _send_end(self, error: str = "") -> None:
         """Queue the terminal message of our direction; costs no credit and never waits."""
@@ -165,7 +187,7 @@ class _End:
                 mux_id=self.mux_id,
                 seq=seq,
                 flags=_ERR_END_FLAGS,
-                payload=error.encode()[:65536],
+                payload=error.encode()[: protocol.MAX_ERROR_TEXT],
             )
         else:
             message = protocol.encode(self._send_op, mux_id=self.mux_id, seq=seq, flags=_END_FLAGS)
@@ -180,7 +202,7 @@ class _End:
                 f"{self.handler_name}: stream data before the stream was acknowledged"
             )
         if flags & _EOF:
-            error = payload.decode("utf-8", "replace") if flags & _ERR else ""
+            error = protocol.error_text(payload) if flags & _ERR else ""
             inbox.push_end(seq, error)
             self._peer_done = True
         elif not inbox.push(seq, payload, more=bool(flags & _MORE)):
@@ -191,6 +213,12 @@ class _End:
         if self._window is None:
             raise RemoteProtocolError(
                 f"{self.handler_name}: credit before the stream was acknowledged"
+            )
+        if len(payload) > _MAX_GRANT_BYTES:
+            # Checked before int.from_bytes: a long payload would be a huge number.
+            raise RemoteProtocolError(
+                f"{self.handler_name}: credit grant of {len(payload)} bytes "
+                f"(at most {_MAX_GRANT_BYTES})"
             )
         self._window.grant(int.from_bytes(payload, "big") if payload else 1)
         _wake(self._send_waiter)
@@ -305,6 +333,8 @@ class ClientStream(_End):
             self._expiry.cancel()
         if self._conn._client_streams.get(self.mux_id) is self:
             del self._conn._client_streams[self.mux_id]
+        if self._inbox is not None:
+            self._inbox.detach()  # the peer can add nothing more; what is unread stays readable
         self._wake_all()
 
     def _expire(self) -> None:
@@ -321,12 +351,18 @@ class ClientStream(_End):
     def on_ack(self, payload: bytes) -> None:
         info = protocol.unpack_map(payload, "ACK_MUX")
         in_capacity, out_capacity = info.get("in"), info.get("out")
-        if not isinstance(in_capacity, int) or not isinstance(out_capacity, int):
+        if type(in_capacity) is not int or type(out_capacity) is not int:
             raise RemoteProtocolError(f"{self.handler_name}: ACK_MUX without capacities")
+        if not (0 <= in_capacity <= MAX_CAPACITY and 0 <= out_capacity <= MAX_CAPACITY):
+            # The server's out capacity is how many items we would hold unread for it.
+            raise RemoteProtocolError(
+                f"{self.handler_name}: ACK_MUX capacities in={in_capacity} "
+                f"out={out_capacity} outside 0-{MAX_CAPACITY}"
+            )
         if self._inbox is not None:
             raise RemoteProtocolError(f"{self.handler_name}: second ACK_MUX")
         self._window = Window(in_capacity)
-        self._inbox = Inbox(out_capacity, f"{self.handler_name} responses")
+        self._inbox = Inbox(out_capacity, f"{self.handler_name} responses", self._conn.budget)
         _wake(self._send_waiter)
 
     def on_item(self, seq: int, flags: int, payload: bytes) -> None:
@@ -362,10 +398,34 @@ class ServerStream(_End):
         self.payload = payload
         #: The subroute the stream was opened on ("" for none).
         self.subroute = handler.subroute
-        self._inbox = Inbox(handler.in_capacity, f"{handler.name} requests")
+        self._budget = conn.budget  # this session's; released to it even after a reconnect
+        self._inbox = Inbox(handler.in_capacity, f"{handler.name} requests", self._budget)
         self._window = Window(handler.out_capacity)
         self.task: asyncio.Task[None] | None = None
         self.expired = False
+        #: What the initial payload costs the connection's budget while the stream is open.
+        self.cost = 0
+
+    def _hold(self, size: int) -> int:
+        # What our handler sends the peer, held while the peer grants no credit or does not
+        # read, is held for the peer: it counts against the connection's budget (the item and
+        # the encoded copy of one chunk of it). Over it, the send fails (and with it the
+        # stream), instead of handlers pinning unbounded memory.
+        cost = size + min(size, protocol.CHUNK_SIZE) + HELD_OVERHEAD
+        self._budget.charge(cost, f"{self.handler_name} item waiting to be sent")
+        return cost
+
+    def _unhold(self, cost: int) -> None:
+        self._budget.release(cost)
+
+    def detach(self) -> None:
+        """The stream left its connection's table: give back what it had charged."""
+        if self.cost:
+            self._budget.release(self.cost)
+            self.cost = 0
+        inbox = self._inbox
+        if inbox is not None:
+            inbox.detach()
 
     def on_item(self, seq: int, flags: int, payload: bytes) -> None:
         self._on_item(seq, flags, payload)

@@ -242,4 +242,5 @@ def test_cause_names_are_the_documented_ones() -> None:
         "network-silent",
         "reset",
         "peer-restarted",
+        "peer-not-reading",
     )
