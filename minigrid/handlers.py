@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import protocol
 from .mux import check_capacity
 
 if TYPE_CHECKING:
@@ -89,6 +90,19 @@ class StreamHandler:
     @property
     def name(self) -> str:
         return handler_name(self.handler_id)
+
+
+def reply_for(handler: SingleHandler, result: object) -> tuple[bool, bytes]:
+    """A handler's result as ``(is_error, payload)``: its bytes, or the error a wrong result
+    is (not bytes, or over the cap of a reply)."""
+    if not isinstance(result, bytes | bytearray | memoryview):
+        return True, f"{handler.name} returned {type(result).__name__}, not bytes".encode()
+    if len(result) > protocol.MAX_REASSEMBLED:
+        return True, (
+            f"{handler.name} returned {len(result)} bytes, over the "
+            f"{protocol.MAX_REASSEMBLED}-byte cap of a reply"
+        ).encode()
+    return False, bytes(result)
 
 
 class UnknownHandler(LookupError):

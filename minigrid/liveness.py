@@ -1,11 +1,11 @@
-"""Liveness: the loop-lag monitor, the health a pong carries, and the diagnosis of a failure.
+"""Liveness, sans-IO: the health a pong carries, loop-stall records, and why a session ended.
 
 A peer is declared dead when *nothing at all* has arrived from it for ``dead_after`` seconds
 (any message is proof of life, not only pongs). Before accusing it, a node checks its own loop:
 if its timers fired late by about as long as the silence, the silence is probably its own fault
 (a local stall), and the peer gets a fresh window instead.
 
-When a session ends, the cause is one of::
+When a session ends, its :class:`Cause` is one of (:class:`CauseKind`)::
 
     remote-stalled   the peer's last pong reported a growing loop lag, or it came back and
                      reported a long stall
@@ -15,34 +15,70 @@ When a session ends, the cause is one of::
     peer-restarted   the peer came back with a new instance ID
     peer-not-reading our out-queue stayed full with nothing written for the disconnect window
                      (or its control part overflowed): the peer sends but does not read
+    protocol-error   the peer sent a frame that breaks the protocol
+
+This module never imports asyncio: :class:`LoopStats` only records what a timer measured; the
+timer that measures it is :class:`minigrid.monitor.LoopMonitor`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
+import enum
 import logging
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from .errors import RemoteProtocolError
 
 log = logging.getLogger("minigrid.grid")
 
-REMOTE_STALLED = "remote-stalled"
-LOCAL_STALLED = "local-stalled"
-NETWORK_SILENT = "network-silent"
-RESET = "reset"
-PEER_RESTARTED = "peer-restarted"
-PEER_NOT_READING = "peer-not-reading"
+
+class CauseKind(enum.StrEnum):
+    """What ended a session (or kept one from starting). The value is what logs show."""
+
+    REMOTE_STALLED = "remote-stalled"
+    LOCAL_STALLED = "local-stalled"
+    NETWORK_SILENT = "network-silent"
+    RESET = "reset"
+    PEER_RESTARTED = "peer-restarted"
+    PEER_NOT_READING = "peer-not-reading"
+    PROTOCOL_ERROR = "protocol-error"
+    #: A verified new dial from the same instance took the session's place.
+    REPLACED = "replaced"
+    SHUTDOWN = "shutdown"
+    #: A bug in this node (logged with a traceback).
+    ERROR = "error"
+    # Why a session could not start (the dialing side's view).
+    DIAL_FAILED = "dial failed"
+    REJECTED = "rejected by peer"
+    HANDSHAKE_FAILED = "handshake failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """Why a session ended: a :class:`CauseKind` and, for people, the evidence."""
+
+    kind: CauseKind
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}: {self.detail}" if self.detail else self.kind.value
+
+
+REMOTE_STALLED = CauseKind.REMOTE_STALLED.value
+LOCAL_STALLED = CauseKind.LOCAL_STALLED.value
+NETWORK_SILENT = CauseKind.NETWORK_SILENT.value
+RESET = CauseKind.RESET.value
+PEER_RESTARTED = CauseKind.PEER_RESTARTED.value
+PEER_NOT_READING = CauseKind.PEER_NOT_READING.value
+#: The kinds a lost session is diagnosed as.
 CAUSES = (REMOTE_STALLED, LOCAL_STALLED, NETWORK_SILENT, RESET, PEER_RESTARTED, PEER_NOT_READING)
 
 #: A timer that fires this late (seconds) counts as a stall of the loop, and is logged.
 STALL_THRESHOLD = 0.5
 #: How long a stall is remembered (and reported to peers in pongs).
 STALL_MEMORY = 120.0
-
 
 #: Largest number of seconds (loop lag, stall) a pong may report: about 11 days.
 MAX_WIRE_SECONDS: Final = 1e6
@@ -63,8 +99,10 @@ def wire_number(value: object, what: str, limit: float) -> float:
     return float(value)
 
 
-def cause_kind(cause: str) -> str:
-    """The category of a cause string (``"network-silent: ..."`` → ``"network-silent"``)."""
+def cause_kind(cause: str | Cause) -> str:
+    """The category of a cause (``"network-silent: ..."`` → ``"network-silent"``)."""
+    if isinstance(cause, Cause):
+        return cause.kind.value
     return cause.split(":", 1)[0].strip()
 
 
@@ -101,35 +139,23 @@ class Health:
         return cls(seconds("lag"), count("q"), count("calls"), count("streams"), seconds("stall"))
 
 
-class LoopMonitor:
-    """Measures this process's event-loop lag: a timer that notes how late it fires."""
+class LocalLoop(Protocol):
+    """What a session asks about its own node's loop (:class:`LoopStats` answers)."""
 
-    def __init__(self, interval: float = 0.1, window: float = 5.0) -> None:
-        self.interval = interval
+    def worst_lag(self) -> float: ...
+
+    def longest_stall(self) -> float: ...
+
+    def stalled_during(self, start: float, now: float) -> float: ...
+
+
+class LoopStats:
+    """Lag samples and remembered stalls of one event loop, as a timer measured them."""
+
+    def __init__(self, window: float = 5.0) -> None:
         self.window = window
         self._samples: collections.deque[tuple[float, float]] = collections.deque()
         self._stalls: collections.deque[tuple[float, float]] = collections.deque()  # (end, length)
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-monitor")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        expected = loop.time() + self.interval
-        while True:
-            await asyncio.sleep(self.interval)
-            now = loop.time()
-            self.record(now, max(0.0, now - expected))
-            expected = now + self.interval
 
     def record(self, now: float, lag: float) -> None:
         """Note that a timer due at ``now - lag`` fired at ``now``."""
@@ -165,15 +191,16 @@ class LoopMonitor:
         )
 
 
-def diagnose_silence(silence: float, health: Health | None, ping_interval: float) -> str:
+def diagnose_silence(silence: float, health: Health | None, ping_interval: float) -> Cause:
     """Name the likely cause of ``silence`` seconds without any message from the peer."""
     if health is not None and health.loop_lag >= max(0.25, ping_interval / 2):
-        return (
-            f"{REMOTE_STALLED}: no traffic for {silence:.1f}s; remote loop lag was "
-            f"{health.loop_lag:.1f}s at last contact"
+        return Cause(
+            CauseKind.REMOTE_STALLED,
+            f"no traffic for {silence:.1f}s; remote loop lag was "
+            f"{health.loop_lag:.1f}s at last contact",
         )
     lag = f"{health.loop_lag * 1000:.0f} ms" if health is not None else "unknown"
-    return (
-        f"{NETWORK_SILENT}: no traffic at all for {silence:.1f}s; remote loop healthy at "
-        f"last contact (lag {lag})"
+    return Cause(
+        CauseKind.NETWORK_SILENT,
+        f"no traffic at all for {silence:.1f}s; remote loop healthy at last contact (lag {lag})",
     )

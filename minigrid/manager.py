@@ -64,7 +64,8 @@ from .handshake import (
     printable,
     reject_frame,
 )
-from .liveness import PEER_RESTARTED, LoopMonitor
+from .liveness import Cause, CauseKind
+from .monitor import LoopMonitor
 from .rejections import RejectionLog
 from .state import State
 from .stats import ConnStats
@@ -262,7 +263,7 @@ class Manager:
         poked = self._pokes[conn.remote]
         while not self._closed:
             poked.clear()
-            conn._set_state(State.CONNECTING)
+            conn.mark_connecting()
             try:
                 ws, instance = await self._dial(conn)
             except (HandshakeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -281,7 +282,7 @@ class Manager:
             if self.closed:
                 return
             if conn.state is not State.ERROR:
-                conn._set_state(State.ERROR, cause)
+                conn.mark_failed(cause)
             delay = _next_backoff(delay, self.config)
             if poked.is_set():
                 continue
@@ -292,21 +293,23 @@ class Manager:
 
     def _outbound_failed(
         self, key: tuple[str, str], prefix: str, what: str, exc: BaseException
-    ) -> str:
+    ) -> Cause:
         """Say why a dial or a poke failed, and return that cause. A rejection or a TLS
         failure is a problem to fix: a warning, once per peer and code. A peer that is down,
         busy or stopping is routine: debug only."""
         code = ""
         if isinstance(exc, HandshakeError):
             cause, code = _handshake_cause(exc), exc.code
+            text = str(cause)
         else:
-            cause = f"{what} failed: {_describe(exc)}"
+            cause = Cause(CauseKind.DIAL_FAILED, _describe(exc))
+            text = f"{what} failed: {_describe(exc)}"
             if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
                 code = Code.TLS
         if code and code not in _TRANSIENT:
-            self._rejections.note(key, code, f"{prefix}: {cause}")
+            self._rejections.note(key, code, f"{prefix}: {text}")
         else:
-            log.debug("%s: %s", prefix, cause)
+            log.debug("%s: %s", prefix, text)
         return cause
 
     async def _dial(self, conn: Connection) -> tuple[aiohttp.ClientWebSocketResponse, str]:
@@ -372,7 +375,7 @@ class Manager:
             sockets.tune(ws.get_extra_info("socket"), self.config)
             conn.counters.tls = _tls_version(ws)
             if conn.state is State.UNCONNECTED or conn.state is State.ERROR:
-                conn._set_state(State.CONNECTING)
+                conn.mark_connecting()
             await conn.serve(ws, dialer.instance)
         except (ConnectionError, aiohttp.ClientError) as exc:
             log.debug("grid %s: session from %s ended before it began: %s",
@@ -390,7 +393,8 @@ class Manager:
             return ws
         conn = self._connections[poker.host]
         if conn.is_connected and poker.instance != conn.remote_instance:
-            conn.drop(f"{PEER_RESTARTED}: poked by new instance {poker.instance[:8]}")
+            restarted = f"poked by new instance {poker.instance[:8]}"
+            conn.drop(Cause(CauseKind.PEER_RESTARTED, restarted))
         self._pokes[poker.host].set()
         with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
             await ws.send_bytes(handshake.accept())
@@ -503,8 +507,11 @@ class Manager:
         old = self._serving.get(conn.remote)
         if old is None or old is asyncio.current_task():
             return
-        cause = "peer-restarted" if instance != conn.remote_instance else "replaced by a new dial"
-        conn.pending_cause = cause
+        conn.pending_cause = (
+            Cause(CauseKind.PEER_RESTARTED)
+            if instance != conn.remote_instance
+            else Cause(CauseKind.REPLACED, "by a new dial")
+        )
         old.cancel()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             async with asyncio.timeout(2.0):
@@ -553,10 +560,9 @@ async def _receive_frame(ws: aiohttp.ClientWebSocketResponse | web.WebSocketResp
     raise HandshakeError(Code.MALFORMED, f"expected a binary frame, got {msg.type.name}")
 
 
-def _handshake_cause(exc: HandshakeError) -> str:
-    if isinstance(exc, HandshakeRejected):
-        return f"rejected by peer: {exc.code}: {exc.reason}"
-    return f"handshake failed: {exc.code}: {exc.reason}"
+def _handshake_cause(exc: HandshakeError) -> Cause:
+    kind = CauseKind.REJECTED if isinstance(exc, HandshakeRejected) else CauseKind.HANDSHAKE_FAILED
+    return Cause(kind, f"{exc.code}: {exc.reason}")
 
 
 def _next_backoff(previous: float, config: GridConfig) -> float:

@@ -112,7 +112,7 @@ async def test_the_deadline_travels_with_the_call() -> None:
 
     async with local_grid(2, register=tracked_sleep(started, cancelled)) as grid:
         conn = grid.managers[0].connection(grid.hosts[1])
-        await conn._put_data(
+        await conn.send_raw_frame(
             protocol.encode(
                 Op.REQUEST, mux_id=10**9, deadline_ms=300, handler_id=HandlerID.TEST_SLEEP
             )

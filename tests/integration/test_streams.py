@@ -314,9 +314,7 @@ async def test_disconnect_during_stream_setup_ends_clean_on_both_sides() -> None
             # Both ends must be in the new session, or drop() has nothing to end.
             await eventually(
                 lambda conn=conn, server=server: (  # type: ignore[misc]
-                    conn.stats().connected_for is not None
-                    and server._drop is not None
-                    and not server._drop.done()
+                    conn.stats().connected_for is not None and server.is_connected
                 ),
                 what="both sides connected",
             )
@@ -402,7 +400,7 @@ async def test_a_peer_breaking_the_rules_fails_only_that_mux(breach: str) -> Non
             await stream.send(b"legit")
             seqs = range(1, 7) if breach == "over-credit" else [5]
             for seq in seqs:  # forged messages that bypass the client's own checks
-                await conn._put_data(
+                await conn.send_raw_frame(
                     protocol.encode(Op.CLIENT_MSG, mux_id=stream.mux_id, seq=seq, payload=b"x")
                 )
             with pytest.raises(Cancelled, match=r"credit|out of order"):
