@@ -36,9 +36,8 @@ from .errors import CallError, Cancelled, GridError, LocalProtocolError
 from .mux import End
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from .driver import SessionDriver
     from .records import Mux
-    from .session import GridSession
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
@@ -49,9 +48,9 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
 class StreamEnd:
     """What both ends share: receiving, sending, and waiting for the session to say more."""
 
-    def __init__(self, conn: Connection, session: GridSession, mux_id: int, name: str) -> None:
-        self._conn = conn
-        self._session = session
+    def __init__(self, driver: SessionDriver, mux_id: int, name: str) -> None:
+        self._driver = driver
+        self._session = driver.session
         self._mux: Mux | None = None
         self._error: GridError | None = None  # why the stream never opened
         self.mux_id = mux_id
@@ -78,11 +77,11 @@ class StreamEnd:
         """The next item, or None at a normal end. Raises on any abnormal end."""
         mux, session = self._opened(), self._session
         while True:
-            item = session.take_item(mux)
+            item = session.streams.take_item(mux)
             if item is not None:
                 if isinstance(item, End):
                     return None
-                self._conn.flush(session)  # the credit it earned goes out
+                self._driver.flush()  # the credit it earned goes out
                 return item
             waiter = self._recv_waiter = asyncio.get_running_loop().create_future()
             try:
@@ -101,15 +100,15 @@ class StreamEnd:
 
     async def send(self, payload: bytes) -> None:
         """Send one item, waiting for credit. Items over 1 MiB go as fragments."""
-        mux, session, conn = self._opened(), self._session, self._conn
+        mux, session, driver = self._opened(), self._session, self._driver
         # Charged before any fragment goes: a refusal must not cut an item.
-        held = session.hold(mux, len(payload)) if len(payload) > protocol.CHUNK_SIZE else 0
+        held = session.streams.hold(mux, len(payload)) if len(payload) > protocol.CHUNK_SIZE else 0
         try:
             while True:
-                outgoing = session.send_item(mux, payload)
+                outgoing = session.streams.send_item(mux, payload)
                 if outgoing is not None:
                     break
-                held = held or session.hold(mux, len(payload))
+                held = held or session.streams.hold(mux, len(payload))
                 waiter = self._send_waiter = asyncio.get_running_loop().create_future()
                 try:
                     await waiter
@@ -118,12 +117,12 @@ class StreamEnd:
             if outgoing.done:
                 return  # the server already finished; recv() tells the caller how
             if not session.push(outgoing):
-                held = held or session.hold(mux, len(payload))
-                await conn.push(session, outgoing)
-            conn.flush(session)
+                held = held or session.streams.hold(mux, len(payload))
+                await driver.push(outgoing)
+            driver.flush()
         finally:
             if held:
-                session.unhold(held)
+                session.streams.unhold(held)
 
 
 class ClientStream(StreamEnd):
@@ -131,15 +130,14 @@ class ClientStream(StreamEnd):
 
     def __init__(
         self,
-        conn: Connection,
-        session: GridSession,
+        driver: SessionDriver,
         handler_id: int,
         handler_name: str,
         payload: bytes,
         subroute: str,
         timeout: float | None,
     ) -> None:
-        super().__init__(conn, session, session.new_mux_id(), handler_name)
+        super().__init__(driver, driver.session.new_mux_id(), handler_name)
         self.handler_id = handler_id
         self._payload = payload
         self._subroute = subroute
@@ -147,34 +145,34 @@ class ClientStream(StreamEnd):
 
     async def open(self) -> ClientStream:
         """Send the stream's opening message; does not wait for the acknowledgement."""
-        conn, session = self._conn, self._session
+        driver, session = self._driver, self._session
         if self._mux is not None or self._error is not None:
             raise LocalProtocolError(f"{self.handler_name}: a stream opens once")
         try:
-            mux, outgoing = session.open_stream(
+            mux, outgoing = session.streams.open(
                 self.mux_id,
                 self.handler_id,
                 self._payload,
                 subroute=self._subroute,
                 timeout=self._timeout,
-                now=conn.now(),
+                now=driver.now(),
             )
         except GridError as exc:
             self._error = exc
             raise
         self._mux = mux
-        conn.watch(mux, self)
+        driver.watch(mux, self)
         try:
             if outgoing is not None:
-                await conn.push(session, outgoing)
-            conn.flush(session)
+                await driver.push(outgoing)
+            driver.flush()
         except BaseException as exc:
             # Whatever stopped the open (a dropped connection, a cancel) must also end recv().
             error = exc if isinstance(exc, CallError) else None
-            session.cancel_stream(
+            session.streams.cancel(
                 mux, error or Cancelled(f"{self.handler_name}: stream open abandoned")
             )
-            conn.flush(session)
+            driver.flush()
             raise
         return self
 
@@ -194,8 +192,8 @@ class ClientStream(StreamEnd):
         mux = self._opened()
         if mux.error is not None:
             raise mux.error
-        self._session.end_stream(mux)
-        self._conn.flush(self._session)
+        self._session.streams.end(mux)
+        self._driver.flush()
 
     def cancel(self) -> None:
         """Abandon the stream: the server handler is cancelled, all state is released.
@@ -206,8 +204,8 @@ class ClientStream(StreamEnd):
             if self._error is None:
                 self._error = Cancelled(f"{self.handler_name}: stream cancelled by the caller")
             return
-        self._session.cancel_stream(mux)
-        self._conn.flush(self._session)
+        self._session.streams.cancel(mux)
+        self._driver.flush()
 
     @property
     def done(self) -> bool:
@@ -218,8 +216,8 @@ class ClientStream(StreamEnd):
 class ServerStream(StreamEnd):
     """The handler's end of a stream."""
 
-    def __init__(self, conn: Connection, session: GridSession, mux: Mux) -> None:
-        super().__init__(conn, session, mux.mux_id, mux.handler_name)
+    def __init__(self, driver: SessionDriver, mux: Mux) -> None:
+        super().__init__(driver, mux.mux_id, mux.handler_name)
         assert mux.handler is not None
         self._mux = mux
         self.handler = mux.handler
