@@ -290,8 +290,10 @@ class CallTable:
     def _stop(self, call: ServerCall) -> None:
         del self._running[call.mux_id]
         self._link.budget.release(call.cost)
+        stopped = call.state is CallState.EXPIRED  # its handler was told to stop already
         call.state = next_call_state(call.state, CallEvent.CANCEL)
-        self._link.emit(StopHandler(call))
+        if not stopped:
+            self._link.emit(StopHandler(call))
 
     def _reply_error(self, mux_id: int, handler_id: int, text: str) -> None:
         """Answer a call with an error at once, as a control message: it never waits behind

@@ -287,11 +287,11 @@ class StreamTable:
             return None  # credit comes with the acknowledgement
         if state is MuxState.CLOSED and mux.role is Role.CLIENT:
             return Outgoing(None)
-        window = mux.window
-        if window is not None and window.capacity == 0:
-            raise LocalProtocolError(f"{mux.handler_name} takes no requests (in_capacity=0)")
         new = next_mux_state(mux.role, state, MuxEvent.ITEM_SENT, mux.handler_name)
+        window = mux.window
         assert window is not None  # every state that sends has its window
+        if window.capacity == 0:
+            raise LocalProtocolError(f"{mux.handler_name} takes no requests (in_capacity=0)")
         if not window.try_spend():
             return None
         mux.state = new

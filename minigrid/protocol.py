@@ -106,6 +106,8 @@ _ALL_FLAGS: Final = int(
 )
 _CHECKSUM_LEN: Final = 8
 _MERGED: Final = int(Op.MERGED)
+# Plain ints on the hot path: ``int & IntFlag`` goes through the enum's reflected operator.
+_CHECKSUM: Final = int(Flags.CHECKSUM)
 
 
 @dataclass(slots=True)
@@ -145,7 +147,7 @@ def encode(
     """Encode one message. Raises :class:`LocalProtocolError` for values the wire cannot carry."""
     if checksum:
         payload = payload + xxhash.xxh3_64_digest(payload)
-        flags |= Flags.CHECKSUM
+        flags |= _CHECKSUM
     if len(payload) > MAX_PAYLOAD:
         raise PayloadTooLarge(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD} cap")
     if not (0 <= mux_id <= MAX_MUX_ID and 0 <= seq <= MAX_SEQ):
@@ -223,14 +225,14 @@ def _to_message(obj: Any) -> Message:
         raise RemoteProtocolError("mux id, seq or deadline out of range")
     if not 0 <= handler_id <= MAX_HANDLER_ID:
         raise RemoteProtocolError(f"handler id {handler_id} out of range")
-    if flags & Flags.CHECKSUM:
+    if flags & _CHECKSUM:
         if len(payload) < _CHECKSUM_LEN:
             raise RemoteProtocolError("checksum flag on a payload too short to carry one")
         body, digest = payload[:-_CHECKSUM_LEN], payload[-_CHECKSUM_LEN:]
         if xxhash.xxh3_64_digest(body) != digest:
             raise RemoteProtocolError("payload checksum mismatch")
         payload = body
-        flags &= ~Flags.CHECKSUM
+        flags &= ~_CHECKSUM
     return Message(mux_id, seq, deadline_ms, handler_id, op, flags, payload)
 
 

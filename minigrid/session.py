@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from collections.abc import Callable
 from typing import Final
 
@@ -99,6 +100,7 @@ class GridSession:
         #: The health the peer reported in its last pong.
         self.peer_health: Health | None = None
         self._loop = loop
+        self._decoder: protocol.FrameDecoder | None = None  # a frame that came in parts
         self._stall_reported = False
         self._next_ping = now
         streams, calls = self.streams, self.calls
@@ -186,18 +188,28 @@ class GridSession:
 
     # ------------------------------------------------------------------ bytes in and out
 
-    def receive_frame(self, data: bytes, now: float) -> list[Event]:
-        """One websocket frame from the peer. A frame that breaks the protocol ends the
-        session (its last event is :class:`~minigrid.events.SessionEnded`)."""
+    def receive_frame(self, data: bytes, now: float, *, final: bool = True) -> list[Event]:
+        """A websocket frame from the peer, or with ``final=False`` the first part of one
+        (the rest follows in later calls: a frame may come one byte at a time). A frame that
+        breaks the protocol ends the session (its last event is
+        :class:`~minigrid.events.SessionEnded`)."""
         link = self._link
         if link.cause is not None:
             return []
         link.now = self.last_seen = now
         counters = self.counters
-        counters.frames_in += 1
         counters.bytes_in += len(data)
         try:
-            messages = protocol.decode_frame(data)
+            if final and self._decoder is None:
+                messages = protocol.decode_frame(data)  # the common case: a whole frame
+            else:
+                decoder = self._decoder or protocol.FrameDecoder()
+                self._decoder = None if final else decoder
+                messages = decoder.feed(data)
+                if final:
+                    decoder.end_frame()
+            if final:
+                counters.frames_in += 1
             counters.messages_in += len(messages)
             dispatch = self._dispatch
             for message in messages:
@@ -294,6 +306,8 @@ class GridSession:
     def next_timer(self) -> float:
         """When :meth:`tick` should next run (a driver's only timer)."""
         link = self._link
+        if link.cause is not None:
+            return math.inf  # an ended session has nothing left to do
         deadline = link.deadlines.next
         return deadline if deadline < link.due else link.due
 
