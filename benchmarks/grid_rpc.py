@@ -142,8 +142,7 @@ async def serve_http(port: int) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    assert site._server is not None and site._server.sockets  # type: ignore[attr-defined]
-    _ready(site._server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+    _ready(runner.addresses[0][1])
     try:
         await _stop_requested()
     finally:
@@ -194,8 +193,7 @@ async def serve_ws(port: int) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    assert site._server is not None and site._server.sockets  # type: ignore[attr-defined]
-    _ready(site._server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+    _ready(runner.addresses[0][1])
     try:
         await _stop_requested()
     finally:

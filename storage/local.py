@@ -238,7 +238,8 @@ class LocalDrive:
         self._online = True
         self._drive_id = ""
         self._latency = LatencyWindow()
-        self._tmp_root = os.path.join(self.root, SYSTEM_VOLUME, "tmp")
+        #: The drive's area for writes in progress (emptied at startup).
+        self.tmp_root = os.path.join(self.root, SYSTEM_VOLUME, "tmp")
         self._trash_root = os.path.join(self.root, SYSTEM_VOLUME, "trash")
 
     @classmethod
@@ -259,7 +260,7 @@ class LocalDrive:
             if not create:
                 raise DriveNotFound(f"drive {self.root} does not exist")
             self._sync_dirs(*make_dirs(self.root))
-        for area in (self._tmp_root, self._trash_root):
+        for area in (self.tmp_root, self._trash_root):
             shutil.rmtree(area, ignore_errors=True)
             make_dirs(area)
         try:
@@ -328,7 +329,7 @@ class LocalDrive:
         return obj_dir, os.path.join(obj_dir, meta_name)
 
     def _upload_dir(self, upload_id: str) -> str:
-        return safe_join(self._tmp_root, validate_upload_id(upload_id))
+        return safe_join(self.tmp_root, validate_upload_id(upload_id))
 
     def _prune(self, start: str, stop: str) -> None:
         """Remove empty directories from ``start`` up to, not including, ``stop``."""
@@ -368,8 +369,8 @@ class LocalDrive:
         return await self.run("read_format", self._read_format_sync)
 
     def _write_format_sync(self, fmt: FormatInfo) -> None:
-        tmp = os.path.join(self._tmp_root, f"format-{uuid.uuid4().hex}")
-        make_dirs(self._tmp_root)
+        tmp = os.path.join(self.tmp_root, f"format-{uuid.uuid4().hex}")
+        make_dirs(self.tmp_root)
         _write_file(tmp, encode_format(fmt), self.fsync)
         os.replace(tmp, os.path.join(self.root, FORMAT_FILE))
         self._sync_dirs(self.root)
@@ -447,8 +448,8 @@ class LocalDrive:
         self._require_volume(volume)
         obj_dir, meta_path = self._object_paths(volume, key)
         self._sync_dirs(*make_dirs(obj_dir))
-        make_dirs(self._tmp_root)
-        tmp = os.path.join(self._tmp_root, f"meta-{uuid.uuid4().hex}")
+        make_dirs(self.tmp_root)
+        tmp = os.path.join(self.tmp_root, f"meta-{uuid.uuid4().hex}")
         _write_file(tmp, blob, self.fsync)
         os.replace(tmp, meta_path)
         self._sync_dirs(obj_dir)
@@ -699,6 +700,6 @@ class LocalDrive:
 def iter_upload_ids(drive: LocalDrive) -> Iterator[str]:
     """The uploads in progress in a drive's temporary area (for tests and diagnostics)."""
     try:
-        yield from sorted(os.listdir(drive._tmp_root))
+        yield from sorted(os.listdir(drive.tmp_root))
     except FileNotFoundError:
         return

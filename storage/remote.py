@@ -242,7 +242,7 @@ class RemoteDrive:
 
     async def create_shard(self, upload_id: str) -> ShardWriter:
         """Open a CREATE_SHARD stream; returns once the remote shard file exists."""
-        stream = await self._open_stream(HandlerID.CREATE_SHARD, {"upload": upload_id})
+        stream = await self.open_stream(HandlerID.CREATE_SHARD, {"upload": upload_id})
         writer = RemoteShardWriter(self, stream)
         try:
             await writer.wait_ready()
@@ -265,7 +265,7 @@ class RemoteDrive:
 
     # --- reading shards -----------------------------------------------------------------------
 
-    async def _open_stream(self, handler_id: HandlerID, request: dict[str, Any]) -> ClientStream:
+    async def open_stream(self, handler_id: HandlerID, request: dict[str, Any]) -> ClientStream:
         self._check_online()
         payload = encode_request(handler_id, request, self._endpoint)
         try:
@@ -361,7 +361,7 @@ class RemoteShardReader:
         try:
             if self._stream is None:
                 self._loop = asyncio.get_running_loop()
-                self._stream = await self._drive._open_stream(HandlerID.READ_SHARD, self._request)
+                self._stream = await self._drive.open_stream(HandlerID.READ_SHARD, self._request)
             chunk = await self._stream.recv()
         except GridError as exc:
             self._close()

@@ -260,11 +260,15 @@ class Simulation:
         )
 
     def _still_gone(self, watcher: str, name: str, start: float) -> bool:
+        """The node stayed unreachable for the whole window. A silent partition that healed
+        meanwhile delivers frames sent before the fault, and those are proof of life too."""
+        touching = [fault for fault in self.faults if fault.touches(watcher, name)]
+        if any(f.kind == "partition" and start < f.end <= self.now for f in touching):
+            return False
         return any(
-            fault.kind in ("freeze", "partition") and fault.start <= start
-            and fault.end >= self.now and fault.touches(watcher, name)
-            for fault in self.faults
-        )  # fmt: skip
+            f.kind in ("freeze", "partition") and f.start <= start and f.end >= self.now
+            for f in touching
+        )
 
     def _stopped_between(self, name: str, begin: float, end: float) -> bool:
         return any(
@@ -332,6 +336,9 @@ class Simulation:
             record = self.ledger.calls[call_id]
             if self.now - record.issued > record.timeout + 1.0:
                 self.ledger.violation(f"call {call_id} never ended")
+        for stream_id, stream in enumerate(self.ledger.streams):
+            if stream.outcome is None and not stream.cancelled:
+                self.ledger.violation(f"stream {stream_id} never ended ({len(stream.got)} items)")
         for a, b in self.links():
             session = self.nodes[a].peers[b].session
             if session is not None and not session.streams.muxes() and session.budget.held:

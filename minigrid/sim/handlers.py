@@ -21,7 +21,6 @@ from ..state import MuxState
 from .clock import Timer
 
 if TYPE_CHECKING:
-    from ..streams import ServerStream
     from .node import PeerLink, SimNode
 
 ECHO = int(HandlerID.TEST_ECHO)
@@ -35,7 +34,7 @@ async def _never_called(payload: bytes) -> bytes:  # the registry needs a callab
     raise NotImplementedError
 
 
-async def _never_streamed(stream: ServerStream) -> None:
+async def _never_streamed(stream: object) -> None:
     raise NotImplementedError
 
 

@@ -136,10 +136,15 @@ class Socket:
         if kind == "fin":
             peer.open = False
             peer.on_closed(peer, "closed by peer")
-        elif peer.on_frame is None:
-            peer._unclaimed.append(frame)
         else:
-            peer.on_frame(peer, frame)
+            peer.receive(frame)
+
+    def receive(self, frame: bytes) -> None:
+        """A frame reached our end: to the owner, or held until it attaches."""
+        if self.on_frame is None:
+            self._unclaimed.append(frame)
+        else:
+            self.on_frame(self, frame)
 
     def release_held(self) -> None:
         """The partition healed: what TCP retransmits now arrives, in order."""

@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 
-def test_protocol_core_imports_without_asyncio_or_aiohttp() -> None:
+def test_the_session_and_the_simulator_run_without_asyncio_or_aiohttp() -> None:
     probe = (
-        "import sys, minigrid, minigrid.protocol, minigrid.mux, minigrid.state; "
+        "import sys, minigrid, minigrid.protocol, minigrid.mux, minigrid.state, "
+        "minigrid.session, minigrid.handshake, minigrid.sim, minigrid.sim.pair; "
+        "minigrid.sim.Simulation(3, 1).run(3.0); "
         "print(sorted(m for m in ('asyncio', 'aiohttp') if m in sys.modules))"
     )
     out = subprocess.run(
