@@ -232,8 +232,9 @@ class Simulation:
 
     def _window(self) -> float:
         """How long after a fault a peer may take to declare the node down: the window, the
-        slowest frame already on its way, and a microsecond for rounding."""
-        return self.config.dead_after + self.network.max_delay() + 1e-6
+        slowest frame that may already be on its way, and a microsecond for rounding."""
+        in_flight = self.network.peak_delay(self.now - self.config.dead_after)
+        return self.config.dead_after + in_flight + 1e-6
 
     def _expect_detection(self, gone: set[str], watchers: set[str]) -> None:
         """Each watcher with a session up to a node in ``gone`` must end it in time."""
@@ -280,11 +281,11 @@ class Simulation:
     def _explained(self, a: str, b: str, when: float) -> bool:
         """A fault touching the pair near ``when`` can explain a session ending."""
         config = self.config
+        delay = self.network.peak_delay(when - 2 * config.dead_after)
         reach = (
-            config.dead_after + config.backoff_cap + config.handshake_timeout
-            + 2 * self.network.max_delay() + 1.0
-        )  # fmt: skip
-        slack = config.dead_after - config.ping_interval - 2 * self.network.max_delay()
+            config.dead_after + config.backoff_cap + config.handshake_timeout + 2 * delay + 1.0
+        )
+        slack = config.dead_after - config.ping_interval - 2 * delay
         for fault in self.faults:
             if fault.start > when or fault.end < when - reach or not fault.touches(a, b):
                 continue

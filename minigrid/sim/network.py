@@ -162,6 +162,7 @@ class Network:
         self._shapes: dict[tuple[str, str], LinkShape] = {}
         self._blocked: dict[tuple[str, str], Mode] = {}
         self._holding: set[Socket] = set()
+        self._delay_log: list[tuple[float, float]] = []  # (when, max_delay() from then on)
         self._conn_ids = 0
         #: Frames and bytes each node sent.
         self.frames_sent: dict[str, int] = {}
@@ -177,6 +178,7 @@ class Network:
     def set_shape(self, a: str, b: str, shape: LinkShape) -> None:
         """Both directions between ``a`` and ``b`` get ``shape``."""
         self._shapes[(a, b)] = self._shapes[(b, a)] = shape
+        self._delay_log.append((self.scheduler.now, self.max_delay()))
 
     def delay(self, a: str, b: str) -> float:
         shape = self.shape(a, b)
@@ -187,6 +189,16 @@ class Network:
         """The longest one-way delay any link may take now."""
         shapes = [self.default, *self._shapes.values()]
         return max(shape.latency + shape.jitter for shape in shapes)
+
+    def peak_delay(self, since: float) -> float:
+        """The longest one-way delay any link could take at any time since ``since``: a frame
+        sent under an earlier, slower shape may still be on its way."""
+        peak = self.max_delay()
+        for when, delay in reversed(self._delay_log):
+            peak = max(peak, delay)
+            if when < since:
+                break  # the shape in effect at ``since``
+        return peak
 
     def blocked(self, a: str, b: str) -> Mode | None:
         return self._blocked.get((a, b))
