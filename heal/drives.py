@@ -64,6 +64,8 @@ class Tracker:
     bytes_healed: int = 0
     done_buckets: list[str] = field(default_factory=list)
     finished: bool = False
+    resumes: int = 0  # how many times a restarted node picked this heal up again
+    resumed_from: str = ""  # the bucket/key the last resume started after
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,8 +125,12 @@ class DriveHealer:
         self._healing: dict[str, asyncio.Task[None]] = {}
 
     def status(self) -> dict[str, Any]:
-        """Each drive being healed, with its tracker."""
-        return {path: t.to_dict() for path, t in self.trackers.items() if not t.finished}
+        """Each drive being healed (by endpoint), with its tracker."""
+        return {
+            self.drives[path].endpoint: t.to_dict()
+            for path, t in self.trackers.items()
+            if not t.finished
+        }
 
     async def run(self) -> None:
         """Resume interrupted heals, then check the drives every ``check_every`` seconds."""
@@ -133,6 +139,8 @@ class DriveHealer:
                 tracker = await _run(_load, drive.system_path(TRACKER))
                 if tracker is not None and not tracker.finished:
                     where = f"{tracker.bucket}/{tracker.key}" if tracker.bucket else "the start"
+                    tracker.resumes += 1
+                    tracker.resumed_from = where
                     log.info("resuming the heal of drive %s from %s", drive.endpoint, where)
                     self._start(path, tracker)
             while True:
