@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import protocol
@@ -71,10 +71,11 @@ class SingleHandler:
     handler_id: int
     subroute: str
     fn: SingleFn
+    #: The handler's name for logs (looked up once: an enum lookup per call adds up).
+    name: str = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return handler_name(self.handler_id)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", handler_name(self.handler_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +87,10 @@ class StreamHandler:
     fn: StreamFn
     in_capacity: int
     out_capacity: int
+    name: str = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return handler_name(self.handler_id)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", handler_name(self.handler_id))
 
 
 def reply_for(handler: SingleHandler, result: object) -> tuple[bool, bytes]:

@@ -24,6 +24,8 @@ from .errors import LocalProtocolError, RemoteProtocolError
 class State(enum.Enum):
     """The state of one peer connection."""
 
+    __hash__ = object.__hash__  # members are singletons: hash by identity, in C
+
     UNCONNECTED = "unconnected"  # no websocket; the accepting side waits here for a dial
     CONNECTING = "connecting"  # dialing or handshaking
     CONNECTED = "connected"  # handshake done, calls flow
@@ -52,12 +54,16 @@ def check_transition(current: State, new: State) -> None:
 class Role(enum.Enum):
     """Which end of a mux this side is."""
 
+    __hash__ = object.__hash__  # members are singletons: hash by identity, in C
+
     CLIENT = "client"  # we opened it (CONNECT_MUX); our mux id space
     SERVER = "server"  # the peer opened it; we run the handler
 
 
 class MuxState(enum.Enum):
     """One mux, as this side sees it."""
+
+    __hash__ = object.__hash__  # members are singletons: hash by identity, in C
 
     OPENING = "opening"  # client: CONNECT_MUX sent, no ACK_MUX yet
     OPENING_SEND_CLOSED = "opening-send-closed"  # client: our end sent before the ACK
@@ -80,6 +86,8 @@ _TERMINAL: Final = frozenset({MuxState.CLOSED, MuxState.CANCELLED, MuxState.FAIL
 
 class MuxEvent(enum.Enum):
     """What happens to a mux. The first four arrive from the peer."""
+
+    __hash__ = object.__hash__  # members are singletons: hash by identity, in C
 
     ACK = "ack"  # ACK_MUX
     ITEM_RECEIVED = "item-received"  # CLIENT_MSG / SERVER_MSG without EOF
@@ -195,6 +203,8 @@ def next_mux_state(role: Role, state: MuxState, event: MuxEvent, what: str = "mu
 class CallState(enum.Enum):
     """A single call the peer has running here."""
 
+    __hash__ = object.__hash__  # members are singletons: hash by identity, in C
+
     RUNNING = "running"  # the handler runs
     EXPIRED = "expired"  # the deadline passed; the handler is cancelled, its error reply goes
     REPLYING = "replying"  # the reply waits for queue room, charged to the budget
@@ -203,6 +213,10 @@ class CallState(enum.Enum):
 
 
 class CallEvent(enum.Enum):
+    """What happens to a call the peer has running here."""
+
+    __hash__ = object.__hash__  # members are singletons: hash by identity, in C
+
     EXPIRE = "expire"
     HOLD_REPLY = "hold-reply"  # the reply could not be queued at once
     FINISH = "finish"  # the reply is queued (or was refused); the call leaves the table
