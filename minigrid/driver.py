@@ -131,9 +131,12 @@ class SessionDriver:
     def forget(self, mux: Mux) -> None:
         self._streams.pop(mux, None)
 
-    async def push(self, outgoing: Outgoing) -> None:
+    async def push(
+        self, outgoing: Outgoing, *, abandoned: Callable[[], bool] | None = None
+    ) -> bool:
         """Queue all of ``outgoing``, waiting (cancellably) while the queue is full; raises
-        Disconnected if the session ends meanwhile."""
+        Disconnected if the session ends meanwhile. If ``abandoned()`` turns true while it
+        waits, the rest is never queued and this returns False."""
         session = self.session
         while not session.push(outgoing):
             waiter = self._loop.create_future()
@@ -143,7 +146,10 @@ class SessionDriver:
             finally:
                 with contextlib.suppress(ValueError):
                     self._room.remove(waiter)
+            if abandoned is not None and abandoned():
+                return False
         self.flush()
+        return True
 
     def flush(self) -> None:
         """After work on the session: act on its events, wake the writer, re-arm the timer."""

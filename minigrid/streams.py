@@ -146,7 +146,9 @@ class ClientStream(StreamEnd):
     async def open(self) -> ClientStream:
         """Send the stream's opening message; does not wait for the acknowledgement."""
         driver, session = self._driver, self._session
-        if self._mux is not None or self._error is not None:
+        if self._error is not None:
+            raise self._error  # cancelled before it opened
+        if self._mux is not None:
             raise LocalProtocolError(f"{self.handler_name}: a stream opens once")
         try:
             mux, outgoing = session.streams.open(
@@ -164,7 +166,9 @@ class ClientStream(StreamEnd):
         driver.watch(mux, self)
         try:
             if outgoing is not None:
-                await driver.push(outgoing)
+                # Cancelled while the open waited for room: the server must never hear of it
+                # (the cancel, a control message, would have overtaken the open).
+                await driver.push(outgoing, abandoned=lambda: mux.state.terminal)
             driver.flush()
         except BaseException as exc:
             # Whatever stopped the open (a dropped connection, a cancel) must also end recv().

@@ -296,6 +296,42 @@ async def test_opening_streams_is_not_blocked_by_a_full_data_queue() -> None:
         bulk.cancel()
 
 
+@pytest.mark.asyncio
+async def test_a_stream_cancelled_while_its_open_waits_for_room_never_reaches_the_server() -> None:
+    started = asyncio.Event()
+
+    async def mark_started(stream: ServerStream) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    def register(manager: Manager) -> None:
+        manager.register_stream(HandlerID.TEST_STREAM_STALL + 17, mark_started)
+
+    tight = GridConfig(max_queue_messages=4, max_queue_bytes=64 << 20)
+    async with leak_checked_grid(register, config=tight) as grid:
+        conn = grid.managers[0].connection(grid.hosts[1])
+        server = grid.managers[1].connection(grid.hosts[0])
+        server.pause_reading()  # our writes back up: socket buffers, then our data queue
+        calls = [asyncio.create_task(conn.call(HandlerID.TEST_ECHO, bytes(1 << 20), timeout=30))
+                 for _ in range(24)]  # fmt: skip
+        await eventually(lambda: conn.stats().queue_messages >= 4, what="a full client queue")
+        stream = conn.stream(HandlerID.TEST_STREAM_STALL + 17)
+        opening = asyncio.create_task(stream.open())
+        await eventually(
+            lambda: conn.stats().inflight_streams == 1 and not opening.done(),
+            what="the open waiting for room",
+        )
+        stream.cancel()  # its cancel is control, and overtakes the open: the open must not go
+        server.pause_reading(False)
+        await asyncio.wait_for(opening, 10)
+        await asyncio.wait_for(asyncio.gather(*calls), 30)
+        # Data goes in order: had the open been queued, the handler would run before this.
+        assert await conn.call(HandlerID.TEST_ECHO, b"after") == b"after"
+        assert not started.is_set()
+        with pytest.raises(Cancelled):
+            await stream.recv()
+
+
 async def _flood_1mib(stream: ServerStream) -> None:
     for _ in range(64):
         await stream.send(bytes(1 << 20))
