@@ -102,6 +102,7 @@ def scenario(size: int, seed: int, config: GridConfig, kind: str) -> dict[str, A
     sim, setup_wall = connect(size, seed, config)
     traffic = liveness_traffic(sim)
     names = sorted(sim.nodes)
+    sim.run(sim.scheduler.random.uniform(0, config.ping_interval))  # no fault on a ping's beat
     start = sim.now
     if kind == "frozen":
         lost = {names[-1]}

@@ -230,12 +230,16 @@ class PeerLink:
     # ------------------------------------------------------------------ reconnecting
 
     def begin(self) -> None:
-        """The node starts: the dialer dials at once, the acceptor pokes."""
+        """The node starts: the dialer dials, the acceptor pokes. Nodes do not all start in the
+        same instant: each pair connects at a random point of the first ping interval, so the
+        cluster's pings are not all in step."""
         self._attempt += 1
+        config = self.node.config
         if self.dialer:
-            self.dial(self._attempt)
+            start = config.ping_interval * self.node.sim.scheduler.random.random()
+            self.node.after_local(start, self.dial, self._attempt)
         else:
-            self.node.after_local(self.node.config.poke_interval, self._poke, self._attempt)
+            self.node.after_local(config.poke_interval, self._poke, self._attempt)
 
     def _reconnect(self, *, was_up: bool) -> None:
         """Only the dialer redials: at once after a session that was up, then with jittered
