@@ -34,7 +34,9 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 def two_nodes(tmp_path: Path) -> Iterator[tuple[list[subprocess.Popen[bytes]], list[str], Path]]:
     sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
     hosts = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
-    nodes = " ".join(f"http://{h}={tmp_path}/n{i}/d1,{tmp_path}/n{i}/d2" for i, h in enumerate(hosts))
+    nodes = " ".join(
+        f"http://{host}={tmp_path}/n{i}/d1,{tmp_path}/n{i}/d2" for i, host in enumerate(hosts)
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINIGRID_")}
     env.update(SECRETS, MINIGRID_NODES=nodes, MINIGRID_PARITY="2", MINIGRID_FSYNC="off")
     processes = []
