@@ -207,3 +207,22 @@ def test_a_lost_peer_counts_a_disconnect_by_cause(cluster: LocalCluster) -> None
         assert link["state"] != "connected" and link["cause"].startswith("reset")
     finally:
         cluster.restore()
+
+
+def test_every_series_the_dashboard_plots_exists(cluster: LocalCluster) -> None:
+    from tests.deploy.deployments import COMPOSE_DIR
+
+    dashboard = json.loads((COMPOSE_DIR / "grafana" / "dashboards" / "minigrid.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    names = {name for expr in exprs for name in re.findall(r"\bminigrid_[a-z0-9_]+", expr)}
+    assert len(names) >= 15
+    page = metrics_text(cluster.urls[0])
+    served = {line.split("{", 1)[0].split(" ", 1)[0] for line in page.splitlines()
+              if line and not line.startswith("#")}  # fmt: skip
+    # A labelled series with no sample yet (no S3 error so far, say) is still declared.
+    for declared, kind in re.findall(r"^# TYPE (\S+) (\S+)$", page, re.MULTILINE):
+        served.add(declared)
+        if kind == "histogram":
+            served.update(declared + suffix for suffix in ("_bucket", "_count", "_sum"))
+    missing = sorted(names - served)
+    assert not missing, f"the dashboard plots series no node serves: {missing}"
