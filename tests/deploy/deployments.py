@@ -129,8 +129,8 @@ def load_k8s() -> list[dict[str, Any]]:
 
 def _expand(text: str, env: dict[str, str]) -> str:
     """Kubernetes' ``$(VAR)`` expansion in args and env values."""
-    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(0)[2:-1], m.group(0)),
-                  text)  # fmt: skip
+    pattern = r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)"
+    return re.sub(pattern, lambda m: env.get(m.group(1), m.group(0)), text)
 
 
 def k8s_nodes() -> list[NodeCommand]:

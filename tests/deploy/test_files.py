@@ -29,7 +29,9 @@ from tests.deploy.deployments import (
     read_dotenv,
 )
 
-HEALTH_PATHS = {route.path for route in AdminService(None, None).routes().public}  # type: ignore[arg-type]
+HEALTH_PATHS = {
+    route.path for route in AdminService(None, None).routes().public  # type: ignore[arg-type]
+}
 CREDENTIALS = ("MINIGRID_SECRET", "MINIGRID_ACCESS_KEY", "MINIGRID_SECRET_KEY",
                "MINIGRID_ADMIN_ACCESS_KEY", "MINIGRID_ADMIN_SECRET_KEY")  # fmt: skip
 
