@@ -44,6 +44,8 @@ PORT = 9000
 def hosts_files(namespaces: list[str], names: dict[str, str]) -> Iterator[None]:
     """``/etc/netns/NS/hosts`` for each namespace: ``ip netns exec`` shows it as /etc/hosts."""
     made = []
+    parent = Path("/etc/netns")
+    created = not parent.exists()
     try:
         for ns in namespaces:
             folder = Path("/etc/netns") / ns
@@ -55,6 +57,9 @@ def hosts_files(namespaces: list[str], names: dict[str, str]) -> Iterator[None]:
     finally:
         for folder in made:
             shutil.rmtree(folder, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 @contextlib.contextmanager
