@@ -25,12 +25,12 @@ def engine_reason() -> str:
     """Why ``docker compose`` cannot run here, or "" if it can."""
     if shutil.which("docker") is None:
         return "no container engine here (docker not found): compose is checked without it"
-    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
-    if probe.returncode != 0:
-        return "docker is installed but 'docker compose' is not"
     info = subprocess.run(["docker", "info"], capture_output=True, timeout=30)
     if info.returncode != 0:
-        return "docker is installed but no engine answers (docker info failed)"
+        return "no container engine here: the docker CLI is installed but no daemon answers"
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        return "the docker engine runs but the 'docker compose' plugin is missing"
     return ""
 
 
