@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.helpers import get_json, wait_for
+from tests.cluster.helpers import http_status, metrics_text, wait_for
 
 SECRETS = {
     "MINIGRID_SECRET": "json-log-test-cluster-secret",
@@ -27,7 +27,9 @@ SECRETS = {
 def json_lines(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    complete = text[: text.rfind("\n") + 1]  # a line being written is read next time
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 @pytest.fixture
@@ -66,8 +68,8 @@ def test_json_lines_carry_the_fields_and_a_disconnect_says_why(
 ) -> None:
     processes, hosts, folder = two_nodes
     log = folder / "node0.log"
-    wait_for(lambda: get_json(f"http://{hosts[0]}/minigrid/health/ready")[0] == 200, 30,
-             "node 0 to be ready")  # fmt: skip
+    wait_for(lambda: http_status(f"http://{hosts[0]}/minigrid/health/ready") == 200, 45,
+             "node 0 to be ready", interval=0.2)  # fmt: skip
     lines = json_lines(log)
     assert lines, "node 0 wrote nothing"
     for line in lines:
@@ -79,6 +81,16 @@ def test_json_lines_carry_the_fields_and_a_disconnect_says_why(
     up = next(line for line in lines if line.get("remote") == hosts[1])
     assert up["component"] == "minigrid.grid" and up["state"] == "connected"
 
+    # Once node 1 has answered a ping, node 0 knows its loop lag (null before that).
+    lag = f'minigrid_grid_peer_loop_lag_seconds{{peer="{hosts[1]}"}}'
+
+    def answered() -> bool:
+        try:
+            return lag in metrics_text(f"http://{hosts[0]}")
+        except OSError:
+            return False  # slow to answer under load: ask again
+
+    wait_for(answered, 20, "a pong from node 1")
     processes[1].send_signal(signal.SIGKILL)
     processes[1].wait(timeout=10)
 

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from cli.main import main
 from cli.s3client import S3Client
 from tests.chaos import netlab
-from tests.cluster.helpers import get_json, wait_for
+from tests.cluster.helpers import http_status, wait_for
 from tests.deploy.deployments import (
     NodeCommand,
     compose_nodes,
@@ -122,14 +122,6 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
-def status(url: str) -> int:
-    """The HTTP status of a GET, 0 while nothing listens yet."""
-    try:
-        return get_json(url)[0]
-    except OSError:
-        return 0
-
-
 def health_probe(argv: list[str]) -> list[str]:
     """The image's HEALTHCHECK command; ``python`` is the image's interpreter (stdlib only),
     here the test's own."""
@@ -162,7 +154,7 @@ def check_cluster(kind: str, nodes: list[NodeCommand], namespaces: list[str],
     urls = [f"http://{addr}:{PORT}" for addr in addresses]
 
     def all_ready() -> bool:
-        return all(status(url + "/minigrid/health/ready") == 200 for url in urls)
+        return all(http_status(url + "/minigrid/health/ready") == 200 for url in urls)
 
     try:
         wait_for(all_ready, 45, "every node to be ready", interval=0.2)
@@ -178,7 +170,7 @@ def check_cluster(kind: str, nodes: list[NodeCommand], namespaces: list[str],
         (container,) = statefulset["spec"]["template"]["spec"]["containers"]
         for probe_name in ("readinessProbe", "livenessProbe"):
             path = container[probe_name]["httpGet"]["path"]
-            assert all(status(url + path) == 200 for url in urls), probe_name
+            assert all(http_status(url + path) == 200 for url in urls), probe_name
 
     env = nodes[0].env
     data = random.Random(14).randbytes(3 * (1 << 20) + 5)
