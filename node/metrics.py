@@ -142,8 +142,9 @@ def _grid_families(manager: Manager) -> Iterable[Metric]:
     yield from families.values()
 
 
-def _heal_families(status: Mapping[str, Any]) -> Iterable[Metric]:
-    """MRF, scanner and drive-heal progress from ``HealingService.status()``."""
+def _heal_families(status: Mapping[str, Any], endpoints: Mapping[str, str]) -> Iterable[Metric]:
+    """MRF, scanner and drive-heal progress from ``HealingService.status()``; a drive is
+    labelled by its endpoint (``endpoints``: path to endpoint), like every drive series."""
     mrf = status.get("mrf", {})
     yield GaugeMetricFamily("minigrid_mrf_queued_objects", "objects waiting in the MRF queue",
                             value=float(mrf.get("queued", 0)))  # fmt: skip
@@ -180,7 +181,8 @@ def _heal_families(status: Mapping[str, Any]) -> Iterable[Metric]:
     )
     for path, tracker in sorted(healing.items()):
         for stage in ("scanned", "healed", "failed", "skipped"):
-            drives.add_metric([path, stage], float(tracker.get(f"objects_{stage}", 0)))
+            value = float(tracker.get(f"objects_{stage}", 0))
+            drives.add_metric([endpoints.get(path, path), stage], value)
     yield drives
     yield GaugeMetricFamily("minigrid_drives_healing", "this node's drives being healed",
                             value=float(len(healing)))  # fmt: skip
@@ -214,7 +216,8 @@ class _NodeCollector(Collector):
         )  # fmt: skip
         status = view.heal_status()
         if status is not None:
-            yield from _heal_families(status)
+            endpoints = {path: drive.endpoint for path, drive in view.local_drives.items()}
+            yield from _heal_families(status, endpoints)
 
 
 @dataclass

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pty
 import re
+import select
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.cluster.helpers import LocalCluster, metrics_text, payload, wait_for
+from tests.deploy.deployments import COMPOSE_DIR
 
 MIB = 1 << 20
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
@@ -210,8 +217,6 @@ def test_a_lost_peer_counts_a_disconnect_by_cause(cluster: LocalCluster) -> None
 
 
 def test_every_series_the_dashboard_plots_exists(cluster: LocalCluster) -> None:
-    from tests.deploy.deployments import COMPOSE_DIR
-
     dashboard = json.loads((COMPOSE_DIR / "grafana" / "dashboards" / "minigrid.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     names = {name for expr in exprs for name in re.findall(r"\bminigrid_[a-z0-9_]+", expr)}
@@ -226,3 +231,41 @@ def test_every_series_the_dashboard_plots_exists(cluster: LocalCluster) -> None:
             served.update(declared + suffix for suffix in ("_bucket", "_count", "_sum"))
     missing = sorted(names - served)
     assert not missing, f"the dashboard plots series no node serves: {missing}"
+
+
+def test_top_on_a_terminal_draws_full_screen_frames(cluster: LocalCluster) -> None:
+    """On a terminal (a real pty), top takes the alternate screen and redraws each refresh."""
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "MINIGRID_DATA_DIR": str(cluster.root), "COLUMNS": "200",
+           "LINES": "50", "TERM": "xterm-256color"}  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "admin", "top", "--count", "2", "--interval", "0.5"],
+        stdin=terminal, stdout=terminal, stderr=terminal, env=env, close_fds=True,
+    )  # fmt: skip
+    os.close(terminal)
+    screen = b""
+    deadline = time.monotonic() + 40
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            elif process.poll() is not None:
+                break
+        assert process.wait(timeout=20) == 0, screen[-2000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(controller)
+    text = screen.decode(errors="replace")
+    assert "\x1b[?1049h" in text and "\x1b[?1049l" in text  # entered and left the alternate screen
+    assert text.count("grid links") >= 2  # two refreshes drawn
+    for url in cluster.urls:
+        assert url.split("://", 1)[1] in text
