@@ -146,7 +146,7 @@ def test_trace_streams_grid_calls_and_s3_requests_from_every_node(
     entries = _trace(cluster, "--count", "60")
     assert len(entries) == 60
     kinds = {entry["type"] for entry in entries}
-    assert kinds == {"grid", "s3"} or kinds == {"grid"}
+    assert "grid" in kinds and kinds <= {"grid", "s3"}
     nodes = {entry["node"] for entry in entries}
     assert len(nodes) >= 2, nodes  # the endpoint (node 0) gathers its peers' records too
     for entry in entries:
