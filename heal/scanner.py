@@ -29,7 +29,7 @@ from typing import Any
 
 import xxhash
 
-from heal.buckets import heal_buckets
+from heal.buckets import BucketHealer
 from heal.object import ObjectHealer, Outcome
 from heal.pace import DynamicSleeper, Foreground, Speed, no_foreground
 from heal.walk import set_buckets, walk_set
@@ -116,6 +116,7 @@ class Scanner:
         self.share = share
         self.foreground = foreground or Foreground(no_foreground)
         self.pause_between_cycles = pause_between_cycles
+        self.buckets = BucketHealer()
         self.current: CycleStats | None = None
         self.last: CycleStats | None = None
         self._cycles = 0
@@ -144,7 +145,7 @@ class Scanner:
         sleeper = DynamicSleeper(self.speed)
         for eset in self.sets():
             try:
-                await heal_buckets(eset)
+                await self.buckets.heal(eset)
                 for bucket in await set_buckets(eset):
                     stats.usage.setdefault(bucket, BucketUsage())
                     await self._scan_bucket(eset, bucket, stats, sleeper)
