@@ -281,7 +281,6 @@ class Request:
         return self._fields[name]
 
 
-
 # --- the schema -----------------------------------------------------------------------------
 
 _SHARD_AT: Final = ("vol", "key", "ddir", "chunk", "size", "part")

@@ -133,9 +133,7 @@ class ErasureSet:
         self, bucket: str, key: str, *, patience: float | None = None
     ) -> Results[ObjectMeta]:
         """Every drive's copy of an object's metadata (or why it has none)."""
-        return await self.fan_out(
-            lambda drive: drive.read_metadata(bucket, key), patience=patience
-        )
+        return await self.fan_out(lambda drive: drive.read_metadata(bucket, key), patience=patience)
 
     def pick_metadata(
         self, bucket: str, key: str, copies: Sequence[ObjectMeta | StorageError]

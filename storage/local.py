@@ -721,7 +721,6 @@ class LocalDrive:
         check = self._verify_shard_sync if deep else self._stat_shard_sync
         await self.run("verify_shard", check, volume, key, data_dir, chunk_size, shard_size, part)
 
-
     # --- multipart uploads ------------------------------------------------------------------
 
     def _multipart_dir(self, volume: str, upload_id: str) -> str:
@@ -807,8 +806,9 @@ class LocalDrive:
 
     def _commit_part_sync(self, upload_id: str, volume: str, mpu: str, part: PartInfo) -> None:
         up_dir = self._upload_dir(upload_id)
+        part = _checked_part(part)  # names are checked before anything is touched
+        self._multipart_dir(volume, mpu)
         try:
-            part = _checked_part(part)
             upload_dir = self._require_upload(volume, mpu)
             staged = os.path.join(up_dir, _STAGED_DATA, SHARD_FILE)
             if not os.path.exists(staged):
@@ -852,21 +852,25 @@ class LocalDrive:
     def _assemble_parts_sync(
         self, upload_id: str, volume: str, mpu: str, parts: list[tuple[int, str]]
     ) -> None:
+        links: list[tuple[str, str]] = []
+        for number, data_dir in parts:  # every name is checked before anything is touched
+            if shard_name(number) == SHARD_FILE:
+                raise InvalidArgument("part numbers start at 1")
+            links.append((f"part.{number}.{validate_data_dir(data_dir)}", shard_name(number)))
         upload_dir = self._require_upload(volume, mpu)
         staged = os.path.join(self._upload_dir(upload_id), _STAGED_DATA)
         try:
             make_dirs(staged)
-            for number, data_dir in parts:
-                target = shard_name(number)  # checks the number
-                if number < 1:
-                    raise InvalidArgument("part numbers start at 1")
-                source = os.path.join(upload_dir, f"part.{number}.{validate_data_dir(data_dir)}")
+            for name, target in links:
+                source = os.path.join(upload_dir, name)
+                number = target.partition(".")[2]
                 # A hard link: the object takes the part's data without a copy, and the
                 # upload keeps it until the object is committed.
                 try:
                     os.link(source, os.path.join(staged, target))
                 except FileNotFoundError as exc:
-                    raise FileNotFound(f"part {number} of {mpu} missing on {self._endpoint}") from exc
+                    where = f"{mpu} on {self._endpoint}"
+                    raise FileNotFound(f"part {number} of {where} is missing") from exc
             self._sync_dirs(staged)
         except BaseException:
             shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)

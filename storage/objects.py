@@ -28,10 +28,10 @@ from storage.erasure_set import ErasureSet
 from storage.errors import (
     BucketNotFound,
     FileNotFound,
-    StorageError,
     InvalidArgument,
     InvalidRange,
     ObjectNotFound,
+    StorageError,
     UnformattedDrive,
     VolumeNotFound,
     WriteQuorum,
@@ -393,9 +393,6 @@ async def one_chunk(data: bytes) -> Any:
 
 __all__ = [
     "MAX_KEYS",
-    "PartInfo",
-    "PutOptions",
-    "UploadRecord",
     "BucketInfo",
     "ErasureSet",
     "HealHook",
@@ -404,4 +401,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectLayer",
     "ObjectReader",
+    "PartInfo",
+    "PutOptions",
+    "UploadRecord",
 ]
