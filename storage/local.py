@@ -863,14 +863,14 @@ class LocalDrive:
             make_dirs(staged)
             for name, target in links:
                 source = os.path.join(upload_dir, name)
-                number = target.partition(".")[2]
+                part_text = target.partition(".")[2]
                 # A hard link: the object takes the part's data without a copy, and the
                 # upload keeps it until the object is committed.
                 try:
                     os.link(source, os.path.join(staged, target))
                 except FileNotFoundError as exc:
                     where = f"{mpu} on {self._endpoint}"
-                    raise FileNotFound(f"part {number} of {where} is missing") from exc
+                    raise FileNotFound(f"part {part_text} of {where} is missing") from exc
             self._sync_dirs(staged)
         except BaseException:
             shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
