@@ -200,15 +200,26 @@ class ObjectLayer:
         return ObjectInfo.from_meta(bucket, key, chosen.meta)
 
     async def get_object(
-        self, bucket: str, key: str, offset: int = 0, length: int | None = None
+        self,
+        bucket: str,
+        key: str,
+        offset: int = 0,
+        length: int | None = None,
+        *,
+        choose: Callable[[ObjectInfo], tuple[int, int | None]] | None = None,
     ) -> ObjectReader:
         """Open a streaming read of ``[offset, offset + length)`` (to the end when None).
 
         ``length`` is clamped to the object's end; InvalidRange when ``offset`` lies past it.
+        ``choose``, when given, is called with the version chosen and returns the
+        ``(offset, length)`` to read instead (it may raise, e.g. for a failed precondition),
+        so a caller can decide from the object's metadata without reading it twice.
         """
         eset = self.set_for(validate_bucket(bucket), validate_object(key))
         report = self._reporter(eset, bucket, key)
         chosen = await choose_version(eset, self.locks, bucket, key, report)
+        if choose is not None:
+            offset, length = choose(ObjectInfo.from_meta(bucket, key, chosen.meta))
         size = chosen.meta.size
         if offset < 0 or (length is not None and length < 0) or offset > size:
             raise InvalidRange(f"range {offset}+{length} outside {size} bytes")
