@@ -373,13 +373,17 @@ class ObjectLayer:
         await self.head_bucket(bucket)
         return await multipart.list_uploads(self.sets, bucket)
 
-    async def remove_stale_uploads(self, older_than_ns: int) -> list[UploadRecord]:
-        """Abort every upload (of every bucket) started before ``older_than_ns``."""
+    async def remove_stale_uploads(
+        self, older_than_ns: int, *, sets: Sequence[ErasureSet] | None = None
+    ) -> list[UploadRecord]:
+        """Abort every upload (of every bucket) started before ``older_than_ns``, in ``sets``
+        (every set when None)."""
         removed: list[UploadRecord] = []
         for bucket in await self.list_buckets():
             found = await asyncio.gather(
-                *(multipart.remove_stale(eset, bucket.name, older_than_ns) for eset in self.sets)
-            )
+                *(multipart.remove_stale(eset, bucket.name, older_than_ns)
+                  for eset in (self.sets if sets is None else sets))
+            )  # fmt: skip
             removed.extend(record for records in found for record in records)
         return removed
 
