@@ -185,7 +185,7 @@ async def abort(gateway: S3Gateway, call: Call) -> web.Response:
     return web.Response(status=204, headers=call.headers())
 
 
-def _count(text: str | None, name: str, default: int = MAX_KEYS) -> int:
+def _count(text: str | None, name: str, default: int = MAX_KEYS, most: int = MAX_KEYS) -> int:
     if text is None:
         return default
     try:
@@ -194,12 +194,12 @@ def _count(text: str | None, name: str, default: int = MAX_KEYS) -> int:
             raise ValueError
     except ValueError as exc:
         raise errors.invalid_argument(f"{name} {text[:20]!r} must be a whole number") from exc
-    return min(value, default)
+    return min(value, most)
 
 
 async def list_parts(gateway: S3Gateway, call: Call) -> web.Response:
     max_parts = _count(call.query.get("max-parts"), "max-parts")
-    marker = _count(call.query.get("part-number-marker"), "part-number-marker", 10_000)
+    marker = _count(call.query.get("part-number-marker"), "part-number-marker", 0, 10_000)
     record, parts = await gateway.layer.list_parts(call.bucket, call.key, upload_id(call))
     later = [part for part in parts if part.number > marker]
     page = later[:max_parts]
