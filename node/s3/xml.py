@@ -376,7 +376,7 @@ def object_attributes(
     if "ObjectParts" in wanted and info.parts:
         later = [p for p in info.parts if p.number > part_marker]
         page = later[:max_parts]
-        body.append("<ObjectParts>" + _el("TotalPartsCount", len(info.parts))
+        body.append("<ObjectParts>" + _el("PartsCount", len(info.parts))
                     + _el("PartNumberMarker", part_marker)
                     + (_el("NextPartNumberMarker", page[-1].number) if page else "")
                     + _el("MaxParts", max_parts) + _el("IsTruncated", len(later) > len(page))

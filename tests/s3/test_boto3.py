@@ -360,7 +360,9 @@ def test_delete_objects(s3: Any, bucket: str) -> None:
 def test_unbuilt_operations_name_themselves(s3: Any, bucket: str) -> None:
     with pytest.raises(ClientError) as refused:
         s3.put_object_retention(
-            Bucket=bucket, Key="k", Retention={"Mode": "GOVERNANCE", "RetainUntilDate": "2030-01-01"}
+            Bucket=bucket,
+            Key="k",
+            Retention={"Mode": "GOVERNANCE", "RetainUntilDate": "2030-01-01"},
         )
     assert error_code(refused) == "NotImplemented"
     assert status(refused) == 501
