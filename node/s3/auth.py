@@ -130,8 +130,10 @@ class Authenticator:
         if scope.service != "s3":
             raise errors.auth_malformed(f"the service {scope.service!r} is wrong; expecting 's3'")
         if scope.region not in self._regions:
+            # S3 names the right region in <Region>, and clients (s3cmd) retry with it.
             raise errors.auth_malformed(
-                f"the region {scope.region!r} is wrong; expecting {self._region!r}"
+                f"the region {scope.region!r} is wrong; expecting {self._region!r}",
+                region=self._region,
             )
         if not amz_date.startswith(scope.date):
             raise errors.auth_malformed(

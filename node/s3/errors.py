@@ -58,8 +58,9 @@ def time_skewed(message: str) -> S3Error:
     return S3Error("RequestTimeTooSkewed", message, 403)
 
 
-def auth_malformed(message: str) -> S3Error:
-    return S3Error("AuthorizationHeaderMalformed", message, 400)
+def auth_malformed(message: str, *, region: str | None = None) -> S3Error:
+    extra = {"Region": region} if region is not None else None
+    return S3Error("AuthorizationHeaderMalformed", message, 400, extra=extra)
 
 
 def auth_query_error(message: str) -> S3Error:
