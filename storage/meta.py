@@ -262,10 +262,12 @@ class ObjectMeta:
     #: The parts of an object made by a multipart upload (empty for a single PUT): each part is
     #: erasure coded on its own, its shard file ``part.<number>`` in the data directory.
     parts: tuple[PartInfo, ...] = ()
+    #: How many parts a listing's copy had before :meth:`for_listing` left them out.
+    part_count: int = 0
 
     @property
     def is_multipart(self) -> bool:
-        return bool(self.parts)
+        return bool(self.parts) or self.part_count > 0
 
     def segments(self) -> list[tuple[int, int]]:
         """``(part number, size)`` of each separately coded piece, in order (``0`` names the
@@ -287,12 +289,20 @@ class ObjectMeta:
             erasure.block_size,
             erasure.distribution,
             self.inline is not None,
-            len(self.parts),
+            len(self.parts) or self.part_count,
             tuple(sorted(self.tags.items())),
         )
 
     def without_inline(self) -> ObjectMeta:
         return dataclasses.replace(self, inline=None)
+
+    def for_listing(self) -> ObjectMeta:
+        """This version as a listing carries it: no inline data, and the parts of a multipart
+        object left out (up to 10,000 of them per object would swell a page; the part count
+        still tells versions apart)."""
+        if not self.parts:
+            return self.without_inline()
+        return dataclasses.replace(self, inline=None, parts=(), part_count=len(self.parts))
 
     def for_drive(self, index: int, inline: bytes | None) -> ObjectMeta:
         """This version's copy for the drive holding shard ``index``."""
@@ -359,6 +369,9 @@ class ObjectMeta:
             raise MetaError(f"field 'ckt' is {shown(self.checksum_type)}")
         if not isinstance(self.parts, tuple) or len(self.parts) > MAX_PARTS:
             raise MetaError(f"field 'parts' must list at most {MAX_PARTS} parts")
+        _int(self.part_count, "pcount", 0, MAX_PARTS)
+        if self.part_count and self.parts:
+            raise MetaError("field 'pcount' is only for a record whose parts are left out")
         previous = 0
         for part in self.parts:
             if not isinstance(part, PartInfo):
@@ -389,6 +402,7 @@ class ObjectMeta:
             "cks": dict(self.checksums),
             "ckt": self.checksum_type,
             "parts": [part.to_dict() for part in self.parts],
+            "pcount": self.part_count,
         }
 
     @classmethod
@@ -424,6 +438,7 @@ class ObjectMeta:
             checksums=extras["cks"],
             checksum_type=raw.get("ckt", ""),
             parts=tuple(PartInfo.from_dict(part) for part in parts),
+            part_count=raw.get("pcount", 0),
         ).check()
 
     def to_msgpack(self) -> bytes:

@@ -82,6 +82,10 @@ def test_complete_reads_across_part_boundaries(s3: Any, bucket: str) -> None:
     )
     assert result["ETag"] == s3_etag(parts)
     assert s3.get_object(Bucket=bucket, Key="mp")["Body"].read() == whole
+    listed = s3.list_objects_v2(Bucket=bucket)["Contents"]
+    assert [(o["Key"], o["ETag"], o["Size"]) for o in listed] == [
+        ("mp", s3_etag(parts), len(whole))
+    ]
     for first, last in [(PART - 3, PART + 2), (0, len(whole) - 1), (2 * PART + 5, 2 * PART + 9)]:
         got = s3.get_object(Bucket=bucket, Key="mp", Range=f"bytes={first}-{last}")
         assert got["Body"].read() == whole[first : last + 1]
