@@ -7,6 +7,7 @@ import click
 from .admin import admin
 from .cluster import cluster
 from .grid import grid
+from .heal import heal, scanner
 from .node import node
 from .objects import COMMANDS
 
@@ -20,6 +21,8 @@ def main() -> None:
 main.add_command(grid)
 main.add_command(node)
 main.add_command(cluster)
+admin.add_command(heal)
+admin.add_command(scanner)
 main.add_command(admin)
 for command in COMMANDS:
     main.add_command(command)
