@@ -111,6 +111,22 @@ class ErasureSet:
             for drive, result in zip(self.drives, results, strict=True)
         ]
 
+    async def every_drive(self, call: Callable[[int], Awaitable[T]]) -> Results[T]:
+        """Run ``call(position)`` on every online drive and wait for every answer (each drive
+        call is bounded by its own timeout): for steps whose every drive counts later, such
+        as staging a multipart upload's parts, where a drive cut off as a straggler would miss
+        a part and could not take the object when it completes."""
+
+        async def one(position: int, drive: Drive) -> T | StorageError:
+            if not drive.is_online():
+                return DriveNotFound(f"drive {drive.endpoint} is offline")
+            try:
+                return await call(position)
+            except StorageError as exc:
+                return exc
+
+        return list(await asyncio.gather(*(one(p, d) for p, d in enumerate(self.drives))))
+
     async def _wait_quorum_then_stragglers(
         self, tasks: Sequence[asyncio.Task[None]], wait: float
     ) -> None:

@@ -67,7 +67,10 @@ async def create_upload(eset: ErasureSet, bucket: str, key: str, template: Objec
     await check_bucket(eset, bucket)
     upload_id = uuid.uuid4().hex
     record = UploadRecord(key, upload_id, time.time_ns(), template)
-    results = await eset.fan_out(lambda drive: drive.write_upload(bucket, record))
+    # Every drive is waited for: one cut off here would refuse every part of the upload.
+    results = await eset.every_drive(
+        lambda position: eset.drives[position].write_upload(bucket, record)
+    )
     try:
         reduce_quorum(
             results,
@@ -147,7 +150,9 @@ async def upload_part(
             raise DriveNotFound("the part's shard was not written")
         await eset.drives[position].commit_part(write_id, bucket, upload_id, part)
 
-    results = await eset.fan_out_positions(commit_one)
+    # Every drive is waited for (as a put's commit is): a drive cut off as a straggler would
+    # miss this part, and could then not take the object when the upload completes.
+    results = await eset.every_drive(commit_one)
     reduce_quorum(
         results,
         eset.write_quorum,
@@ -160,9 +165,16 @@ async def upload_part(
 
 
 async def _part_lists(
-    eset: ErasureSet, bucket: str, upload_id: str
+    eset: ErasureSet, bucket: str, upload_id: str, *, every: bool = False
 ) -> list[list[PartInfo] | StorageError]:
-    results = await eset.fan_out(lambda drive: drive.list_parts(bucket, upload_id))
+    """Every drive's staged parts; ``every`` waits for every drive (to complete the upload,
+    each drive's answer decides whether it can take the object)."""
+    if every:
+        results = await eset.every_drive(
+            lambda position: eset.drives[position].list_parts(bucket, upload_id)
+        )
+    else:
+        results = await eset.fan_out(lambda drive: drive.list_parts(bucket, upload_id))
     reduce_quorum(
         results,
         eset.read_quorum,
@@ -258,7 +270,7 @@ async def complete_upload(
 ) -> ObjectMeta:
     """Make the object from the parts named in ``wanted`` (see the module docstring)."""
     record = await read_upload(eset, bucket, key, upload_id)
-    lists = await _part_lists(eset, bucket, upload_id)
+    lists = await _part_lists(eset, bucket, upload_id, every=True)
     parts = choose_parts(agreed_parts(lists, eset.read_quorum), wanted, min_part_size)
     size = sum(part.size for part in parts)
     if size > MAX_OBJECT_SIZE:
@@ -285,7 +297,7 @@ async def complete_upload(
             raise FileNotFound("this drive misses a chosen part")  # healed after the commit
         await eset.drives[position].assemble_parts(write_id, bucket, upload_id, plist)
 
-    assembled = await eset.fan_out_positions(assemble)
+    assembled = await eset.every_drive(assemble)
     usable = [not isinstance(result, StorageError) for result in assembled]
     await commit(
         eset, locks, bucket, key, write_id, meta, usable, None, report, on_rollback,
@@ -298,7 +310,9 @@ async def complete_upload(
 async def abort_upload(eset: ErasureSet, bucket: str, key: str, upload_id: str) -> None:
     """Delete the upload and every part of it; UploadNotFound when there is none."""
     await read_upload(eset, bucket, key, upload_id)
-    results = await eset.fan_out(lambda drive: drive.delete_upload(bucket, upload_id))
+    results = await eset.every_drive(
+        lambda position: eset.drives[position].delete_upload(bucket, upload_id)
+    )
     reduce_quorum(
         results,
         eset.write_quorum,
@@ -313,7 +327,7 @@ async def _delete_everywhere(eset: ErasureSet, bucket: str, upload_id: str) -> N
     async def delete(position: int) -> None:
         await eset.drives[position].delete_upload(bucket, upload_id)
 
-    await eset.fan_out_positions(delete)
+    await eset.every_drive(delete)
 
 
 async def list_uploads(sets: Sequence[ErasureSet], bucket: str) -> list[UploadRecord]:
