@@ -4,6 +4,7 @@ each edge case against the status code and error S3 documents for it."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -342,3 +343,13 @@ def test_an_upload_survives_a_restart(tmp_path: Path) -> None:
         assert body == payload(PART, 13) + b"!"
     finally:
         second.stop()
+
+
+def test_multipart_over_https_with_checksum_trailers(s3_tls: Any, bucket: str) -> None:
+    """Over HTTPS boto3 sends each part aws-chunked with a CRC32 trailer."""
+    data = payload(9 * MIB + 17, 14)
+    s3_tls.upload_fileobj(io.BytesIO(data), bucket, "tls-multipart")
+    head = s3_tls.head_object(Bucket=bucket, Key="tls-multipart", ChecksumMode="ENABLED")
+    assert head["ETag"].endswith('-2"')
+    assert head["ChecksumCRC32"]
+    assert s3_tls.get_object(Bucket=bucket, Key="tls-multipart")["Body"].read() == data
