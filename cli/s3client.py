@@ -214,6 +214,13 @@ class S3Client:
         ]
 
     def make_bucket(self, bucket: str) -> None:
+        """Create a bucket; BucketAlreadyOwnedByYou when it exists. S3 answers 200 to an owner
+        re-creating a bucket in us-east-1, so the CLI asks first to be able to say so."""
+        response = self.request("HEAD", object_path(bucket), expect=(200, 404))
+        found = response.status == 200
+        response.close()
+        if found:
+            raise S3ClientError("BucketAlreadyOwnedByYou", f"bucket {bucket} already exists", 409)
         self.call("PUT", object_path(bucket))
 
     def delete_bucket(self, bucket: str) -> None:

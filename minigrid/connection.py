@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from . import trace
 from .driver import SessionDriver, WebSocket
 from .errors import Disconnected
 from .handlers import handler_name
-from .liveness import Cause, CauseKind, Health
+from .liveness import Cause, CauseKind, Health, log_fields
 from .peerstate import PeerState
 from .session import GridSession
 from .state import State
@@ -43,7 +44,9 @@ class Connection:
         self.dialer = dialer
         self.remote_instance = ""
         self.counters = Counters()
-        self._peer = PeerState(self, manager.state_listeners, self.local, remote)
+        self._peer = PeerState(
+            self, manager.state_listeners, self.local, remote, self._log_fields
+        )
         self._loop = asyncio.get_running_loop()
         self._driver: SessionDriver | None = None
         self._next_mux_id = 1
@@ -113,6 +116,18 @@ class Connection:
             held_bytes=s.budget.held if s else 0,
         )
 
+    def _log_fields(self, cause: Cause | None, state: State) -> dict[str, object]:
+        """The structured fields of a state-change log line: who, why, how the peer looked."""
+        session = self._driver.session if self._driver is not None else None
+        return log_fields(
+            self.local,
+            self.remote,
+            cause,
+            last_seen_s=self._loop.time() - session.last_seen if session is not None else None,
+            health=session.peer_health if session is not None else None,
+            state=state.value,
+        )
+
     def health(self) -> Health:
         """This node's health as the current session reports it in pongs."""
         return self._current().session.health()
@@ -146,25 +161,36 @@ class Connection:
         driver = self._current()
         session = driver.session
         timeout = self.config.call_timeout if timeout is None else timeout
+        started = self._loop.time()
         mux_id, outgoing = session.calls.start(
-            int(handler_id), payload, subroute=subroute, timeout=timeout, now=self._loop.time()
+            int(handler_id), payload, subroute=subroute, timeout=timeout, now=started
         )
         future: asyncio.Future[bytes] = self._loop.create_future()
         calls = driver.calls
         calls[mux_id] = future
+        failure: BaseException | None = None
+        reply = b""
         try:
             if outgoing is not None:
                 await driver.push(outgoing)
             driver.flush()
-            return await future
-        except asyncio.CancelledError:
+            reply = await future
+            return reply
+        except asyncio.CancelledError as exc:
+            failure = exc
             session.calls.cancel(mux_id)  # tell the peer, so it drops the work
             driver.flush()
+            raise
+        except BaseException as exc:
+            failure = exc
             raise
         finally:
             del calls[mux_id]
             if future.done() and not future.cancelled():
                 future.exception()  # failed while the request waited for room: seen
+            if driver.listeners:
+                driver.report(handler_id, subroute, trace.CLIENT, trace.CALL, started, failure,
+                              len(payload), len(reply))  # fmt: skip
 
     def stream(
         self,
@@ -203,7 +229,11 @@ class Connection:
             first_mux_id=self._next_mux_id,
         )
         self._driver = SessionDriver(
-            session, ws, on_stall=self._peer_stalled, on_end=self._session_ended
+            session,
+            ws,
+            listeners=self.manager.call_listeners,
+            on_stall=self._peer_stalled,
+            on_end=self._session_ended,
         )
         self.counters.session_started(loop.time())
         self._peer.move(State.CONNECTED)

@@ -25,6 +25,8 @@ from typing import Any
 
 import aiohttp
 
+from . import trace
+from .errors import RemoteError
 from .events import (
     CallFailed,
     CallReceived,
@@ -36,11 +38,14 @@ from .events import (
     StreamChanged,
     StreamReceived,
 )
+from .handlers import handler_name
 from .handling import HandlerTasks
 from .liveness import Cause, CauseKind
 from .records import Mux, Outgoing
 from .session import GridSession
+from .state import Role
 from .streams import StreamEnd
+from .trace import CallListeners
 
 log = logging.getLogger("minigrid.grid")
 
@@ -48,6 +53,8 @@ _CLOSE_TYPES = frozenset(
     {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED}
 )
 WebSocket = aiohttp.ClientWebSocketResponse | aiohttp.web.WebSocketResponse
+#: The reader lets the rest of the loop run at least this often, however fast frames arrive.
+READ_YIELD_EVERY = 0.005
 
 
 class SessionDriver:
@@ -58,11 +65,14 @@ class SessionDriver:
         session: GridSession,
         ws: WebSocket,
         *,
+        listeners: CallListeners,
         on_stall: Callable[[float], None],
         on_end: Callable[[Cause], None],
     ) -> None:
         self.session = session
         self.ws: WebSocket | None = ws
+        #: Told of every call and stream that ends (:mod:`minigrid.trace`).
+        self.listeners = listeners
         self._on_stall = on_stall
         self._on_end = on_end
         self._loop = asyncio.get_running_loop()
@@ -190,6 +200,8 @@ class SessionDriver:
                     stream.wake()
                     if event.mux.state.terminal:
                         del self._streams[event.mux]
+                        if self.listeners and event.mux.role is Role.CLIENT:
+                            self._report_stream(event.mux)
             elif type(event) is StreamReceived:
                 self._handlers.start_stream(self.session, event.mux)
             elif type(event) is StopHandler:
@@ -198,6 +210,44 @@ class SessionDriver:
                 self._on_stall(event.seconds)
             elif type(event) is SessionEnded:
                 self._session_ended(event.cause)
+
+    # ------------------------------------------------------------------ call records
+
+    def report(
+        self,
+        handler: int | str,
+        subroute: str,
+        direction: str,
+        kind: str,
+        started: float,
+        failure: BaseException | None,
+        request_bytes: int,
+        response_bytes: int,
+    ) -> None:
+        """Tell the call listeners that a call or stream ended (only call when there are any)."""
+        name = handler if isinstance(handler, str) else handler_name(handler)
+        self.listeners.emit(
+            trace.CallRecord(
+                handler=name,
+                subroute=subroute,
+                peer=self.session.remote,
+                direction=direction,
+                kind=kind,
+                duration=self._loop.time() - started,
+                status=trace.status_of(failure),
+                request_bytes=request_bytes,
+                response_bytes=response_bytes,
+                error="" if failure is None else (str(failure) or type(failure).__name__),
+            )
+        )
+
+    def _report_stream(self, mux: Mux) -> None:
+        """Our stream ended, normally or not: its record."""
+        failure: BaseException | None = mux.error
+        if failure is None and mux.end_error:
+            failure = RemoteError(mux.end_error, handler=mux.handler_name)
+        self.report(mux.handler_id, mux.subroute, trace.CLIENT, trace.STREAM, mux.opened_at,
+                    failure, mux.request_bytes + mux.bytes_sent, mux.bytes_received)  # fmt: skip
 
     # ------------------------------------------------------------------ I/O
 
@@ -208,13 +258,21 @@ class SessionDriver:
 
     async def _read(self, ws: WebSocket) -> Cause:
         session, loop = self.session, self._loop
+        yielded = loop.time()
         while True:
             msg = await ws.receive()
             if msg.type is aiohttp.WSMsgType.BINARY:
-                events = session.receive_frame(msg.data, loop.time())
+                now = loop.time()
+                events = session.receive_frame(msg.data, now)
                 if events:
                     self.handle(events)
                 self.flush()
+                if now - yielded > READ_YIELD_EVERY:
+                    # Frames already buffered come back from receive() without a pause: a
+                    # peer sending faster than we process would hold the loop (the writer,
+                    # the timers, every other peer) for as long as it keeps sending.
+                    await asyncio.sleep(0)
+                    yielded = loop.time()
             elif msg.type in _CLOSE_TYPES:
                 return Cause(CauseKind.RESET, f"closed by peer (code {ws.close_code})")
             elif msg.type is aiohttp.WSMsgType.ERROR:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -46,6 +47,8 @@ class CauseKind(enum.StrEnum):
     PROTOCOL_ERROR = "protocol-error"
     #: A verified new dial from the same instance took the session's place.
     REPLACED = "replaced"
+    #: One stream's client went quiet (its stream, not the session, ended).
+    STREAM_SILENT = "stream-silent"
     SHUTDOWN = "shutdown"
     #: A bug in this node (logged with a traceback).
     ERROR = "error"
@@ -156,10 +159,14 @@ class LoopStats:
         self.window = window
         self._samples: collections.deque[tuple[float, float]] = collections.deque()
         self._stalls: collections.deque[tuple[float, float]] = collections.deque()  # (end, length)
+        #: Called with every lag sample (seconds), e.g. to fill a histogram. Must be quick.
+        self.observers: list[Callable[[float], None]] = []
 
     def record(self, now: float, lag: float) -> None:
         """Note that a timer due at ``now - lag`` fired at ``now``."""
         self._samples.append((now, lag))
+        for observer in self.observers:
+            observer(lag)
         while self._samples and self._samples[0][0] < now - self.window:
             self._samples.popleft()
         if lag >= STALL_THRESHOLD:
@@ -189,6 +196,32 @@ class LoopStats:
             (length for end, length in self._stalls if end >= start and end - length <= now),
             default=0.0,
         )
+
+
+def log_fields(
+    local: str,
+    remote: str,
+    cause: Cause | None = None,
+    *,
+    last_seen_s: float | None = None,
+    health: Health | None = None,
+    handler: str | None = None,
+    subroute: str | None = None,
+    **more: object,
+) -> dict[str, object]:
+    """Structured fields for a log line about a peer (``extra=`` of a log call; the node's JSON
+    log writes them out): who, why, and how the peer looked at last contact."""
+    return {
+        "local": local,
+        "remote": remote,
+        "cause": cause.kind.value if cause is not None else None,
+        "cause_detail": str(cause) if cause is not None else None,
+        "handler": handler,
+        "subroute": subroute,
+        "last_seen_s": round(last_seen_s, 3) if last_seen_s is not None else None,
+        "peer_loop_lag_s": round(health.loop_lag, 3) if health is not None else None,
+        **more,
+    }
 
 
 def diagnose_silence(silence: float, health: Health | None, ping_interval: float) -> Cause:

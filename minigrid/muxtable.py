@@ -35,7 +35,7 @@ from .errors import (
 from .events import StopHandler, StreamChanged, StreamReceived
 from .handlers import Registry, UnknownHandler, handler_name
 from .link import Link
-from .liveness import CauseKind, Health
+from .liveness import Cause, CauseKind, Health, log_fields
 from .mux import HELD_OVERHEAD, MAX_CAPACITY, End, Inbox, Window
 from .protocol import Flags, Message, Op
 from .records import Mux, Outgoing
@@ -106,6 +106,7 @@ class StreamTable:
         link.now = now
         name = handler_name(handler_id)
         flags = 0
+        request_bytes = len(payload)
         if subroute:
             payload = protocol.with_subroute(subroute, payload)
             flags = _SUBROUTE
@@ -123,7 +124,7 @@ class StreamTable:
             payload=payload,
         )
         mux = Mux(mux_id, Role.CLIENT, handler_id, name, MuxState.OPENING, now)
-        mux.timeout = timeout
+        mux.timeout, mux.request_bytes, mux.subroute = timeout, request_bytes, subroute
         self._clients[mux_id] = mux
         if timeout is not None:
             link.deadlines.add(now + timeout, mux, timeout)
@@ -223,6 +224,7 @@ class StreamTable:
         now = link.now
         mux = Mux(message.mux_id, Role.SERVER, handler.handler_id, handler.name, MuxState.OPEN, now)
         mux.handler, mux.payload, mux.subroute, mux.cost = handler, payload, subroute, cost
+        mux.request_bytes = len(payload)
         mux.inbox = Inbox(handler.in_capacity, f"{handler.name} requests", link.budget)
         mux.window = Window(handler.out_capacity)
         self._servers[message.mux_id] = mux
@@ -295,6 +297,7 @@ class StreamTable:
         if not window.try_spend():
             return None
         mux.state = new
+        mux.bytes_sent += len(payload)
         op, seq = _SEND_OP[mux.role], mux.send_seq
         if len(payload) <= protocol.CHUNK_SIZE:
             mux.send_seq = seq + 1
@@ -368,12 +371,16 @@ class StreamTable:
                 assert inbox is not None  # every state that receives has its inbox
                 error = protocol.error_text(message.payload) if message.flags & _ERR else ""
                 inbox.push_end(message.seq, error)
+                mux.end_error = error
                 self._enter(mux, new)
             else:
                 next_mux_state(mux.role, mux.state, MuxEvent.ITEM_RECEIVED, mux.handler_name)
                 assert inbox is not None
-                if not inbox.push(message.seq, message.payload, more=bool(message.flags & _MORE)):
+                payload = message.payload
+                if not inbox.push(message.seq, payload, more=bool(message.flags & _MORE)):
+                    mux.bytes_received += len(payload)
                     return
+                mux.bytes_received += len(payload)
         except RemoteProtocolError as exc:
             self._breach(mux, message, exc)
             return
@@ -502,6 +509,15 @@ class StreamTable:
             if health is not None and health.loop_lag >= link.config.ping_interval / 2
             else "no traffic on this stream; remote loop healthy at last contact"
         )
+        extra = log_fields(
+            link.local,
+            link.remote,
+            Cause(CauseKind.STREAM_SILENT, why),
+            last_seen_s=age,
+            health=health,
+            handler=mux.handler_name,
+            subroute=mux.subroute,
+        )
         log.warning(
             "canceling remote connection %s->%s not seen for %.1fs (handler=%s subroute=%s): %s",
             link.local,
@@ -510,6 +526,7 @@ class StreamTable:
             mux.handler_name,
             mux.subroute or "-",
             why,
+            extra=extra,
         )
         payload = f"server canceled the stream: not seen for {age:.1f}s".encode()
         link.control(protocol.encode(Op.DISCONNECT_CLIENT_MUX, mux_id=mux.mux_id, payload=payload))

@@ -22,11 +22,17 @@ class PeerState:
     """One connection's state; the connection and its manager move it."""
 
     def __init__(
-        self, owner: object, listeners: list[StateListener], local: str, remote: str
+        self,
+        owner: object,
+        listeners: list[StateListener],
+        local: str,
+        remote: str,
+        fields: Callable[[Cause | None, State], dict[str, object]],
     ) -> None:
         self._owner = owner
         self._listeners = listeners
         self._where = f"{local}->{remote}"
+        self._fields = fields  # the structured fields of a state-change log line
         self.state = State.UNCONNECTED
         #: Why the last session ended (or the last dial failed); None before any.
         self.cause: Cause | None = None
@@ -46,7 +52,8 @@ class PeerState:
             self.cause = cause
         if State.CONNECTED in (new, old) or new is State.SHUTDOWN:
             why = f" ({cause})" if cause is not None else ""
-            log.info("grid %s: %s -> %s%s", self._where, old.value, new.value, why)
+            extra = self._fields(cause, new)
+            log.info("grid %s: %s -> %s%s", self._where, old.value, new.value, why, extra=extra)
         self._changed.set()
         self._changed = asyncio.Event()
         text = str(self.cause) if self.cause is not None else ""

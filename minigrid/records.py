@@ -51,7 +51,10 @@ class Mux:
     """One stream on a session, as this side sees it (see :class:`~minigrid.state.MuxState`)."""
 
     __slots__ = (
+        "bytes_received",
+        "bytes_sent",
         "cost",
+        "end_error",
         "error",
         "handler",
         "handler_id",
@@ -60,7 +63,9 @@ class Mux:
         "last_ping",
         "last_seen",
         "mux_id",
+        "opened_at",
         "payload",
+        "request_bytes",
         "role",
         "send_seq",
         "state",
@@ -95,12 +100,19 @@ class Mux:
         self.last_ping = now
         #: What the mux holds of the session's budget beside its inbox (the initial payload).
         self.cost = 0
-        #: Server side: the handler, the initial payload and the subroute it was opened on.
+        #: The subroute it was opened on; server side, the handler and the initial payload.
+        self.subroute = ""
         self.handler: StreamHandler | None = None
         self.payload = b""
-        self.subroute = ""
         #: The deadline it was opened with, in seconds (None: none).
         self.timeout: float | None = None
+        #: For call records: when it opened, the initial payload's size, the item bytes each
+        #: way, and the error text the far side ended its direction with ("" for a normal end).
+        self.opened_at = now
+        self.request_bytes = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.end_error = ""
 
     def __repr__(self) -> str:
         return f"Mux({self.handler_name} {self.role.value} mux={self.mux_id} {self.state.value})"

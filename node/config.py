@@ -40,6 +40,7 @@ ENV_PREFIX: Final = "MINIGRID_"
 PROFILES: Final = ("fast", "minio")
 HEAL_SPEEDS: Final = ("fastest", "fast", "default", "slow", "slowest")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -97,6 +98,12 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("listen_fd", "int", "serve on this already-listening socket (used by cluster up)"),
     Option("log_file", "str", "append the log here instead of stderr"),
     Option("log_level", "str", "debug, info, warning or error"),
+    Option(
+        "log_format",
+        "str",
+        "text (default): one readable line per event; json: one JSON object per line with "
+        "time, level, node, component and event",
+    ),
     Option("allow_faults", "bool", "allow fault injection through the admin API"),
     Option(
         "fsync",
@@ -129,6 +136,11 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("scanner_interval", "float", "seconds the scanner rests between cycles (1)"),
     Option("drive_check_interval", "float", "seconds between checks for blank drives (10)"),
     Option("mrf_delay", "float", "seconds MRF waits after a failure before it heals (1)"),
+    Option(
+        "stale_upload_age",
+        "float",
+        "seconds after which the scanner aborts an unfinished multipart upload (86400: a day)",
+    ),
     Option(
         "unsafe_inline_heal",
         "bool",
@@ -170,6 +182,7 @@ class NodeConfig:
     listen_fd: int | None = None
     log_file: str = ""
     log_level: str = "info"
+    log_format: str = "text"
     allow_faults: bool = False
     fsync: bool = True
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -181,6 +194,7 @@ class NodeConfig:
     scanner_interval: float = 1.0
     drive_check_interval: float = 10.0
     mrf_delay: float = 1.0
+    stale_upload_age: float = 86_400.0
     unsafe_inline_heal: bool = False
     unsafe_heal_slice_mib: int = 256
     tls_cert: str = ""
@@ -353,6 +367,10 @@ def _build(values: dict[str, object]) -> NodeConfig:
     if level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     values["log_level"] = level
+    log_format = str(values.get("log_format", "text")).lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format must be text or json, not {values.get('log_format')!r}")
+    values["log_format"] = log_format
     speed = values.get("heal_speed", "default")
     if speed not in HEAL_SPEEDS:
         raise ConfigError(f"heal_speed must be one of {', '.join(HEAL_SPEEDS)}, not {speed!r}")
@@ -372,6 +390,7 @@ def _check_limits(values: dict[str, object]) -> None:
         "body_timeout",
         "scanner_interval",
         "drive_check_interval",
+        "stale_upload_age",
         "liveness_scale",
         "unsafe_heal_slice_mib",
     ):
