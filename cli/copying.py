@@ -54,7 +54,7 @@ def run_copy(s3: S3, sources: Sequence[Location], dest: Location, *, recursive: 
         runner = Runner(s3, progress, move=move, content_type=content_type, report=report)
         summary = runner.run(jobs)
     if summary.failures:
-        if many:
+        if many and (summary.done or len(summary.failures) > 1):
             click.echo(f"{summary.done} copied, {len(summary.failures)} failed", err=True)
         sys.exit(1)
     if many and summary.done == 0:

@@ -170,11 +170,16 @@ def remote_tree(s3: S3, source: Remote) -> tuple[str, Iterator[ObjectStat]]:
     if first is not None:
         return directory, _chain(first, found)
     if not source.is_directory:
-        stat = s3.head(source.bucket, source.key)
+        try:
+            stat = s3.head(source.bucket, source.key)
+        except S3ClientError as exc:
+            if exc.code != "NoSuchKey":
+                raise
+            raise PlanError(f"nothing at or under {source} (NoSuchKey)") from exc
         parent = source.key[: len(source.key) - len(base_name(source.key))]
         return parent, iter([stat])
     if source.key:
-        raise S3ClientError("NoSuchKey", f"nothing under {source}", 404)
+        raise PlanError(f"nothing under {source} (NoSuchKey)")
     return directory, iter(())  # an empty bucket copies nothing
 
 

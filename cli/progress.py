@@ -2,7 +2,7 @@
 
 Off a terminal (a pipe, a file, a test) nothing is drawn: :func:`bars` then hands out bars
 that do nothing. With several transfers, a bar shows while its transfer runs and goes away
-when it ends, under one bar for the total.
+when it ends, under one bar for the total (which grows as the transfers are planned).
 """
 
 from __future__ import annotations
@@ -53,9 +53,11 @@ class _RichBar(Bar):
 
     def set_total(self, total: int) -> None:
         with self._lock:
-            if not self._total_known:
-                self._total_known = True
-                self._owner.progress.update(self._task, total=total)
+            if self._total_known:
+                return
+            self._total_known = True
+        self._owner.progress.update(self._task, total=total)
+        self._owner.grow(total)
 
     def advance(self, amount: int) -> None:
         self._owner.progress.advance(self._task, amount)
@@ -70,7 +72,17 @@ class _RichBar(Bar):
 class _RichBars(Bars):
     def __init__(self, progress: Progress, many: bool) -> None:
         self.progress = progress
-        self.overall = progress.add_task("total", total=None) if many else None
+        self.overall = progress.add_task("total", total=0) if many else None
+        self._lock = threading.Lock()
+        self._total = 0
+
+    def grow(self, size: int) -> None:
+        """The total bar's size grows by each transfer's as it becomes known."""
+        if self.overall is None:
+            return
+        with self._lock:
+            self._total += size
+            self.progress.update(self.overall, total=self._total)
 
     def add(self, label: str, total: int | None) -> Bar:
         bar = _RichBar(self, self.progress.add_task(label, total=total))

@@ -57,8 +57,11 @@ def make_parents(folder: Path) -> None:
     """Make ``folder`` and its parents, or say which path is in the way."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError as exc:
-        raise OSError(exc.errno, f"cannot make directory {folder}: a file is in the way") from exc
+    except (FileExistsError, NotADirectoryError) as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
+                       folder)  # fmt: skip
+        raise OSError(exc.errno, f"cannot make directory {folder}: {blocker} is a file, "
+                                 f"in the way") from exc  # fmt: skip
     except OSError as exc:
         raise OSError(exc.errno, f"cannot make directory {folder}: {exc.strerror}") from exc
 

@@ -201,10 +201,13 @@ class LocalCluster:
         return cluster_info(self.urls, config["admin_access_key"], config["admin_secret_key"],
                             "us-east-1", timeout, self.ca)  # fmt: skip
 
-    def cli(self, *args: str, env: dict[str, str] | None = None) -> Result:
-        """Run ``minigrid ARGS`` in this process (click's runner) against this cluster."""
+    def cli(self, *args: str, env: dict[str, str] | None = None,
+            input: bytes | None = None) -> Result:  # fmt: skip
+        """Run ``minigrid ARGS`` in this process (click's runner) against this cluster, with
+        ``input`` on its stdin."""
         full_env = {"MINIGRID_DATA_DIR": str(self.root), **(env or {})}
-        return CliRunner().invoke(main, list(args), env=full_env, catch_exceptions=False)
+        return CliRunner().invoke(main, list(args), env=full_env, input=input,
+                                  catch_exceptions=False)  # fmt: skip
 
     # --- drives -------------------------------------------------------------------------------
 
