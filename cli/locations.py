@@ -148,7 +148,8 @@ def local_tree(source: Local, dest: Remote) -> Iterator[Job]:
     """One upload per file under the local directory ``source``, in a stable order."""
     root = Path(source.path)
     prefix = dest.key if dest.is_directory else dest.key + "/"
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    # Links to directories are not followed: a link back up would copy forever.
+    for folder, dirs, files in os.walk(root):
         dirs.sort()
         for name in sorted(files):
             path = Path(folder) / name
@@ -222,6 +223,8 @@ def tree_jobs(s3: S3, source: Location, dest: Location) -> Iterator[Job]:
     try:
         directory, objects = remote_tree(s3, source)
         for item in objects:
+            if isinstance(dest, Local) and item.key.endswith("/"):
+                continue  # a "directory marker" object: the files under it make the folders
             yield _tree_job(source, dest, directory, item)
     except S3ClientError as exc:
         raise PlanError(f"{source}: {describe(exc, source.bucket, source.key)}") from exc

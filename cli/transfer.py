@@ -82,7 +82,9 @@ class _Watch(BaseSubscriber):  # type: ignore[misc]
 
     def __init__(self, job: Job, bar: Bar) -> None:
         self._job = job
-        self._bar = bar
+        self.bar = bar
+        #: Bytes through so far (the size of an upload from stdin, which nobody knew).
+        self.transferred = 0
 
     def on_queued(self, future: TransferFuture, **kwargs: Any) -> None:
         if self._job.size is not None and self._job.kind != "upload":
@@ -92,8 +94,9 @@ class _Watch(BaseSubscriber):  # type: ignore[misc]
 
     def on_progress(self, future: TransferFuture, bytes_transferred: int, **kwargs: Any) -> None:
         if future.meta.size is not None:
-            self._bar.set_total(future.meta.size)
-        self._bar.advance(bytes_transferred)
+            self.bar.set_total(future.meta.size)
+        self.transferred += bytes_transferred
+        self.bar.advance(bytes_transferred)
 
 
 @dataclass
@@ -102,7 +105,7 @@ class _Running:
 
     job: Job
     future: TransferFuture
-    bar: Bar
+    watch: _Watch
     temp: Path | None = None
     handle: IO[bytes] | None = None
 
@@ -190,20 +193,20 @@ class Runner:
             with open(job.source.path, "rb"):  # unreadable files fail here, clearly
                 pass
         content_type = self.content_type or _guess_type(job.source.path)
-        bar = self.bars.add(f"put {label}", None if job.source.stdio else job.size)
+        watch = _Watch(job, self.bars.add(f"put {label}", None if job.source.stdio else job.size))
         future = manager.upload(source, job.dest.bucket, job.dest.key,
                                 extra_args={"ContentType": content_type},
-                                subscribers=[_Watch(job, bar)])  # fmt: skip
-        return _Running(job, future, bar)
+                                subscribers=[watch])  # fmt: skip
+        return _Running(job, future, watch)
 
     def _download(self, manager: TransferManager, job: Job, label: str) -> _Running:
         assert isinstance(job.source, Remote) and isinstance(job.dest, Local)
-        bar = self.bars.add(f"get {label}", job.size)
+        watch = _Watch(job, self.bars.add(f"get {label}", job.size))
         if job.dest.stdio:
             sink = _StdoutWriter(sys.stdout.buffer)
             future = manager.download(job.source.bucket, job.source.key, sink,
-                                      subscribers=[_Watch(job, bar)])  # fmt: skip
-            return _Running(job, future, bar)
+                                      subscribers=[watch])  # fmt: skip
+            return _Running(job, future, watch)
         target = Path(job.dest.path)
         if target.is_dir():
             raise IsADirectoryError(0, f"{target} is a directory")
@@ -213,10 +216,10 @@ class Runner:
         handle = os.fdopen(fd, "wb")
         with contextlib.suppress(FileNotFoundError):  # an overwrite keeps the file's mode
             os.chmod(fd, target.stat().st_mode & 0o7777)
-        running = _Running(job, None, bar, temp, handle)
+        running = _Running(job, None, watch, temp, handle)
         try:
             running.future = manager.download(job.source.bucket, job.source.key, handle,
-                                              subscribers=[_Watch(job, bar)])  # fmt: skip
+                                              subscribers=[watch])  # fmt: skip
         except BaseException:
             running.discard()
             raise
@@ -224,17 +227,17 @@ class Runner:
 
     def _copy(self, manager: TransferManager, job: Job, label: str) -> _Running:
         assert isinstance(job.source, Remote) and isinstance(job.dest, Remote)
-        bar = self.bars.add(f"copy {label}", job.size)
+        watch = _Watch(job, self.bars.add(f"copy {label}", job.size))
         future = manager.copy({"Bucket": job.source.bucket, "Key": job.source.key},
-                              job.dest.bucket, job.dest.key,
-                              subscribers=[_Watch(job, bar)])  # fmt: skip
-        return _Running(job, future, bar)
+                              job.dest.bucket, job.dest.key, subscribers=[watch])  # fmt: skip
+        return _Running(job, future, watch)
 
     def _finish(self, running: _Running) -> None:
         job = running.job
         try:
             running.future.result()
-            size = running.future.meta.size or 0
+            size = running.future.meta.size
+            size = running.watch.transferred if size is None else size
             if running.temp is not None and running.handle is not None:
                 _commit(running.handle, running.temp, Path(str(job.dest)))
                 running.temp = None
@@ -245,7 +248,7 @@ class Runner:
             self._fail(job, self._reason(job, exc))
             return
         finally:
-            running.bar.finish()
+            running.watch.bar.finish()
         moved = self._remove_source(job) if self.move else None
         if moved is not None:
             self._fail(job, f"copied, but the source was not removed: {moved}")
@@ -267,9 +270,7 @@ class Runner:
         return None
 
     def _done(self, job: Job, size: int) -> None:
-        if isinstance(job.dest, Local) and job.dest.stdio:
-            return  # stdout holds the data; nothing else goes there
-        line = f"{_short(job.source)} -> {_short(job.dest)}: {size} bytes"
+        line = f"{_arrow(job)}: {size} bytes"
         if isinstance(job.dest, Remote):
             etag = self.s3.stored_etag(job.dest.bucket, job.dest.key)
             line += f", etag {etag}" if etag else ""
@@ -277,7 +278,7 @@ class Runner:
 
     def _fail(self, job: Job, reason: str) -> None:
         self.summary.failures.append((job, reason))
-        click.echo(f"error: {_short(job.source)} -> {_short(job.dest)}: {reason}", err=True)
+        click.echo(f"error: {_arrow(job)}: {reason}", err=True)
 
     def _reason(self, job: Job, exc: BaseException) -> str:
         translated = translate(exc, self.s3.endpoint.url)
@@ -338,8 +339,12 @@ def _os_reason(exc: OSError) -> str:
     return str(exc.strerror or exc)
 
 
-def _short(location: Local | Remote) -> str:
-    return "stdin/stdout" if isinstance(location, Local) and location.stdio else str(location)
+def _short(location: Local | Remote, stdio: str = "stdout") -> str:
+    return stdio if isinstance(location, Local) and location.stdio else str(location)
+
+
+def _arrow(job: Job) -> str:
+    return f"{_short(job.source, 'stdin')} -> {_short(job.dest)}"
 
 
 __all__ = ["CANCEL_GRACE", "PART_SUFFIX", "Runner", "Summary", "make_parents", "temp_name"]

@@ -103,7 +103,7 @@ def test_get_overwrites_atomically_and_keeps_the_mode(cluster: LocalCluster, buc
     assert target.stat().st_mode & 0o777 == 0o640
     to_stdout = cluster.cli("get", f"{bucket}/k", "-")
     assert to_stdout.stdout_bytes == b"new content"
-    assert "-> stdin/stdout: 11 bytes" not in to_stdout.stdout  # stdout holds only the data
+    assert to_stdout.stderr == f"s3://{bucket}/k -> stdout: 11 bytes\n"  # not among the data
 
 
 def test_get_errors_are_clear_and_leave_nothing(cluster: LocalCluster, bucket: str, s3: Any,
@@ -242,6 +242,7 @@ def test_mv_deletes_the_source_only_after_the_copy(cluster: LocalCluster, bucket
 def test_cat_and_put_from_stdin(cluster: LocalCluster, bucket: str, s3: Any) -> None:
     put = cluster.cli("put", "-", f"{bucket}/in.txt", input=b"from stdin\n")
     assert put.exit_code == 0, put.output
+    assert put.stdout.startswith(f"stdin -> s3://{bucket}/in.txt: 11 bytes, etag ")
     copied = cluster.cli("cp", "-", f"s3://{bucket}/two.txt", input=b"second\n")
     assert copied.exit_code == 0, copied.output
     assert s3.get_object(Bucket=bucket, Key="in.txt")["Body"].read() == b"from stdin\n"
