@@ -83,12 +83,19 @@ json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
 
 @click.command()
 @click.argument("bucket")
+@click.option("-p", "--ignore-existing", is_flag=True, help="a bucket that exists is no error")
 @connection_options
-def mb(s3: S3, bucket: str) -> None:
-    """Make a bucket."""
+def mb(s3: S3, bucket: str, ignore_existing: bool) -> None:
+    """Make a bucket (an error if it exists, unless -p)."""
     name = remote_arg(bucket).bucket
-    with s3_errors(s3, name):
-        s3.make_bucket(name)
+    try:
+        with s3.errors():
+            s3.make_bucket(name)
+    except S3ClientError as exc:
+        if exc.code == "BucketAlreadyOwnedByYou" and ignore_existing:
+            click.echo(f"bucket {name} exists")
+            return
+        fail(describe(exc, name))
     click.echo(f"bucket {name} created")
 
 

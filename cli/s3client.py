@@ -253,6 +253,10 @@ class S3:
                     return buckets
 
     def make_bucket(self, bucket: str) -> None:
+        """Create ``bucket``; ``BucketAlreadyOwnedByYou`` if it exists. S3 answers 200 to an
+        owner re-creating a bucket in us-east-1, so the CLI asks first to be able to say so."""
+        if self.bucket_exists(bucket):
+            raise S3ClientError("BucketAlreadyOwnedByYou", f"bucket {bucket} already exists", 409)
         with self.errors():
             self.client.create_bucket(Bucket=bucket)
 

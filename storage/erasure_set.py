@@ -76,6 +76,14 @@ class ErasureSet:
         for background work that would rather wait than skip a drive); a drive still silent
         then counts as failed for this call (its call is cancelled), as if it were offline.
         """
+        return await self.fan_out_positions(
+            lambda position: call(self.drives[position]), patience=patience
+        )
+
+    async def fan_out_positions(
+        self, call: Callable[[int], Awaitable[T]], *, patience: float | None = None
+    ) -> Results[T]:
+        """:meth:`fan_out`, for a call that needs the drive's position in the set."""
         loop = asyncio.get_running_loop()
         missing = object()  # "no answer yet" (None is a valid answer)
         results: list[Any] = [missing] * len(self.drives)
@@ -85,7 +93,7 @@ class ErasureSet:
                 results[position] = DriveNotFound(f"drive {drive.endpoint} is offline")
                 return
             try:
-                results[position] = await call(drive)
+                results[position] = await call(position)
             except StorageError as exc:
                 results[position] = exc
 
@@ -125,9 +133,7 @@ class ErasureSet:
         self, bucket: str, key: str, *, patience: float | None = None
     ) -> Results[ObjectMeta]:
         """Every drive's copy of an object's metadata (or why it has none)."""
-        return await self.fan_out(
-            lambda drive: drive.read_metadata(bucket, key), patience=patience
-        )
+        return await self.fan_out(lambda drive: drive.read_metadata(bucket, key), patience=patience)
 
     def pick_metadata(
         self, bucket: str, key: str, copies: Sequence[ObjectMeta | StorageError]
