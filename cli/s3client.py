@@ -132,6 +132,10 @@ def translate(exc: BaseException, endpoint: str) -> S3ClientError | None:
         code = _BARE_STATUS.get(code, code)
         message = str(error.get("Message") or code)
         return S3ClientError(code, message, status)
+    if isinstance(exc, transfer_errors.S3DownloadFailedError) and isinstance(
+        exc.__cause__ or exc.__context__, botocore_errors.ClientError
+    ):  # s3transfer's word for a ranged GET refused by If-Match (412), among others
+        return translate(exc.__cause__ or exc.__context__, endpoint)
     if isinstance(exc, transfer_errors.RetriesExceededError):
         return translate(exc.last_exception, endpoint) or S3ClientError("Unreachable", str(exc))
     if isinstance(exc, botocore_errors.SSLError):

@@ -292,6 +292,10 @@ class Runner:
             assert isinstance(job.dest, Remote)
             remote = job.dest if not self.s3.bucket_exists(job.dest.bucket) else remote
         translated = self.s3.named(translated, remote.bucket, remote.key)
+        if translated.code == "PreconditionFailed" and job.kind != "upload":
+            # s3transfer sends If-Match with the ETag it started from on every ranged GET.
+            return (f"{remote} changed while it was being copied, so nothing was written; "
+                    f"run the command again (PreconditionFailed)")  # fmt: skip
         return describe(translated, remote.bucket, remote.key)
 
     def _unchanged(self, in_flight: Iterable[_Running]) -> list[str]:

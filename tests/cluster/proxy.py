@@ -3,7 +3,7 @@
 It makes "a transfer is in progress" a state a test can wait for instead of a race: once
 ``budget`` bytes have gone the chosen way, :attr:`StallProxy.stalled` is set and from then on
 that direction carries at most ``trickle`` bytes a second (0: nothing at all, a stalled
-server). The other direction is never held.
+server) until :meth:`StallProxy.release`. The other direction is never held.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ class StallProxy:
         self._budget = budget
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._released = threading.Event()
+        self._wake = threading.Event()  # set by release() and close()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -86,9 +88,15 @@ class StallProxy:
             yield data[:allowed]
         rest = data[allowed:]
         while rest:
-            if not self.trickle:
-                self._closed.wait()  # held for good: a stalled server
+            if self._released.is_set():
+                yield rest
                 return
+            if not self.trickle:
+                # Held until released (or for good: a stalled server).
+                self._wake.wait()
+                if self._closed.is_set():
+                    return
+                continue
             # Emulating a slow link, not synchronising a test: the pace is the point.
             self._closed.wait(1.0)
             if self._closed.is_set():
@@ -96,9 +104,17 @@ class StallProxy:
             yield rest[: self.trickle]
             rest = rest[self.trickle :]
 
+    def release(self) -> None:
+        """Let everything through from now on, held bytes first."""
+        with self._lock:
+            self._budget = 1 << 62
+        self._released.set()
+        self._wake.set()
+
     def close(self) -> None:
         """Drop every connection (both ends see a reset or EOF) and stop."""
         self._closed.set()
+        self._wake.set()
         self._listener.close()
         with self._lock:
             sockets, self._sockets = self._sockets, []

@@ -379,3 +379,49 @@ def test_a_missing_cluster_names_the_data_dir(tmp_path: Path) -> None:
     status = CliRunner().invoke(main, ["cluster", "status", "--data-dir", str(folder)])
     assert f"'minigrid cluster up --data-dir {folder}'" in status.stderr
     assert os.environ.get("MINIGRID_DATA_DIR") is None
+
+
+# --- copies inside the cluster ------------------------------------------------------------------
+
+
+def test_remote_to_remote_copy_and_move(cluster: LocalCluster, bucket: str, s3: Any) -> None:
+    small = payload(100_000, seed=35)
+    big = payload(9 * MIB + 3, seed=36)  # above 8 MiB: UploadPartCopy, in two parts
+    s3.put_object(Bucket=bucket, Key="src/small.txt", Body=small, ContentType="text/plain",
+                  Metadata={"who": "me"})  # fmt: skip
+    s3.put_object(Bucket=bucket, Key="src/deep/big.bin", Body=big)
+    assert cluster.cli("mb", f"{bucket}-to").exit_code == 0
+    other = f"{bucket}-to"
+
+    one = cluster.cli("cp", f"s3://{bucket}/src/small.txt", f"s3://{other}/")
+    assert one.exit_code == 0, one.output
+    copied = s3.head_object(Bucket=other, Key="small.txt")
+    assert copied["ContentType"] == "text/plain" and copied["Metadata"] == {"who": "me"}
+    assert s3.get_object(Bucket=other, Key="small.txt")["Body"].read() == small
+
+    tree = cluster.cli("cp", "-r", f"s3://{bucket}/src", f"s3://{other}/copy")
+    assert tree.exit_code == 0, tree.output
+    assert keys(s3, other, "copy/") == ["copy/deep/big.bin", "copy/small.txt"]
+    assert s3.get_object(Bucket=other, Key="copy/deep/big.bin")["Body"].read() == big
+    parts = s3.head_object(Bucket=other, Key="copy/deep/big.bin")["ETag"].strip('"')
+    assert parts.endswith("-2")  # copied in parts on the server, as s3transfer does it
+
+    moved = cluster.cli("mv", "-r", f"s3://{other}/copy/", f"s3://{other}/moved/")
+    assert moved.exit_code == 0, moved.output
+    assert keys(s3, other) == ["moved/deep/big.bin", "moved/small.txt", "small.txt"]
+    itself = cluster.cli("cp", f"s3://{other}/small.txt", f"s3://{other}/small.txt")
+    assert itself.exit_code == 2 and "is both the source and the target" in itself.stderr
+    nowhere = cluster.cli("cp", f"s3://{bucket}/src/small.txt", "s3://no-such-bucket-y/x")
+    assert nowhere.exit_code == 1
+    assert 'bucket "no-such-bucket-y" does not exist (NoSuchBucket)' in nowhere.stderr
+    gone = cluster.cli("cp", f"s3://{bucket}/src/none", f"s3://{other}/")
+    assert gone.exit_code == 1
+    assert f'object "{bucket}/src/none" does not exist (NoSuchKey)' in gone.stderr
+
+
+def test_mb_says_an_existing_bucket_exists(cluster: LocalCluster, bucket: str) -> None:
+    again = cluster.cli("mb", bucket)
+    assert again.exit_code == 1
+    assert f'bucket "{bucket}" already exists (BucketAlreadyOwnedByYou)' in again.stderr
+    tolerant = cluster.cli("mb", "-p", bucket)
+    assert tolerant.exit_code == 0 and f"bucket {bucket} exists" in tolerant.stdout

@@ -1,5 +1,5 @@
 """The CLI as a process on a terminal: Ctrl-C mid-transfer, progress bars on a pseudo-terminal,
-and big transfers through s3transfer (parallel ranged GETs).
+and big transfers through s3transfer (multipart uploads, parallel ranged GETs).
 
 A transfer is held mid-way by a proxy in front of a node (:mod:`tests.cluster.proxy`): the test
 waits until the proxy has let its budget of bytes through, so "mid-transfer" is a state, not a
@@ -18,16 +18,18 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from rich.filesize import decimal
 
 from cli.errors import Interrupted
 from cli.locations import Job, Local, Remote
-from cli.progress import Bars
+from cli.progress import Bar, Bars
 from cli.s3client import S3, Endpoint
 from cli.transfer import Runner
 from tests.cluster.helpers import MIB, LocalCluster, metrics_text, payload, wait_for
@@ -58,7 +60,8 @@ def start_cli(cluster: LocalCluster, *args: str, endpoint: str | None = None,
     """``minigrid ARGS`` as its own process (stdout and stderr piped unless given)."""
     kwargs.setdefault("stdout", subprocess.PIPE)
     kwargs.setdefault("stderr", subprocess.PIPE)
-    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], stdin=subprocess.DEVNULL,
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-m", "cli.main", *args],
                             env=cli_env(cluster, endpoint), **kwargs)  # fmt: skip
 
 
@@ -230,14 +233,96 @@ def _ranged_gets(url: str) -> int:
 
 
 @pytest.mark.slow
-def test_forty_megabytes_come_down_in_parallel_ranges(cluster: LocalCluster, s3: Any,
-                                                      tmp_path: Path) -> None:  # fmt: skip
+def test_forty_megabytes_up_in_parts_and_down_in_ranges(cluster: LocalCluster, s3: Any,
+                                                        tmp_path: Path) -> None:  # fmt: skip
     data = payload(40 * MIB, seed=45)
-    s3.put_object(Bucket=BUCKET, Key="forty.bin", Body=data)
+    source = tmp_path / "forty.bin"
+    source.write_bytes(data)
+    up = cluster.cli("put", "--endpoint", cluster.urls[0], str(source), f"{BUCKET}/forty.bin")
+    assert up.exit_code == 0, up.output
+    etag = s3.head_object(Bucket=BUCKET, Key="forty.bin")["ETag"].strip('"')
+    assert etag.endswith("-5")  # a multipart upload of 8 MiB parts, as the aws cli sends
+    assert f", etag {etag}" in up.stdout
+
     before = _ranged_gets(cluster.urls[0])
-    target = tmp_path / "forty.bin"
-    result = cluster.cli("get", "--endpoint", cluster.urls[0], f"{BUCKET}/forty.bin",
-                         str(target))  # fmt: skip
-    assert result.exit_code == 0, result.output
+    target = tmp_path / "back.bin"
+    down = cluster.cli("get", "--endpoint", cluster.urls[0], f"{BUCKET}/forty.bin",
+                       str(target))  # fmt: skip
+    assert down.exit_code == 0, down.output
     assert target.read_bytes() == data
-    assert _ranged_gets(cluster.urls[0]) - before >= 5  # 8 MiB parts, as the aws cli fetches
+    assert _ranged_gets(cluster.urls[0]) - before >= 5  # 8 MiB ranges
+
+
+def test_a_big_upload_from_stdin_streams_in_parts(cluster: LocalCluster, s3: Any) -> None:
+    data = payload(20 * MIB, seed=46)
+    process = start_cli(cluster, "put", "-", f"{BUCKET}/piped.bin", stdin=subprocess.PIPE)
+    out, err = process.communicate(data, timeout=120)
+    assert process.returncode == 0, err
+    assert f"stdin -> s3://{BUCKET}/piped.bin: {len(data)} bytes" in out.decode()
+    assert s3.head_object(Bucket=BUCKET, Key="piped.bin")["ETag"].strip('"').endswith("-3")
+    assert s3.get_object(Bucket=BUCKET, Key="piped.bin")["Body"].read() == data
+
+
+def test_an_interrupted_multipart_upload_is_aborted(cluster: LocalCluster, s3: Any,
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    source = tmp_path / "parts.bin"
+    source.write_bytes(payload(24 * MIB, seed=47))
+    config = cluster.config
+    client = S3(Endpoint(cluster.urls[2], config["access_key"], config["secret_key"]))
+    started = threading.Event()
+
+    class Ticker(Bars):
+        def add(self, label: str, total: int | None) -> Bar:
+            return _Started(started)
+
+    def jobs() -> Iterator[Job]:
+        yield Job(Local(str(source)), Remote(BUCKET, "parts.bin"), size=24 * MIB)
+        assert started.wait(60), "no part went up"
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as stopped:
+        Runner(client, Ticker(), report=lambda line: None).run(jobs())
+    assert stopped.value.lines == [
+        f"s3://{BUCKET}/parts.bin is unchanged (the upload did not complete)"
+    ]
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=BUCKET, Key="parts.bin")
+
+    def no_upload_left() -> bool:
+        uploads = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+        return not [u for u in uploads if u["Key"] == "parts.bin"]
+
+    wait_for(no_upload_left, 20, "the multipart upload to be aborted")
+
+
+class _Started(Bar):
+    def __init__(self, started: threading.Event) -> None:
+        self._started = started
+
+    def advance(self, amount: int) -> None:
+        self._started.set()
+
+
+@pytest.mark.slow
+def test_an_object_replaced_mid_download_is_not_mixed(cluster: LocalCluster, s3: Any,
+                                                      tmp_path: Path,
+                                                      processes: list[subprocess.Popen[bytes]],
+                                                      ) -> None:  # fmt: skip
+    """Eleven 8 MiB ranges: ten go out at once and are held by the proxy; the object is
+    replaced; the eleventh carries If-Match with the first ETag and is refused."""
+    s3.put_object(Bucket=BUCKET, Key="moving.bin", Body=payload(81 * MIB, seed=48))
+    target = tmp_path / "moving.bin"
+    with StallProxy(node_host(cluster), direction="down", budget=1 * MIB) as proxy:
+        process = start_cli(cluster, "get", f"{BUCKET}/moving.bin", str(target),
+                            endpoint=proxy.url)  # fmt: skip
+        processes.append(process)
+        assert proxy.stalled.wait(30), "the download never started"
+        s3.put_object(Bucket=BUCKET, Key="moving.bin", Body=b"a new version")
+        proxy.release()
+        _, err = process.communicate(timeout=120)
+    text = err.decode()
+    assert process.returncode == 1, text
+    assert f"s3://{BUCKET}/moving.bin changed while it was being copied" in text
+    assert "(PreconditionFailed)" in text
+    assert not target.exists()
+    assert part_files(tmp_path) == []
