@@ -204,10 +204,21 @@ class S3:
     def __init__(self, endpoint: Endpoint, *, timeout: float = READ_TIMEOUT,
                  attempts: int = ATTEMPTS) -> None:  # fmt: skip
         self.endpoint = endpoint
-        self.client = make_client(endpoint, timeout=timeout, attempts=attempts)
+        self._timeout = timeout
+        self._attempts = attempts
+        self._client: Any = None
         self._etags: dict[tuple[str, str], str] = {}
         self._etags_lock = threading.Lock()
-        self._watch_etags()
+
+    @property
+    def client(self) -> Any:
+        """The botocore client, made on first use: loading it costs a few hundred ms that a
+        command refused for its arguments should not pay."""
+        if self._client is None:
+            self._client = make_client(self.endpoint, timeout=self._timeout,
+                                       attempts=self._attempts)  # fmt: skip
+            self._watch_etags()
+        return self._client
 
     # --- errors -------------------------------------------------------------------------------
 

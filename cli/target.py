@@ -18,11 +18,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import click
 
 from cli.cluster import ClusterError, ClusterFile, command_hint, http_json, resolve_data_dir
-from cli.errors import S3ClientError, describe
 from cli.s3client import S3, Endpoint
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -75,6 +75,10 @@ def resolve_target(
             f"no cluster found in {folder}: start one with '{command_hint('cluster up', folder)}'"
             f", or give --endpoint with --access-key and --secret-key"
         )
+    if endpoint is not None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            fail(f"--endpoint {endpoint!r} is not a URL: write it as http(s)://host:port", 2)
     config = cluster.config if cluster is not None else {}
     ca = ca or os.environ.get("MINIGRID_TLS_CA") or config.get("tls_ca") or None
     if ca is not None and not os.path.isfile(ca):
@@ -122,10 +126,7 @@ def connection_options(func: F) -> F:
                 secret_key: str | None, tls_ca: str | None, **kwargs: Any) -> Any:  # fmt: skip
         target = resolve_target(data_dir, endpoint, access_key, secret_key, ca=tls_ca)
         url = pick_endpoint(target.endpoints, target.ca)
-        try:
-            s3 = S3(Endpoint(url, target.access_key, target.secret_key, target.region, target.ca))
-        except S3ClientError as exc:
-            fail(describe(exc))
+        s3 = S3(Endpoint(url, target.access_key, target.secret_key, target.region, target.ca))
         return func(s3=s3, **kwargs)
 
     return wrapper  # type: ignore[return-value]

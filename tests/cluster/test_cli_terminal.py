@@ -87,6 +87,7 @@ def node_host(cluster: LocalCluster, node: int = 0) -> str:
 # --- Ctrl-C -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_download(cluster: LocalCluster, s3: Any, tmp_path: Path,
                                   processes: list[subprocess.Popen[bytes]]) -> None:  # fmt: skip
     s3.put_object(Bucket=BUCKET, Key="down.bin", Body=payload(20 * MIB, seed=40))
@@ -188,6 +189,7 @@ def run_on_terminal(cluster: LocalCluster, *args: str) -> tuple[int, str]:
     return process.returncode, ANSI.sub("", shown.decode(errors="replace"))
 
 
+@pytest.mark.slow
 def test_progress_bar_per_transfer_on_a_terminal_only(cluster: LocalCluster, s3: Any,
                                                       tmp_path: Path) -> None:  # fmt: skip
     size = 3 * MIB + 5
