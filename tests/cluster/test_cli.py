@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 
 from tests.cluster.helpers import MIB, LocalCluster, payload, wait_for
 
