@@ -5,7 +5,7 @@ What a user can count on:
 - **A download never leaves a half-written file.** It goes to ``.NAME.minigrid-XXXXXXXX.part``
   next to the target, is flushed and fsync'ed, and only then renamed over the target (which
   keeps an existing target's permissions). Missing parent directories are made first, as the
-  aws cli and ``mc`` do.
+  aws cli and ``mc`` do, and removed again if the download fails and leaves them empty.
 - **An upload is atomic on the server.** A single PUT or a multipart upload becomes visible
   whole, or not at all; an interrupted multipart upload is aborted.
 - **A move deletes its source only after the copy is complete.**
@@ -53,8 +53,10 @@ def temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.minigrid-{secrets.token_hex(4)}{PART_SUFFIX}")
 
 
-def make_parents(folder: Path) -> None:
-    """Make ``folder`` and its parents, or say which path is in the way."""
+def make_parents(folder: Path) -> list[Path]:
+    """Make ``folder`` and its parents, or say which path is in the way; the directories it
+    made, outermost first."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
@@ -64,6 +66,14 @@ def make_parents(folder: Path) -> None:
                                  f"in the way") from exc  # fmt: skip
     except OSError as exc:
         raise OSError(exc.errno, f"cannot make directory {folder}: {exc.strerror}") from exc
+    return missing
+
+
+def remove_empty(folders: Iterable[Path]) -> None:
+    """Remove the directories a failed download made, deepest first, if nothing is in them."""
+    for folder in sorted(set(folders), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 class _StdoutWriter:
@@ -140,6 +150,8 @@ class Runner:
         self.content_type = content_type
         self.report = report or (lambda line: click.echo(line))
         self.summary = Summary()
+        #: Directories made for downloads; those left empty at the end are removed.
+        self._made: list[Path] = []
 
     def run(self, jobs: Iterable[Job]) -> Summary:
         """Run every job; Ctrl-C raises :class:`Interrupted` once the cleanup is done."""
@@ -166,6 +178,8 @@ class Runner:
         except BaseException:
             _cancel(manager, in_flight)
             raise
+        finally:
+            remove_empty(self._made)  # only what nothing was written into
         manager.shutdown()
         return self.summary
 
@@ -210,9 +224,12 @@ class Runner:
         target = Path(job.dest.path)
         if target.is_dir():
             raise IsADirectoryError(0, f"{target} is a directory")
-        make_parents(target.parent)
+        self._made += make_parents(target.parent)
         temp = temp_name(target)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write into {target.parent}: {exc.strerror}") from exc
         handle = os.fdopen(fd, "wb")
         with contextlib.suppress(FileNotFoundError):  # an overwrite keeps the file's mode
             os.chmod(fd, target.stat().st_mode & 0o7777)
@@ -351,4 +368,5 @@ def _arrow(job: Job) -> str:
     return f"{_short(job.source, 'stdin')} -> {_short(job.dest)}"
 
 
-__all__ = ["CANCEL_GRACE", "PART_SUFFIX", "Runner", "Summary", "make_parents", "temp_name"]
+__all__ = ["CANCEL_GRACE", "PART_SUFFIX", "Runner", "Summary", "make_parents", "remove_empty",
+           "temp_name"]

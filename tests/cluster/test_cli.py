@@ -115,10 +115,10 @@ def test_get_errors_are_clear_and_leave_nothing(cluster: LocalCluster, bucket: s
     assert f"cannot make directory {blocker / 'sub'}: {blocker} is a file" in in_the_way.stderr
     no_traceback(in_the_way)
 
-    missing = cluster.cli("get", f"{bucket}/nothing", str(tmp_path / "out"))
+    missing = cluster.cli("get", f"{bucket}/nothing", str(tmp_path / "new" / "deep" / "out"))
     assert missing.exit_code == 1
     assert f'object "{bucket}/nothing" does not exist (NoSuchKey)' in missing.stderr
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "new").exists()  # the directories it made are gone again
 
     directory = cluster.cli("get", f"{bucket}/dir/", str(tmp_path))
     assert directory.exit_code == 2
