@@ -75,7 +75,7 @@ def merge(urls: list[str], answers: list[dict[str, Any] | str]) -> dict[str, Any
             1 for c in grid if c["to"] == hosts[index] and c["state"] == "connected"
         )
         nodes.append(entry)
-    return {"nodes": nodes, "drives": _drives(answers), "grid": grid}
+    return {"nodes": nodes, "drives": _drives(answers), "grid": grid, "usage": _usage(answers)}
 
 
 def _drives(answers: list[dict[str, Any] | str]) -> list[dict[str, Any]]:
@@ -88,8 +88,29 @@ def _drives(answers: list[dict[str, Any] | str]) -> list[dict[str, Any]]:
         own = next((a for i, a in views if i == owner), None)
         chosen = own["drives"][position] if own is not None else first
         seen_by = owner if own is not None else views[0][0]
-        drives.append({**chosen, "seen_by": seen_by})
+        entry = {**chosen, "seen_by": seen_by}
+        if own is not None:  # a drive being healed: its node's tracker says how far it got
+            tracker = own.get("heal", {}).get("drives_healing", {}).get(chosen["endpoint"])
+            if tracker is not None:
+                entry["heal"] = tracker
+        drives.append(entry)
     return drives
+
+
+def _usage(answers: list[dict[str, Any] | str]) -> dict[str, dict[str, int]]:
+    """Objects and bytes per bucket, as the scanners counted them on their last cycle.
+
+    Each node counts the sets it holds drives of; where two nodes counted the same bucket
+    (every node of a one-set cluster does), the fuller count is the more recent one."""
+    usage: dict[str, dict[str, int]] = {}
+    for answer in answers:
+        if not isinstance(answer, dict):
+            continue
+        for bucket, counts in answer.get("usage", {}).items():
+            have = usage.get(bucket)
+            if have is None or counts["objects"] > have["objects"]:
+                usage[bucket] = dict(counts)
+    return dict(sorted(usage.items()))
 
 
 def _size(value: int | None) -> str:
@@ -138,12 +159,22 @@ def render(view: dict[str, Any], console: Console) -> None:
     drives = _table("drives", ("#", "set", "node", "drive", "state", "used", "total", "note"))
     for drive in view["drives"]:
         used = None if drive["total"] is None else drive["total"] - drive["free"]
+        heal = drive.get("heal")
+        note = drive.get("error", "")
+        if heal is not None:
+            note = (f"healing: {heal['objects_scanned']} checked, {heal['objects_healed']} "
+                    f"rewritten, at {heal['bucket']}/{heal['key']}")  # fmt: skip
         drives.add_row(
             str(drive["position"]), str(drive.get("set", "")), str(drive["node"]),
             _short(drive["endpoint"]), _state(drive["state"]), _size(used), _size(drive["total"]),
-            drive.get("error", ""),
+            note,
         )  # fmt: skip
     console.print(drives)
+    if view.get("usage"):
+        usage = _table("buckets (scanner's last count)", ("bucket", "objects", "size"))
+        for bucket, counts in view["usage"].items():
+            usage.add_row(bucket, str(counts["objects"]), f"{counts['bytes'] / (1 << 20):.1f} MiB")
+        console.print(usage)
     grid = _table("grid connections",
                   ("from", "to", "state", "tls", "rtt", "p50", "seen", "redials", "cause"))
     for conn in view["grid"]:

@@ -43,6 +43,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from rich.console import Console
 from rich.table import Table
 
 from minigrid.tls import KeyPair, issue_certificate, make_ca
-from node.config import ConfigError, choose_set_size
+from node.config import OPTIONS, ConfigError, choose_set_size
 
 CLUSTER_FILE = "cluster.json"
 DEFAULT_DATA_DIR = ".minigrid"
@@ -62,6 +63,12 @@ STOP_TIMEOUT = 10.0
 RESTART_BIND_GRACE = 5.0
 HOST = "127.0.0.1"
 PRIVATE_UMASK = 0o077
+OPTION_NAMES = frozenset(option.name for option in OPTIONS)
+#: Options ``cluster up`` decides itself: the layout, the identities and the keys.
+FIXED_OPTIONS = frozenset(
+    {"nodes", "node", "deployment_id", "secret", "access_key", "secret_key",
+     "admin_access_key", "admin_secret_key", "listen", "listen_fd", "log_file"}
+)  # fmt: skip
 TLS_DIR = "tls"
 
 
@@ -243,6 +250,7 @@ def new_cluster(
     profile: str,
     fsync: bool | None = None,
     tls: bool = False,
+    options: Mapping[str, Any] | None = None,
 ) -> ClusterFile:
     scheme = "https" if tls else "http"
     node_list = [
@@ -265,6 +273,10 @@ def new_cluster(
         config["fsync"] = "on" if fsync else "off"
     if tls:
         config["tls_ca"] = str(data_dir / TLS_DIR / "ca.crt")
+    for name, value in (options or {}).items():
+        if name not in OPTION_NAMES or name in FIXED_OPTIONS:
+            raise ClusterError(f"{name!r} is not a node option cluster up can set")
+        config[name] = value
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return ClusterFile(data_dir / CLUSTER_FILE, config, [], created)
 
@@ -458,11 +470,13 @@ def cluster_up(
     tls: bool | None = None,
     timeout: float = UP_TIMEOUT,
     fsync: bool | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> UpResult:
     """Start the cluster in ``data_dir`` (create it if new); start only nodes that are down.
 
     ``fsync`` None leaves the nodes' default (on) for a new cluster. ``tls`` (when creating):
-    serve TLS with certificates from a new private CA.
+    serve TLS with certificates from a new private CA. ``options`` (when creating): more node
+    options for ``cluster.json`` (labs and tests: heal speed, intervals, profiles, ...).
     """
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
@@ -477,9 +491,15 @@ def cluster_up(
         sockets = bind_ports({n: base + n if base else 0 for n in range(count)})
         ports = [sockets[n].getsockname()[1] for n in range(count)]
         cluster = new_cluster(data_dir, count, per_node, ports, parity, profile or "fast",
-                              fsync, tls=bool(tls))  # fmt: skip
+                              fsync, tls=bool(tls), options=options)  # fmt: skip
     else:
         _check_same(cluster, nodes, drives, base_port, parity, profile, fsync, tls)
+        for name, value in (options or {}).items():
+            if str(cluster.config.get(name)) != str(value):
+                raise ClusterError(
+                    f"a cluster already exists in {cluster.data_dir} with {name}="
+                    f"{cluster.config.get(name)!r}; options apply only when a cluster is created"
+                )
         down = [n for n in range(len(cluster.urls)) if not cluster.process(n).alive()]
         wanted = {n: int(cluster.urls[n].rsplit(":", 1)[1]) for n in down}
         sockets = bind_ports(wanted, grace=RESTART_BIND_GRACE)
@@ -500,6 +520,22 @@ def cluster_up(
         stop_nodes(cluster, started)
         raise
     return UpResult(cluster, started, already_running=not started)
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs from ``-o``; the nodes check each value when they start."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in OPTION_NAMES:
+            raise click.BadParameter(
+                f"{pair!r}: give NAME=VALUE with a node option name (see 'minigrid node run "
+                "--help')",
+                param_hint="-o/--option",
+            )
+        options[name] = value
+    return options
 
 
 def _check_same(
@@ -644,7 +680,10 @@ def cluster() -> None:
 @click.option("--timeout", type=float, default=UP_TIMEOUT, show_default=True,
               help="seconds to wait for every node to be ready")  # fmt: skip
 @click.option("--fsync", type=click.Choice(["on", "off"]), default=None,
-              help="off: faster writes a power cut can lose (labs, benchmarks) [on]")  # fmt: skip
+              help="off: faster writes a power cut can lose (labs, benchmarks) [on]")
+@click.option("-o", "--option", "options", multiple=True, metavar="NAME=VALUE",
+              help="another node option for a new cluster, e.g. -o heal_speed=fast "
+                   "(any 'minigrid node run' option, by its config name)")  # fmt: skip
 def up(
     nodes: int | None,
     drives: int | None,
@@ -655,6 +694,7 @@ def up(
     tls: bool | None,
     timeout: float,
     fsync: str | None,
+    options: tuple[str, ...],
 ) -> None:
     """Start the nodes in the background and wait until the cluster is ready.
 
@@ -664,7 +704,8 @@ def up(
     try:
         result = cluster_up(folder, nodes=nodes, drives=drives, base_port=base_port,
                             parity=parity, profile=profile, tls=tls, timeout=timeout,
-                            fsync=None if fsync is None else fsync == "on")  # fmt: skip
+                            fsync=None if fsync is None else fsync == "on",
+                            options=_parse_options(options))  # fmt: skip
     except ClusterError as exc:
         _fail(str(exc))
         return

@@ -14,6 +14,7 @@ from .cluster import cluster
 from .copying import COMMANDS as COPY_COMMANDS
 from .errors import Interrupted, StdoutClosed
 from .grid import grid
+from .heal import heal, scanner
 from .node import node
 from .objects import COMMANDS as OBJECT_COMMANDS
 
@@ -75,6 +76,8 @@ def main() -> None:
 main.add_command(grid)
 main.add_command(node)
 main.add_command(cluster)
+admin.add_command(heal)
+admin.add_command(scanner)
 main.add_command(admin)
 for command in (*OBJECT_COMMANDS, *COPY_COMMANDS):
     main.add_command(command)

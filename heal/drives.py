@@ -31,7 +31,7 @@ from typing import Any
 
 from heal.buckets import heal_buckets
 from heal.object import DriveState, ObjectHealer, Outcome
-from heal.pace import DynamicSleeper, Foreground, Speed, no_foreground
+from heal.pace import DynamicSleeper, Foreground, Speed, in_order, no_foreground
 from heal.walk import set_buckets, walk_set
 from storage.errors import StorageError, UnformattedDrive
 from storage.format import FormatInfo
@@ -46,6 +46,8 @@ SAVE_EVERY = 2.0
 RETRY_EVERY = 2.0
 #: Tries per object while the drive being healed is skipped (slow, or briefly unreachable).
 ATTEMPTS = 3
+#: Objects healed at once onto one drive: enough to overlap the grid's round trips.
+WORKERS = 4
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Tracker:
     bytes_healed: int = 0
     done_buckets: list[str] = field(default_factory=list)
     finished: bool = False
+    resumes: int = 0  # how many times a restarted node picked this heal up again
+    resumed_from: str = ""  # the bucket/key the last resume started after
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,8 +114,10 @@ class DriveHealer:
         save_every: float = SAVE_EVERY,
         speed: Speed | None = None,
         foreground: Foreground | None = None,
+        workers: int = WORKERS,
     ) -> None:
         self.layer = layer
+        self.workers = workers
         self.healer = healer
         self.drives = dict(drives)
         self.formats = dict(formats)
@@ -123,8 +129,12 @@ class DriveHealer:
         self._healing: dict[str, asyncio.Task[None]] = {}
 
     def status(self) -> dict[str, Any]:
-        """Each drive being healed, with its tracker."""
-        return {path: t.to_dict() for path, t in self.trackers.items() if not t.finished}
+        """Each drive being healed (by endpoint), with its tracker."""
+        return {
+            self.drives[path].endpoint: t.to_dict()
+            for path, t in self.trackers.items()
+            if not t.finished
+        }
 
     async def run(self) -> None:
         """Resume interrupted heals, then check the drives every ``check_every`` seconds."""
@@ -133,6 +143,8 @@ class DriveHealer:
                 tracker = await _run(_load, drive.system_path(TRACKER))
                 if tracker is not None and not tracker.finished:
                     where = f"{tracker.bucket}/{tracker.key}" if tracker.bucket else "the start"
+                    tracker.resumes += 1
+                    tracker.resumed_from = where
                     log.info("resuming the heal of drive %s from %s", drive.endpoint, where)
                     self._start(path, tracker)
             while True:
@@ -199,16 +211,21 @@ class DriveHealer:
                 continue
             if bucket != tracker.bucket:
                 tracker.bucket, tracker.key = bucket, ""
-            async for info in walk_set(eset, bucket, start_after=tracker.key):
+
+            async def heal(key: str, bucket: str = bucket) -> None:
                 await self.foreground.wait_for_low_io()
-                sleeper.start()
-                await self._heal_one(bucket, info.key, tracker, position)
-                tracker.key = info.key
+                await sleeper.paced(self._heal_one(bucket, key, tracker, position))
+
+            def finished(key: str) -> None:
+                nonlocal saved
+                tracker.key = key  # every key up to here is done: safe to resume after it
                 if time.monotonic() - saved >= self.save_every:
                     tracker.updated = time.time()
-                    await _run(_save, tracker_path, tracker)
+                    _save(tracker_path, tracker)  # small and rare: written in place
                     saved = time.monotonic()
-                await sleeper.pause()
+
+            keys = (info.key async for info in walk_set(eset, bucket, start_after=tracker.key))
+            await in_order(keys, heal, workers=self.workers, done=finished)
             tracker.done_buckets.append(bucket)
         tracker.finished = True
         tracker.updated = time.time()

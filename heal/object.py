@@ -184,7 +184,7 @@ class ObjectHealer:
             result.outcome = Outcome.WOULD_HEAL
             return result
         written = await self._rebuild(eset, bucket, key, meta, copies, good, targets, result)
-        committed = await self._commit(eset, bucket, key, meta, written, result)
+        committed = await self._commit(eset, bucket, key, meta, copies, written)
         for position in committed:
             result.after[position] = DriveState.OK
         result.outcome = Outcome.HEALED if len(committed) == len(targets) else Outcome.PARTIAL
@@ -483,8 +483,8 @@ class ObjectHealer:
         bucket: str,
         key: str,
         meta: ObjectMeta,
+        copies: Sequence[ObjectMeta | StorageError],
         written: dict[int, tuple[str, bytes | None]],
-        result: ObjectHealResult,
     ) -> list[int]:
         """Install each staged shard; returns the positions now holding a good copy."""
         info = meta.erasure
@@ -492,7 +492,7 @@ class ObjectHealer:
         async def install(position: int) -> bool:
             drive = eset.drives[position]
             upload_id, inline = written[position]
-            if not await _may_overwrite(drive, bucket, key, meta):
+            if not await _unchanged(drive, bucket, key, copies[position]):
                 await _attempt(drive.undo_rename(upload_id, bucket, key))
                 return False
             copy = meta.for_drive(info.distribution[position], inline)
@@ -516,15 +516,21 @@ async def _open_writer(drive: Drive, upload_id: str, part: int = 0) -> ShardWrit
         return None
 
 
-async def _may_overwrite(drive: Drive, bucket: str, key: str, meta: ObjectMeta) -> bool:
-    """False when the drive now holds a version newer than the one being healed."""
+async def _unchanged(
+    drive: Drive, bucket: str, key: str, seen: ObjectMeta | StorageError
+) -> bool:
+    """Whether the drive still holds the copy the healer judged (compare and swap).
+
+    A put that landed meanwhile changed it: the heal must not overwrite that. Versions are
+    compared by identity, not by modification time, so a node whose wall clock jumped can
+    neither block a heal nor have its newer write undone."""
     try:
         current = await drive.read_metadata(bucket, key)
     except (FileNotFound, VolumeNotFound, FileCorrupt):
-        return True
+        return not isinstance(seen, ObjectMeta)  # had a copy, now none: a delete got there
     except StorageError:
         return False  # offline or failing: not now
-    return current.mod_time_ns <= meta.mod_time_ns
+    return isinstance(seen, ObjectMeta) and current.version_key() == seen.version_key()
 
 
 __all__ = ["DAMAGED", "DriveState", "ObjectHealResult", "ObjectHealer", "Outcome"]

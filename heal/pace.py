@@ -22,10 +22,13 @@ the node's in-flight S3 requests exceed a threshold, in short steps, but never m
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, TypeVar
+
+T = TypeVar("T")
 
 PRESETS: Final[dict[str, tuple[float, float]]] = {
     "fastest": (0.0, 0.0),
@@ -72,6 +75,16 @@ class DynamicSleeper:
         """Mark the start of a unit of work."""
         self._started = time.monotonic()
 
+    async def paced(self, work: Awaitable[T]) -> T:
+        """Await one unit of work, then sleep in proportion to how long it took. Safe to use
+        from several workers at once (each unit is timed on its own)."""
+        started = time.monotonic()
+        result = await work
+        delay = min(self.speed.factor * (time.monotonic() - started), self.speed.max_sleep)
+        await asyncio.sleep(delay)
+        self.slept += delay
+        return result
+
     async def pause(self) -> float:
         """After a unit of work: sleep ``factor x elapsed``, capped; returns the sleep."""
         elapsed = time.monotonic() - self._started
@@ -82,6 +95,40 @@ class DynamicSleeper:
         else:
             await asyncio.sleep(0)  # still let the loop run other work between units
         return delay
+
+
+async def in_order(
+    items: AsyncIterator[T],
+    work: Callable[[T], Coroutine[Any, Any, None]],
+    *,
+    workers: int,
+    done: Callable[[T], None],
+) -> None:
+    """Run ``work`` on up to ``workers`` items at once, in the order ``items`` gives them, and
+    call ``done(item)`` once an item *and every item before it* have finished, so a caller can
+    record a position that is safe to resume from (nothing before it is left undone)."""
+    running: collections.deque[tuple[T, asyncio.Task[None]]] = collections.deque()
+
+    def retire() -> None:
+        while running and running[0][1].done():
+            item, task = running.popleft()
+            task.result()  # a failure in work is a bug: let it out
+            done(item)
+
+    try:
+        async for item in items:
+            while len(running) >= workers:
+                await asyncio.wait({t for _, t in running}, return_when=asyncio.FIRST_COMPLETED)
+                retire()
+            running.append((item, asyncio.create_task(work(item))))
+            retire()
+        while running:
+            await asyncio.wait({t for _, t in running}, return_when=asyncio.FIRST_COMPLETED)
+            retire()
+    finally:
+        for _, task in running:
+            task.cancel()
+        await asyncio.gather(*(t for _, t in running), return_exceptions=True)
 
 
 class Foreground:
@@ -115,4 +162,12 @@ def no_foreground() -> int:
     return 0
 
 
-__all__ = ["PRESETS", "DynamicSleeper", "Foreground", "Speed", "check_preset", "no_foreground"]
+__all__ = [
+    "PRESETS",
+    "DynamicSleeper",
+    "Foreground",
+    "Speed",
+    "check_preset",
+    "in_order",
+    "no_foreground",
+]

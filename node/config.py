@@ -116,6 +116,11 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "seconds an S3 request or response body may send or read nothing (30)",
     ),
     Option(
+        "liveness_scale",
+        "float",
+        "multiply the profile's ping, silence and stream timings (labs: minio at 0.1) (1)",
+    ),
+    Option(
         "heal_speed",
         "str",
         "pace of the scanner and the drive healer: fastest, fast, default, slow or slowest",
@@ -132,8 +137,10 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option(
         "unsafe_inline_heal",
         "bool",
-        "UNSAFE, for the missed-ping lab only: hash and erasure-code on the event loop",
+        "UNSAFE: hash and erasure-code ON THE EVENT LOOP to starve grid pings on purpose "
+        "(the missed-ping lab); never use it for real data",
     ),
+    Option("unsafe_heal_slice_mib", "int", "MiB of work per unsafe slice on the loop (256)"),
     Option("tls_cert", "str", "PEM certificate (chain): serve S3, admin and the grid over TLS"),
     Option("tls_key", "str", "PEM private key of tls_cert"),
     Option(
@@ -173,6 +180,7 @@ class NodeConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    liveness_scale: float = 1.0
     heal_speed: str = "default"
     scanner_deep: bool = False
     scanner_interval: float = 1.0
@@ -180,6 +188,7 @@ class NodeConfig:
     mrf_delay: float = 1.0
     stale_upload_age: float = 86_400.0
     unsafe_inline_heal: bool = False
+    unsafe_heal_slice_mib: int = 256
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
@@ -370,6 +379,8 @@ def _check_limits(values: dict[str, object]) -> None:
         "scanner_interval",
         "drive_check_interval",
         "stale_upload_age",
+        "liveness_scale",
+        "unsafe_heal_slice_mib",
     ):
         value = values.get(name)
         if value is None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from minigrid import Manager, profile
+from minigrid.config import scaled
 from node.config import NodeConfig
 from node.services import Route, Routes
 from storage.drive import Drive
@@ -27,8 +28,9 @@ class GridService:
     def __init__(
         self, config: NodeConfig, local_drives: Mapping[str, Drive], tls: ssl.SSLContext | None
     ) -> None:
+        grid_config = scaled(profile(config.profile), config.liveness_scale)
         self.manager = Manager(
-            config.host, config.hosts, config.secret, config=profile(config.profile), tls=tls
+            config.host, config.hosts, config.secret, config=grid_config, tls=tls
         )
         serve_drives(self.manager, local_drives)
         #: Follows every peer's connection; its remote drives are the cluster's other drives.

@@ -78,6 +78,7 @@ class HealingService:
         speed: str = "default",
         deep: bool = False,
         unsafe_inline: bool = False,
+        unsafe_slice_mib: int = 256,
         drive_check_every: float = 10.0,
         scanner_pause: float = 1.0,
         mrf_delay: float = 1.0,
@@ -86,7 +87,7 @@ class HealingService:
         self.layer = layer
         self.peers = peers
         self.speed = Speed(check_preset(speed))
-        self.cpu = CpuPolicy(inline=unsafe_inline)
+        self.cpu = CpuPolicy(inline=unsafe_inline, slice_bytes=unsafe_slice_mib << 20)
         self.foreground = Foreground(inflight)
         self.healer = ObjectHealer(layer, cpu=self.cpu)
         self.mrf = Mrf(

@@ -196,6 +196,7 @@ class Node:
             layer, peers, self.local_drives, by_path,
             inflight=lambda: gateway.inflight, speed=config.heal_speed, deep=config.scanner_deep,
             unsafe_inline=config.unsafe_inline_heal,
+            unsafe_slice_mib=config.unsafe_heal_slice_mib,
             drive_check_every=config.drive_check_interval,
             scanner_pause=config.scanner_interval, mrf_delay=config.mrf_delay,
             stale_upload_age=config.stale_upload_age,

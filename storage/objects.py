@@ -52,7 +52,7 @@ from storage.placement import (
     set_index,
     shard_distribution,
 )
-from storage.put import INLINE_LIMIT, Precondition, PutOptions, put_object
+from storage.put import INLINE_LIMIT, Precondition, PutOptions, one_chunk, put_object
 from storage.quorum import count_ok, reduce_quorum
 
 
@@ -400,10 +400,6 @@ class ObjectLayer:
         return await list_objects.list_objects(
             self.sets, bucket, prefix, delimiter, start_after, max_keys, continuation_token
         )
-
-
-async def one_chunk(data: bytes) -> Any:
-    yield data
 
 
 __all__ = [

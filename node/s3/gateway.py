@@ -311,7 +311,7 @@ class S3Gateway:
             buckets[:limit], call.auth.access_key,
             prefix=prefix if "prefix" in query else None, continuation_token=token,
         )  # fmt: skip
-        return self._xml(call, body)
+        return self.xml_response(call, body)
 
     async def _create_bucket(self, call: Call) -> web.Response:
         # An optional CreateBucketConfiguration body is read (and verified) but not needed:
@@ -337,7 +337,7 @@ class S3Gateway:
 
     async def _get_bucket_location(self, call: Call) -> web.Response:
         await self.layer.head_bucket(call.bucket)
-        return self._xml(call, xml.location(self.region))
+        return self.xml_response(call, xml.location(self.region))
 
     async def _delete_objects(self, call: Call) -> web.Response:
         document = await self.body(call).read_small(s3_routes.MAX_DELETE_BODY)
@@ -351,7 +351,7 @@ class S3Gateway:
                 deleted.append(key)
             except Exception as exc:
                 failed.append((key, errors.from_exception(exc)))
-        return self._xml(call, xml.delete_result([] if quiet else deleted, failed))
+        return self.xml_response(call, xml.delete_result([] if quiet else deleted, failed))
 
     async def _list_objects(self, call: Call) -> web.Response:
         query = call.request.rel_url.query
@@ -389,7 +389,7 @@ class S3Gateway:
                 url_encode=url_encode,
                 owner_id=call.owner,  # ListObjects (v1) always names the owner
             )
-        return self._xml(call, body)
+        return self.xml_response(call, body)
 
     # --- objects ----------------------------------------------------------------------------
 
@@ -469,7 +469,6 @@ class S3Gateway:
         headers = call.headers({"Content-Type": XML_TYPE, **(extra or {})})
         return web.Response(status=200, body=body, headers=headers)
 
-    _xml = xml_response
 
 
 def _max_buckets(text: str | None) -> int:

@@ -117,8 +117,6 @@ def object_headers(info: ObjectInfo) -> dict[str, str]:
         headers[USER_META_PREFIX + name] = encode_value(value)
     if info.tags:
         headers["x-amz-tagging-count"] = str(len(info.tags))
-    if info.parts:
-        headers["x-amz-mp-parts-count"] = str(len(info.parts))
     return headers
 
 

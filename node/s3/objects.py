@@ -46,13 +46,6 @@ def storage_precondition(
     return lambda current: check(current.etag if current is not None else None)
 
 
-def checksum_type(call: Call) -> str:
-    given = call.request.headers.get("x-amz-checksum-type", "").upper()
-    if given and given not in ("FULL_OBJECT", "COMPOSITE"):
-        raise errors.invalid_request(f"x-amz-checksum-type {given[:40]!r} is not valid")
-    return given
-
-
 async def early_precondition(gateway: S3Gateway, call: Call) -> None:
     """Check a conditional write before its body is read, so a refused client uploads
     nothing (the object layer checks again under the lock at the commit)."""
@@ -162,6 +155,9 @@ class ReadPlan:
             answer["Content-Range"] = (
                 f"bytes {offset}-{last}/{info.size}" if length else f"bytes */{info.size}"
             )
+        if self.part is not None and info.parts:
+            # S3 answers the part count only to a request for one part.
+            answer["x-amz-mp-parts-count"] = str(len(info.parts))
         if self.call.request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
             whole = span is None or (self.part is not None and len(info.parts) <= 1)
             answer.update(headers.checksum_headers(info, whole=whole))

@@ -71,12 +71,14 @@ class LocalCluster:
     """One cluster in ``root``: start, kill, freeze, restart and talk to its nodes."""
 
     def __init__(self, root: Path, *, nodes: int = NODES, drives: int = DRIVES,
-                 parity: int = PARITY, tls: bool = False) -> None:  # fmt: skip
+                 parity: int = PARITY, tls: bool = False,
+                 options: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.root = root
         self.nodes = nodes
         self.drives = drives
         self.parity = parity
         self.tls = tls
+        self.options = options
         self.file: ClusterFile | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -88,7 +90,7 @@ class LocalCluster:
             try:
                 result = cluster_up(self.root, nodes=self.nodes, drives=self.drives,
                                     base_port=base, parity=self.parity,
-                                    tls=self.tls)  # fmt: skip
+                                    tls=self.tls, options=self.options)  # fmt: skip
             except ClusterError as exc:
                 if "already in use" in str(exc) and attempt + 1 < attempts:
                     for leftover in self.root.glob("cluster.json"):

@@ -265,3 +265,23 @@ async def test_a_multipart_object_has_every_part_rebuilt(cluster: Cluster) -> No
     assert await read_without(layer, drives, [0, 1, 3, 4]) == whole
     again = await ObjectHealer(layer).heal("bkt", "obj", deep=True)
     assert again.outcome is Outcome.OK
+
+
+@pytest.mark.asyncio
+async def test_an_outdated_copy_with_a_later_clock_is_still_healed(cluster: Cluster) -> None:
+    """A node whose wall clock jumped ahead wrote the older copy with a later time: the heal
+    goes by what a quorum agrees on, not by timestamps, and replaces it."""
+    import dataclasses
+
+    layer, drives = cluster
+    await layer.put_object("bkt", "obj", payload(MIB + 1, seed=12))
+    drives[2].offline = True
+    new = payload(MIB + 2, seed=13)
+    await layer.put_object("bkt", "obj", new)
+    drives[2].offline = False
+    stale = await drives[2].read_metadata("bkt", "obj")
+    ahead = dataclasses.replace(stale, mod_time_ns=stale.mod_time_ns + 3600 * 10**9)
+    await drives[2].write_metadata("bkt", "obj", ahead)
+    result = await ObjectHealer(layer).heal("bkt", "obj")
+    assert result.before[2] is DriveState.OUTDATED and result.after[2] is OK
+    assert (await drives[2].read_metadata("bkt", "obj")).etag == hashlib.md5(new).hexdigest()

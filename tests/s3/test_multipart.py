@@ -97,6 +97,7 @@ def test_complete_reads_across_part_boundaries(s3: Any, bucket: str) -> None:
     assert second["Body"].read() == parts[1]
     head = s3.head_object(Bucket=bucket, Key="mp", PartNumber=3)
     assert head["ContentLength"] == 1234 and head["PartsCount"] == 3
+    assert "PartsCount" not in s3.head_object(Bucket=bucket, Key="mp")  # only for one part
     with pytest.raises(ClientError) as beyond:
         s3.get_object(Bucket=bucket, Key="mp", PartNumber=4)
     assert error(beyond) == (416, "InvalidPartNumber")
