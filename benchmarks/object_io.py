@@ -241,6 +241,33 @@ class _BlockReader(io.RawIOBase):
         return piece
 
 
+CHUNK = 1 << 20
+
+
+class _RawS3:
+    """A single streaming PUT (``UNSIGNED-PAYLOAD``, 1 MiB pieces) and a single GET, signed
+    by hand: the plain path, without boto3's own costs, to measure the node against."""
+
+    def __init__(self, client: Any) -> None:
+        from cli.signed import object_path
+
+        self._client = client
+        self._path = object_path
+
+    def make_bucket(self, bucket: str) -> None:
+        self._client.call("PUT", self._path(bucket))
+
+    def put_object(self, bucket: str, key: str, source: Any, size: int) -> None:
+        pieces = iter(lambda: source.read(CHUNK), b"")
+        self._client.request("PUT", self._path(bucket, key), body=pieces, length=size).close()
+
+    def get_object(self, bucket: str, key: str) -> Any:
+        return self._client.request("GET", self._path(bucket, key))
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        self._client.call("DELETE", self._path(bucket, key), expect=(204, 200))
+
+
 def _rss_mb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status") as handle:
@@ -337,7 +364,7 @@ def run_cluster(
     """Put and get through two real 4 x 2 clusters' S3 path, one with fsync on (the default)
     and one with ``--fsync off``, side by side; see the module docstring."""
     from cli.cluster import ClusterFile, cluster_up, stop_nodes
-    from cli.s3client import CHUNK, S3Client
+    from cli.signed import SignedClient
 
     data_shards = 8 - parity
     result: dict[str, Any] = {
@@ -367,8 +394,8 @@ def run_cluster(
             clients = {}
             for name, cluster in clusters.items():
                 config = cluster.config
-                clients[name] = S3Client(cluster.urls[0], config["access_key"],
-                                         config["secret_key"], timeout=300)  # fmt: skip
+                clients[name] = _RawS3(SignedClient(cluster.urls[0], config["access_key"],
+                                                    config["secret_key"], timeout=300))  # fmt: skip
                 clients[name].make_bucket("bench")
             client = clients["fsync"]
             for size_mib in sizes_mib:

@@ -128,7 +128,7 @@ def test_admin_api_health_and_metrics(cluster: LocalCluster) -> None:
     assert table.exit_code == 0, table.output
     assert "grid connections" in table.stdout
 
-    cluster.client(0).list_buckets()
+    cluster.boto(0).list_buckets()
     text = metrics_text(url)
     for name in ("minigrid_grid_connected", "minigrid_grid_rtt_seconds",
                  "minigrid_grid_sent_bytes_total", "minigrid_grid_inflight_calls",
