@@ -279,7 +279,9 @@ async def test_opening_streams_is_not_blocked_by_a_full_data_queue() -> None:
         manager.register_stream(HandlerID.TEST_STREAM_STALL + 15, mark_started)
         manager.register_stream(HandlerID.TEST_STREAM_STALL + 16, _flood_1mib, out_capacity=64)
 
-    tight = GridConfig(max_queue_messages=4, max_queue_bytes=64 << 20)
+    # Reading is paused for as long as a loaded machine needs to fill the queues: the
+    # session must not end for silence meanwhile (that is not what this test is about).
+    tight = GridConfig(max_queue_messages=4, max_queue_bytes=64 << 20, dead_after=60.0)
     async with leak_checked_grid(register, config=tight) as grid:
         conn = grid.managers[0].connection(grid.hosts[1])
         server = grid.managers[1].connection(grid.hosts[0])
@@ -307,7 +309,9 @@ async def test_a_stream_cancelled_while_its_open_waits_for_room_never_reaches_th
     def register(manager: Manager) -> None:
         manager.register_stream(HandlerID.TEST_STREAM_STALL + 17, mark_started)
 
-    tight = GridConfig(max_queue_messages=4, max_queue_bytes=64 << 20)
+    # Reading is paused for as long as a loaded machine needs to fill the queues: the
+    # session must not end for silence meanwhile (that is not what this test is about).
+    tight = GridConfig(max_queue_messages=4, max_queue_bytes=64 << 20, dead_after=60.0)
     async with leak_checked_grid(register, config=tight) as grid:
         conn = grid.managers[0].connection(grid.hosts[1])
         server = grid.managers[1].connection(grid.hosts[0])
