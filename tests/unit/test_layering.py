@@ -9,7 +9,7 @@ import sys
 def test_the_session_and_the_simulator_run_without_asyncio_or_aiohttp() -> None:
     probe = (
         "import sys, minigrid, minigrid.protocol, minigrid.mux, minigrid.state, "
-        "minigrid.session, minigrid.handshake, minigrid.sim, minigrid.sim.pair; "
+        "minigrid.session, minigrid.handshake, minigrid.trace, minigrid.sim, minigrid.sim.pair; "
         "minigrid.sim.Simulation(3, 1).run(3.0); "
         "print(sorted(m for m in ('asyncio', 'aiohttp') if m in sys.modules))"
     )
