@@ -223,6 +223,12 @@ class Inbox:
         self._items.append(End(error))
 
     @property
+    def spent(self) -> int:
+        """Credits the sender has spent here and not yet earned back: one per unread item, and
+        one for an item still arriving in fragments."""
+        return self._payloads + (self._partial is not None)
+
+    @property
     def held(self) -> int:
         """What this inbox has charged to its budget and not given back."""
         return self._held + (self._partial.cost if self._partial is not None else 0)

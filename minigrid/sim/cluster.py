@@ -12,10 +12,12 @@ Faults (each logged with when it began and ended):
 * :meth:`~Simulation.jump_wall_clock`: a node's wall clock jumps (which nothing may notice).
 
 Invariants (:meth:`Simulation.check`): every call ends exactly once; a stream never looks
-complete unless it is; no message breaks the protocol and no credit is granted twice (a peer
-would refuse it as a protocol error); a frozen or silently partitioned peer is declared down
-within ``dead_after`` plus the network's delay, and no session ends without a fault that can
-explain it; after every fault has healed, every pair reconnects.
+complete unless it is; no message breaks the protocol (a peer refuses a credit granted past
+its window as one); whenever nothing is on its way between two nodes, each direction of each
+stream has its sender's credits plus its receiver's unread items equal to its capacity, so no
+credit is lost or granted twice; a frozen or silently partitioned peer is declared down within
+``dead_after`` plus the network's delay, and no session ends without a fault that can explain
+it; after every fault has healed, every pair reconnects.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from dataclasses import dataclass
 from ..config import GridConfig
 from ..handshake import derive_key
 from ..liveness import CauseKind
-from ..state import State
+from ..session import GridSession
+from ..state import MuxState, Role, State
 from .clock import Scheduler
 from .handlers import ECHO, SLEEP, sim_registry
 from .ledger import Ledger
@@ -47,6 +50,9 @@ _LIVENESS_KINDS = frozenset(
         CauseKind.REPLACED,
     }
 )
+
+
+_OTHER_ROLE = {Role.CLIENT: Role.SERVER, Role.SERVER: Role.CLIENT}
 
 
 @dataclass
@@ -308,6 +314,8 @@ class Simulation:
                     f"{a}->{b}: {link.counters.protocol_errors} protocol errors, "
                     f"{link.counters.refused} refusals between well-behaved nodes"
                 )
+            if a < b:
+                self._check_credit(a, b)
             session = link.session
             if session is not None:
                 for mux in session.streams.muxes():
@@ -317,6 +325,45 @@ class Simulation:
                     if inbox is not None and len(inbox) > inbox.capacity + 1:
                         self.ledger.violation(f"{a}->{b} {mux}: {len(inbox)} items unread")
         return list(self.ledger.violations)
+
+    def _quiet(self, a: str, b: str) -> tuple[GridSession, GridSession] | None:
+        """Both ends of one live session between ``a`` and ``b``, when nothing is on its way
+        between them (no frame on the wire or unread, nothing queued or waiting for room)."""
+        ends = self.nodes[a].peers[b], self.nodes[b].peers[a]
+        for link in ends:
+            sock, session = link.socket, link.session
+            if sock is None or session is None or session.closed or not sock.open:
+                return None
+            if sock.unread or session.has_output or link.waiting_for_room:
+                return None
+        if ends[0].socket is None or ends[0].socket.peer is not ends[1].socket:
+            return None  # each side is on a different connection (one is still ending)
+        first, second = ends[0].session, ends[1].session
+        assert first is not None and second is not None
+        return first, second
+
+    def _check_credit(self, a: str, b: str) -> None:
+        """No credit is lost or granted twice: when nothing is on its way, each direction of
+        each stream has its sender's credits plus what its receiver holds unread equal to the
+        capacity the receiver announced."""
+        sessions = self._quiet(a, b)
+        if sessions is None:
+            return
+        first, second = sessions
+        for sender, receiver, names in ((first, second, (a, b)), (second, first, (b, a))):
+            peers = {(mux.role, mux.mux_id): mux for mux in receiver.streams.muxes()}
+            for mux in sender.streams.muxes():
+                other = peers.get((_OTHER_ROLE[mux.role], mux.mux_id))
+                window, inbox = mux.window, other.inbox if other is not None else None
+                if other is None or window is None or inbox is None or inbox.ended:
+                    continue  # one side has ended it, or this direction is finished
+                if MuxState.EXPIRED in (mux.state, other.state):
+                    continue  # the server drops what arrives while its handler is cancelled
+                if window.credits + inbox.spent != window.capacity:
+                    self.ledger.violation(
+                        f"{names[0]}->{names[1]} {mux}: {window.credits} credits and "
+                        f"{inbox.spent} unread at the peer, capacity {window.capacity}"
+                    )
 
     def settle(self, seconds: float | None = None) -> list[str]:
         """Heal everything, let the cluster reconnect and every call and stream finish, and

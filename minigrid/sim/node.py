@@ -83,6 +83,11 @@ class PeerLink:
     def up(self) -> bool:
         return self.session is not None and not self.session.closed
 
+    @property
+    def waiting_for_room(self) -> bool:
+        """Data messages wait for room in the session's out-queue."""
+        return bool(self._room)
+
     # ------------------------------------------------------------------ the session
 
     def start(self, sock: Socket, instance: str) -> None:

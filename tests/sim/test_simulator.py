@@ -26,8 +26,12 @@ from hypothesis.stateful import (
 
 from minigrid import session as session_module
 from minigrid.liveness import CauseKind
+from minigrid.mux import End
+from minigrid.muxtable import StreamTable
+from minigrid.records import Mux
 from minigrid.sim import Simulation
 from minigrid.sim.schedule import random_run
+from minigrid.state import Role
 
 SEEDS = int(os.environ.get("MINIGRID_SIM_SEEDS", "24"))
 EXAMPLES = int(os.environ.get("MINIGRID_SIM_EXAMPLES", "30"))
@@ -170,6 +174,31 @@ def test_a_node_that_never_notices_silence_is_caught(monkeypatch: pytest.MonkeyP
     sim.freeze("n002")
     sim.run(10.0)
     assert any("did not declare n002 down" in v for v in sim.check())
+
+
+def test_a_credit_that_never_goes_back_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The credit invariant can fail: a reader that takes one item without granting its credit
+    back leaves the stream one credit short (it still completes, so nothing else notices)."""
+    original = StreamTable.take_item
+    lost = []
+
+    def forgetful(self: StreamTable, mux: Mux) -> bytes | End | None:
+        inbox = mux.inbox
+        if not lost and mux.role is Role.CLIENT and inbox is not None and inbox.spent:
+            lost.append(mux)
+            return inbox.take()  # taken, and its credit never goes back
+        return original(self, mux)
+
+    monkeypatch.setattr(StreamTable, "take_item", forgetful)
+    sim = Simulation(2, seed=1)
+    sim.run(3.0)
+    sim.stream("n000", "n001", 40, read_delay=0.05)
+    violations: list[str] = []
+    while not violations and sim.now < 10.0:
+        sim.run(0.01)
+        violations = sim.check()
+    assert lost
+    assert violations and "credits and" in violations[0], violations
 
 
 # ------------------------------------------------------------------ Hypothesis, stateful
