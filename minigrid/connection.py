@@ -312,11 +312,13 @@ class Connection:
         self, ws: aiohttp.ClientWebSocketResponse | aiohttp.web.WebSocketResponse
     ) -> None:
         counters = self.counters
+        links = self.manager.links
         while True:
             if not self._control and not self._data:
                 self._writer_wake = self._loop.create_future()
                 await self._writer_wake
                 continue
+            await links.wait_clear(self.remote)  # a simulated silent partition holds the queue
             batch = self._take_batch()
             frame = protocol.merge(batch)
             await ws.send_bytes(frame)
@@ -646,8 +648,10 @@ class Connection:
         counters = self.counters
         dispatch = self._dispatch
         loop = self._loop
+        links = self.manager.links
         while True:
             msg = await ws.receive()
+            await links.wait_clear(self.remote)  # silent partition: nothing "arrives"
             if msg.type is aiohttp.WSMsgType.BINARY:
                 data: bytes = msg.data
                 self._last_seen = loop.time()
