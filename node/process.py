@@ -37,6 +37,7 @@ from minigrid import Manager
 from minigrid.tls import TLSConfigError, client_context, server_context
 from node.admin import AdminAuth, AdminService, drive_reports, unknown_admin_route
 from node.config import NodeConfig, planned_formats
+from node.faults import FaultService
 from node.grid import GridService
 from node.healing import HealingService
 from node.http_limits import AcceptErrorLog, ServerLimits
@@ -103,7 +104,8 @@ class Node:
 
     1. :class:`~node.grid.GridService`: the grid, the drive service on it, the peer table;
     2. :class:`~node.healing.HealingService`: MRF, the scanner and drive replacement;
-    3. :class:`~node.admin.AdminService`: health checks, ``/metrics``, info, config, faults;
+    3. :class:`~node.admin.AdminService`: health checks, ``/metrics``, info, config;
+       :class:`~node.faults.FaultService`: fault injection (refused without ``--allow-faults``);
     4. :class:`~node.s3.gateway.S3Gateway`: the S3 API (its catch-all routes are served last).
     """
 
@@ -158,6 +160,8 @@ class Node:
             self.healing = self._healing(self.layer, self.grid.peers, self.gateway)
             await self._run(self.healing)
             await self._run(AdminService(self, self.gateway.handle))
+            await self._run(FaultService(config.allow_faults, self.grid.manager,
+                                         self.local_drives))  # fmt: skip
             await self._run(self.gateway)
             self.metrics.follow(self.grid.manager, self.drives, lambda: bool(self.ready))
             self.grid.manager.state_listeners.append(lambda *_: self._log_readiness())

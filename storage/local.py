@@ -238,6 +238,8 @@ class LocalDrive:
         self._online = True
         self._drive_id = ""
         self._latency = LatencyWindow()
+        #: Seconds added to every operation (fault injection: a slow disk). 0 normally.
+        self.injected_delay = 0.0
         self._tmp_root = os.path.join(self.root, SYSTEM_VOLUME, "tmp")
         self._trash_root = os.path.join(self.root, SYSTEM_VOLUME, "trash")
 
@@ -290,6 +292,8 @@ class LocalDrive:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
+            if self.injected_delay:  # a slow disk, by fault injection (``fault slow-drive``)
+                await asyncio.sleep(self.injected_delay)
             return await loop.run_in_executor(None, func, *args)
         except StorageError:
             raise
