@@ -6,6 +6,7 @@ import click
 
 from .admin import admin
 from .cluster import cluster
+from .fault import fault
 from .grid import grid
 from .heal import heal, scanner
 from .node import node
@@ -24,6 +25,7 @@ main.add_command(cluster)
 admin.add_command(heal)
 admin.add_command(scanner)
 main.add_command(admin)
+main.add_command(fault)
 for command in COMMANDS:
     main.add_command(command)
 

@@ -13,6 +13,7 @@ Every route is under ``/minigrid/admin/v1/fault`` (admin SigV4). A node started 
 | ``POST /fault/slow-drive?drive=D&ms=M`` | add M ms to every operation of a local drive |
 | ``POST /fault/wipe-drive?drive=D`` | erase a local drive, format included (a new disk) |
 | ``POST /fault/corrupt?drive=D&bucket=B&key=K`` | flip a byte of an object's copy on a drive |
+| ``POST /fault/reconnect?peer=HOST`` | drop the session to a peer (it is redialled) |
 | ``POST /fault/clear`` | undo everything above that can be undone |
 
 ``D`` is a local drive's path or its index on this node (0, 1, ...). A partition is acted out
@@ -176,6 +177,7 @@ class FaultService:
             ("POST", "/fault/slow-drive"): self.slow_drive,
             ("POST", "/fault/wipe-drive"): self.wipe_drive,
             ("POST", "/fault/corrupt"): self.corrupt,
+            ("POST", "/fault/reconnect"): self.reconnect,
             ("POST", "/fault/clear"): self.clear_route,
         }
         routes = [Route("GET", "/fault", self.list_route)]
@@ -235,6 +237,11 @@ class FaultService:
         for peer in peers:
             self.manager.partition(peer, None)
         return {"lifted": peers}
+
+    async def reconnect(self, request: web.Request) -> dict[str, Any]:
+        peer = self._peer(request)
+        dropped = self.manager.connection(peer).drop("reset: dropped on request (fault injection)")
+        return {"dropped": peer if dropped else None}
 
     async def loop_block(self, request: web.Request) -> dict[str, Any]:
         seconds = _number(request, "seconds", 0.001, MAX_BLOCK_SECONDS)
