@@ -53,5 +53,18 @@ class AdminClient:
             raise AdminError(f"node {node}: not JSON: {exc}") from exc
         return answer
 
+    def lines(self, node: int, method: str, path: str, **query: Any) -> list[dict[str, Any]]:
+        """An admin call that answers JSON lines (``POST /heal``): every line, parsed."""
+        params = {name: str(value) for name, value in query.items() if value is not None}
+        try:
+            raw = self._clients[node].call(method, ADMIN_PREFIX + path, params)
+        except S3ClientError as exc:
+            raise AdminError(f"node {node}: {describe(exc)}", exc.code, exc.status) from exc
+        return _split_lines(raw)
+
+
+def _split_lines(raw: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
 
 __all__ = ["ADMIN_PREFIX", "AdminClient", "AdminError"]

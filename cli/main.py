@@ -9,6 +9,7 @@ from .cluster import cluster
 from .fault import fault
 from .grid import grid
 from .heal import heal, scanner
+from .lab import lab
 from .node import node
 from .objects import COMMANDS
 
@@ -26,6 +27,7 @@ admin.add_command(heal)
 admin.add_command(scanner)
 main.add_command(admin)
 main.add_command(fault)
+main.add_command(lab)
 for command in COMMANDS:
     main.add_command(command)
 
