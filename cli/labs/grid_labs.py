@@ -8,6 +8,7 @@ import signal
 import time
 from typing import Any
 
+from cli.adminclient import AdminError
 from cli.labs.runner import (
     MIB,
     LabContext,
@@ -32,12 +33,19 @@ def _host(lab: LabContext, node: int) -> str:
     return lab.cluster.urls[node].split("://", 1)[1]
 
 
+def _state(lab: LabContext, node: int, peer: int) -> str:
+    try:
+        return str(lab.grid_state(node, peer)["state"])
+    except AdminError:
+        return "unknown"  # a slow answer while a peer is frozen: ask again
+
+
 def _down(lab: LabContext, node: int, peer: int) -> bool:
-    return str(lab.grid_state(node, peer)["state"]) != "connected"
+    return _state(lab, node, peer) not in ("connected", "unknown")
 
 
 def _up(lab: LabContext, node: int, peer: int) -> bool:
-    return str(lab.grid_state(node, peer)["state"]) == "connected"
+    return _state(lab, node, peer) == "connected"
 
 
 def _pause(lab: LabContext, seconds: float) -> None:

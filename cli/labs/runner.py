@@ -93,7 +93,7 @@ class LabContext:
                             options={**BASE_OPTIONS, **options},
                             netns=self.netns or None)  # fmt: skip
         self.cluster = result.cluster
-        self.admin = AdminClient(result.cluster, timeout=2.0)
+        self.admin = AdminClient(result.cluster, timeout=6.0)  # info waits 2 s per dead drive
         self.faults = Faults(folder)
         sampler = threading.Thread(target=self._sample, daemon=True) if sample else None
         self._sampling.clear()
