@@ -27,6 +27,7 @@ from cli.cluster import (
     stop_nodes,
 )
 from cli.netns import NetnsError
+from minigrid.manager import should_dial
 from node.config import drive_order, parse_nodes
 
 FAULTS_FILE = "faults.json"
@@ -130,20 +131,49 @@ class Faults:
             done += [f"node {node}: partition from {peer}" for peer in answer["lifted"]]
         return done
 
-    def nat(self, a: int, b: int, idle_timeout: int) -> str:
+    def dialer(self, a: int, b: int) -> tuple[int, int]:
+        """``(the node that dials the other, the other)`` for the pair ``a``, ``b``."""
+        return (a, b) if should_dial(self.host(a), self.host(b)) else (b, a)
+
+    def nat(self, a: int, b: int, idle_timeout: float, mode: str = "drop") -> str:
         a, b = self.node(a), self.node(b)
+        if a == b:
+            raise ClusterError("a NAT sits between two different nodes")
         topology = self.cluster.topology
         if topology is None:
-            raise ClusterError("nat needs a --netns cluster (root): a router namespace with "
-                               "MASQUERADE sits between the two nodes; the loopback NAT proxy is "
-                               "not built yet")  # fmt: skip
-        router = topology.nat(a, b, idle_timeout)
+            dialer, other = self.dialer(a, b)
+            self.admin.call(dialer, "POST", "/fault/nat", peer=self.host(other),
+                            idle_timeout=idle_timeout, mode=mode)  # fmt: skip
+            return (f"NAT proxy on node {dialer}'s link to node {other} (it dials): a flow idle "
+                    f"{idle_timeout:g}s is forgotten ({mode})")  # fmt: skip
+        if mode != "drop":
+            raise ClusterError("--netns NATs drop packets of forgotten flows (conntrack "
+                               "INVALID); --mode reset is the loopback proxy's")  # fmt: skip
+        seconds = max(1, round(idle_timeout))  # conntrack counts whole seconds
+        router = topology.nat(a, b, seconds)
         self.cluster.netns = topology.to_dict()
         self.cluster.save()
         # The old flow never crossed the router: its next packets are INVALID there. Redial.
-        self.admin.call(a, "POST", "/fault/reconnect", peer=self.host(b))
+        dialer, other = self.dialer(a, b)
+        self.admin.call(dialer, "POST", "/fault/reconnect", peer=self.host(other))
         return f"NAT router {router} between nodes {a} and {b}: idle flows forgotten after " \
-               f"{idle_timeout}s"
+               f"{seconds}s"
+
+    def delay(self, node: int, ms: float, jitter: float) -> list[str]:
+        """Add ``ms`` (plus or minus ``jitter``) to every byte ``node`` sends to a peer, as
+        netem on its interface would: a proxy on each of its links, on the dialing side."""
+        node = self.node(node)
+        done = []
+        for peer in range(self.count):
+            if peer == node:
+                continue
+            dialer, other = self.dialer(node, peer)
+            out_ms, in_ms = (ms, 0.0) if dialer == node else (0.0, ms)
+            self.admin.call(dialer, "POST", "/fault/delay", peer=self.host(other),
+                            out_ms=out_ms, in_ms=in_ms, jitter_ms=jitter)  # fmt: skip
+            done.append(f"link {node}->{peer}: +{ms:g} ms (jitter {jitter:g} ms; proxy on "
+                        f"node {dialer})" if ms else f"link {node}-{peer}: no delay")  # fmt: skip
+        return done
 
     def _up_nodes(self) -> list[int]:
         return [n for n in range(self.count) if process_state(self.cluster, n) == "running"]
@@ -198,6 +228,18 @@ class Faults:
             raise ClusterError(f"drive {position} does not exist: the drives are "
                                f"0-{len(order) - 1} (see 'minigrid admin info')")  # fmt: skip
         return order[position]
+
+
+def _shape_text(info: dict[str, Any]) -> str:
+    parts = []
+    if "delay_ms" in info:
+        delay = info["delay_ms"]
+        parts.append(f"delay out {delay['out']:g} ms, in {delay['in']:g} ms, jitter "
+                     f"{delay['jitter']:g} ms")  # fmt: skip
+    if "nat" in info:
+        parts.append(f"NAT idle {info['nat']['idle_timeout_s']:g}s ({info['nat']['mode']}), "
+                     f"{info['forgotten']} flow(s) forgotten")  # fmt: skip
+    return "; ".join(parts)
 
 
 def _run(data_dir: str | None, action: Any) -> None:
@@ -281,12 +323,31 @@ def unpartition(data_dir: str | None) -> None:
 @fault.command()
 @click.argument("a", type=int)
 @click.argument("b", type=int)
-@click.option("--idle-timeout", type=click.IntRange(1, 3600), required=True, metavar="S",
-              help="seconds after which the NAT forgets an idle flow")  # fmt: skip
-@data_dir_option
-def nat(a: int, b: int, idle_timeout: int, data_dir: str | None) -> None:
-    """Put a NAT that forgets idle flows between nodes A and B (--netns clusters)."""
-    _run(data_dir, lambda f: f.nat(a, b, idle_timeout))
+@click.option("--idle-timeout", type=click.FloatRange(0.1, 3600), required=True, metavar="S",
+              help="seconds after which the NAT forgets an idle flow")
+@click.option("--mode", type=click.Choice(["drop", "reset"]), default="drop", show_default=True,
+              help="what the NAT does with a forgotten flow's packets (loopback proxy only)")
+@data_dir_option  # fmt: skip
+def nat(a: int, b: int, idle_timeout: float, mode: str, data_dir: str | None) -> None:
+    """Put a NAT that forgets idle flows between nodes A and B.
+
+    On a --netns cluster a router namespace (MASQUERADE, conntrack timeout S, loose off); on
+    loopback a proxy on the link that blackholes (drop) or resets a flow idle for S seconds.
+    'fault clear' takes it away."""
+    _run(data_dir, lambda f: f.nat(a, b, idle_timeout, mode))
+
+
+@fault.command()
+@NODE
+@click.option("--ms", type=click.FloatRange(0, 60_000), required=True,
+              help="milliseconds added to what NODE sends (0: lift the delay)")
+@click.option("--jitter", type=click.FloatRange(0, 60_000), default=0.0, metavar="J",
+              help="each chunk's delay varies by up to J ms either way (order is kept)")
+@data_dir_option  # fmt: skip
+def delay(node: int, ms: float, jitter: float, data_dir: str | None) -> None:
+    """Add latency to everything NODE sends to its peers (a userspace proxy on each of its grid
+    links: this kernel has no netem). S3 and admin traffic are not delayed."""
+    _run(data_dir, lambda f: f.delay(node, ms, jitter))
 
 
 @fault.command("loop-block")
@@ -374,6 +435,8 @@ def list_faults(data_dir: str | None, as_json: bool) -> None:
                 parts.append(f"clock {active['clock_offset_s']:+g}s")
             parts += [f"slow drive {d} (+{ms} ms)" for d, ms in
                       active.get("slow_drives", {}).items()]
+            parts += [f"proxy to {peer}: {_shape_text(info)}" for peer, info in
+                      active.get("proxies", {}).items()]
             for rule in row["iptables"]:
                 other = rule["b"] if rule["a"] == row["node"] else rule["a"]
                 parts.append(f"iptables {rule['mode']} with node {other}")
@@ -387,8 +450,8 @@ def list_faults(data_dir: str | None, as_json: bool) -> None:
 @fault.command()
 @data_dir_option
 def clear(data_dir: str | None) -> None:
-    """Undo every fault: thaw, restart what was killed, lift partitions and NATs, reset clocks,
-    stop loop blocks and slow drives."""
+    """Undo every fault: thaw, restart what was killed, lift partitions, NATs and delays, reset
+    clocks, stop loop blocks and slow drives."""
     _run(data_dir, lambda f: f.clear())
 
 

@@ -11,6 +11,9 @@ out itself, per peer, on both ends (each node is told about the other):
 
 Lifting the fault lets a silent session carry on where it stopped, if liveness has not given up
 on it yet (TCP would retransmit), and lets the dialer connect again.
+
+A link can also be *routed*: the dialer connects to another address (a proxy in front of the
+peer that adds latency or acts as a NAT) while the handshake still names the peer's own host.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Links:
     def __init__(self) -> None:
         self._faults: dict[str, LinkFault] = {}
         self._cleared: dict[str, asyncio.Event] = {}
+        self._routes: dict[str, str] = {}
 
     def get(self, remote: str) -> LinkFault | None:
         """The fault on the link to ``remote``, or None."""
@@ -50,6 +54,21 @@ class Links:
                 event.set()
         else:
             self._faults[remote] = fault
+
+    def route(self, remote: str) -> str | None:
+        """The ``host:port`` to dial instead of ``remote``, or None (dial it directly)."""
+        return self._routes.get(remote)
+
+    def routes(self) -> dict[str, str]:
+        """Every routed link: ``{peer host: address dialed instead}``."""
+        return dict(sorted(self._routes.items()))
+
+    def set_route(self, remote: str, address: str | None) -> None:
+        """Dial ``remote`` at ``address`` from now on (None: directly again)."""
+        if address is None:
+            self._routes.pop(remote, None)
+        else:
+            self._routes[remote] = address
 
     async def wait_clear(self, remote: str) -> None:
         """Return once the link to ``remote`` is not silent (at once if it is not)."""

@@ -101,6 +101,14 @@ def grid_url(host: str, *, tls: bool = False, path: str = GRID_PATH) -> str:
     return base.rstrip("/") + path
 
 
+def _hostname(host: str) -> str:
+    """The host name (or address) of a host string, for a TLS check: ``node2:9000`` -> ``node2``."""
+    netloc = host.split("://", 1)[-1].split("/", 1)[0]
+    if netloc.startswith("["):
+        return netloc[1 : netloc.index("]")]
+    return netloc.rsplit(":", 1)[0] if ":" in netloc else netloc
+
+
 def _tls_version(transport_owner: Any) -> str:
     """The TLS version of a websocket's connection ("TLSv1.3"), or "" when it is plaintext."""
     ssl_object = transport_owner.get_extra_info("ssl_object")
@@ -257,6 +265,16 @@ class Manager:
         what = f"partitioned ({mode}; fault injection)" if fault else "partition lifted"
         log.info("grid %s->%s: %s", self.local, remote, what)
 
+    def route(self, remote: str, address: str | None) -> None:
+        """Dial ``remote`` at ``address`` (``host:port`` of a proxy in front of it; fault
+        injection), or directly again with None. The handshake still names ``remote``, and TLS
+        still checks ``remote``'s certificate. Only new sessions take the new route: drop the
+        current one (``connection(remote).drop(...)``) to move it."""
+        self.connection(remote)  # an unknown peer is a KeyError, as everywhere
+        self.links.set_route(remote, address)
+        what = f"dialed through {address} (fault injection)" if address else "dialed directly"
+        log.info("grid %s->%s: %s", self.local, remote, what)
+
     async def _link_open(self, remote: str) -> None:
         """Before dialing or poking ``remote``: fail or hang as a partition would."""
         fault = self.links.get(remote)
@@ -366,14 +384,16 @@ class Manager:
     async def _open(self, remote: str, path: str) -> aiohttp.ClientWebSocketResponse:
         """Upgrade to a websocket on ``remote``'s grid ``path`` (no credentials yet)."""
         assert self._session is not None
+        routed = self.links.route(remote)
         try:
             return await self._session.ws_connect(
-                grid_url(remote, tls=self.tls, path=path),
+                grid_url(routed or remote, tls=self.tls, path=path),
                 max_msg_size=_WS_MAX,
                 compress=0,
                 autoping=True,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=1.0),
                 ssl=self._tls if self._tls is not None else True,
+                server_hostname=_hostname(remote) if routed and self.tls else None,
             )
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 503:

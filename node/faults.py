@@ -14,10 +14,14 @@ Every route is under ``/minigrid/admin/v1/fault`` (admin SigV4). A node started 
 | ``POST /fault/wipe-drive?drive=D`` | erase a local drive, format included (a new disk) |
 | ``POST /fault/corrupt?drive=D&bucket=B&key=K`` | flip a byte of an object's copy on a drive |
 | ``POST /fault/reconnect?peer=HOST`` | drop the session to a peer (it is redialled) |
+| ``POST /fault/delay?peer=HOST&out_ms=M&in_ms=M&jitter_ms=J`` | latency on the link (all 0: lift) |
+| ``POST /fault/nat?peer=HOST&idle_timeout=S&mode=drop\\|reset`` | a NAT on the link (0: lift) |
 | ``POST /fault/clear`` | undo everything above that can be undone |
 
 ``D`` is a local drive's path or its index on this node (0, 1, ...). A partition is acted out
-by the grid itself (:meth:`minigrid.Manager.partition`); the CLI tells both ends. Process
+by the grid itself (:meth:`minigrid.Manager.partition`); the CLI tells both ends. Delay and the
+loopback NAT are a proxy (:mod:`node.linkproxy`) that the *dialing* node of the pair puts on
+its link (:meth:`minigrid.Manager.route`): only the dialer can, and the other end says so. Process
 faults (freeze, kill) and real iptables rules are the CLI's job: a node cannot thaw itself.
 
 The clock jump shifts ``time.time()`` and ``time.time_ns()`` for the whole process, as
@@ -42,6 +46,7 @@ from typing import Any
 from aiohttp import web
 
 from minigrid import Manager
+from node.linkproxy import NAT_MODES, LinkProxy
 from node.services import Route, Routes
 from storage.local import LocalDrive
 from storage.names import DATA_DIR_PREFIX, SHARD_FILE, object_location, safe_join
@@ -52,6 +57,7 @@ log = logging.getLogger("node.faults")
 MAX_BLOCK_SECONDS = 120.0
 MAX_CLOCK_JUMP = 10 * 365 * 86400.0
 MAX_DRIVE_DELAY_MS = 60_000.0
+MAX_LINK_DELAY_MS = 60_000.0
 _REAL_TIME = time.time
 _REAL_TIME_NS = time.time_ns
 
@@ -157,6 +163,8 @@ class FaultService:
         self.drives = dict(local_drives)
         self.clock = WallClock()
         self.blocker = LoopBlocker()
+        #: The proxies on links this node dials (delay, NAT), by peer host.
+        self.proxies: dict[str, LinkProxy] = {}
 
     async def start(self) -> None:
         return None
@@ -164,6 +172,8 @@ class FaultService:
     async def close(self) -> None:
         await self.blocker.close()
         self.clock.reset()
+        for peer in list(self.proxies):
+            await self._unproxy(peer)
 
     def routes(self) -> Routes:
         if not self.allowed:
@@ -178,6 +188,8 @@ class FaultService:
             ("POST", "/fault/wipe-drive"): self.wipe_drive,
             ("POST", "/fault/corrupt"): self.corrupt,
             ("POST", "/fault/reconnect"): self.reconnect,
+            ("POST", "/fault/delay"): self.delay,
+            ("POST", "/fault/nat"): self.nat,
             ("POST", "/fault/clear"): self.clear_route,
         }
         routes = [Route("GET", "/fault", self.list_route)]
@@ -198,6 +210,7 @@ class FaultService:
             "clock_offset_s": self.clock.offset,
             "slow_drives": {path: round(drive.injected_delay * 1000, 3)
                             for path, drive in self.drives.items() if drive.injected_delay},
+            "proxies": {peer: proxy.info() for peer, proxy in sorted(self.proxies.items())},
         }  # fmt: skip
 
     # --- routes -------------------------------------------------------------------------------
@@ -242,6 +255,56 @@ class FaultService:
         peer = self._peer(request)
         dropped = self.manager.connection(peer).drop("reset: dropped on request (fault injection)")
         return {"dropped": peer if dropped else None}
+
+    async def delay(self, request: web.Request) -> dict[str, Any]:
+        peer = self._peer(request)
+        out_ms = _number(request, "out_ms", 0.0, MAX_LINK_DELAY_MS, default=0.0)
+        in_ms = _number(request, "in_ms", 0.0, MAX_LINK_DELAY_MS, default=0.0)
+        jitter_ms = _number(request, "jitter_ms", 0.0, MAX_LINK_DELAY_MS, default=0.0)
+        shape = await self._shape(peer, out_delay=out_ms / 1000, in_delay=in_ms / 1000,
+                                  jitter=jitter_ms / 1000)  # fmt: skip
+        log.warning("fault: link to %s delayed %.0f ms out, %.0f ms in (jitter %.0f ms)",
+                    peer, out_ms, in_ms, jitter_ms)  # fmt: skip
+        return {"peer": peer, "shape": shape}
+
+    async def nat(self, request: web.Request) -> dict[str, Any]:
+        peer = self._peer(request)
+        idle = _number(request, "idle_timeout", 0.0, 86400.0)
+        mode = request.query.get("mode", "drop")
+        if mode not in NAT_MODES:
+            raise FaultError(f"mode must be drop or reset, not {mode!r}")
+        shape = await self._shape(peer, nat_idle=idle, nat_mode=mode)
+        if idle:
+            log.warning("fault: link to %s crosses a NAT that forgets a flow idle %.1fs (%s)",
+                        peer, idle, mode)  # fmt: skip
+        return {"peer": peer, "shape": shape}
+
+    async def _shape(self, peer: str, **changes: Any) -> dict[str, Any]:
+        """Reshape the proxy on the link to ``peer``: put one there first (and move the session
+        onto it), or take it away when nothing is left for it to do."""
+        conn = self.manager.connection(peer)
+        if not conn.dialer:
+            raise FaultError(f"this node does not dial {peer}: the proxy goes on the dialing side "
+                             f"(ask {peer})")  # fmt: skip
+        proxy = self.proxies.get(peer)
+        if proxy is None:
+            proxy = LinkProxy(peer, _address(peer))
+            await proxy.start()
+            self.proxies[peer] = proxy
+            self.manager.route(peer, proxy.address)
+            conn.drop("reset: moved onto the fault proxy (fault injection)")
+        shape = proxy.reshape(**changes)
+        if shape.empty:
+            await self._unproxy(peer)
+        return shape.as_dict()
+
+    async def _unproxy(self, peer: str) -> None:
+        proxy = self.proxies.pop(peer, None)
+        if proxy is None:
+            return
+        self.manager.route(peer, None)
+        self.manager.connection(peer).drop("reset: the fault proxy was taken away")
+        await proxy.close()
 
     async def loop_block(self, request: web.Request) -> dict[str, Any]:
         seconds = _number(request, "seconds", 0.001, MAX_BLOCK_SECONDS)
@@ -305,6 +368,9 @@ class FaultService:
             if drive.injected_delay:
                 drive.injected_delay = 0.0
                 undone.append(f"slow-drive {path}")
+        for peer in list(self.proxies):
+            await self._unproxy(peer)
+            undone.append(f"proxy to {peer}")
         if undone:
             log.info("fault: cleared %s", ", ".join(undone))
         return undone
@@ -327,6 +393,13 @@ class FaultService:
             raise FaultError(f"drive must be a local drive's index (0-{len(paths) - 1}) or path "
                              f"({', '.join(paths)}), not {which!r}")  # fmt: skip
         return which, drive
+
+
+def _address(host: str) -> tuple[str, int]:
+    """``(host, port)`` to connect to for a peer's host string (``127.0.0.1:9001``, ``http://n2:9000``)."""
+    netloc = host.split("://", 1)[-1].split("/", 1)[0]
+    name, _, port = netloc.rpartition(":")
+    return name.strip("[]"), int(port)
 
 
 def _corrupt_copy(folder: Path, meta_name: str) -> Path:
