@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.objects import fail, resolve_target, tls_ca_option
+from cli.observe import top, trace
 from cli.s3client import S3Client, S3ClientError, describe
 
 INFO_PATH = "/minigrid/admin/v1/info"
@@ -229,3 +230,7 @@ def info(data_dir: str | None, endpoint: str | None, access_key: str | None,
         render(view, console if console.is_terminal else Console(width=160))
     if any(node["state"] != "ok" for node in view["nodes"]):
         sys.exit(3)
+
+
+admin.add_command(top)
+admin.add_command(trace)

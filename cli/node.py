@@ -7,12 +7,12 @@ config file and in the environment (``--access-key`` = ``access_key`` = ``MINIGR
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import click
 
-from node.config import OPTIONS, ConfigError, Option, load_config
+from node.config import OPTIONS, ConfigError, NodeConfig, Option, load_config
 from node.process import run_node
 
 AnyCallable = Callable[..., Any]
@@ -56,3 +56,14 @@ def run(config_file: str | None, **flags: Any) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     sys.exit(run_node(config))
+
+
+def parse_run_args(args: Sequence[str], env: Mapping[str, str] | None = None) -> NodeConfig:
+    """The configuration ``minigrid node run ARGS`` would start with in the environment ``env``,
+    through this command's own parser (the deployment files are checked with it). Raises
+    :class:`click.UsageError` for bad arguments and :class:`ConfigError` for a bad
+    configuration."""
+    with run.make_context("run", list(args)) as context:
+        params = dict(context.params)
+    config_file = params.pop("config_file")
+    return load_config(config_file, env=env if env is not None else {}, flags=params)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from . import protocol
+from . import protocol, trace
 from .errors import (
     Cancelled,
     DeadlineExceeded,
@@ -169,6 +169,7 @@ class Connection:
                 old.value,
                 new.value,
                 f" ({cause})" if cause else "",
+                extra=self.log_fields(cause, state=new.value),
             )
         self._state_changed.set()
         self._state_changed = asyncio.Event()
@@ -177,6 +178,30 @@ class Connection:
                 listener(self, old, new, self.last_cause)
             except Exception:
                 log.exception("grid: state listener failed")
+
+    def log_fields(
+        self,
+        cause: str = "",
+        *,
+        handler: str | None = None,
+        subroute: str | None = None,
+        **more: object,
+    ) -> dict[str, object]:
+        """Structured fields for a log line about this peer (``extra=`` of a log call): who,
+        why, and how the peer looked at last contact."""
+        seen = self._last_seen
+        health = self._peer_health
+        return {
+            "local": self.local,
+            "remote": self.remote,
+            "cause": cause_kind(cause) if cause else None,
+            "cause_detail": cause or None,
+            "handler": handler,
+            "subroute": subroute,
+            "last_seen_s": round(self._loop.time() - seen, 3) if seen else None,
+            "peer_loop_lag_s": round(health.loop_lag, 3) if health is not None else None,
+            **more,
+        }
 
     async def wait_state(self, wanted: State, timeout: float | None = None) -> None:
         """Wait until the connection is in ``wanted`` (raises TimeoutError on timeout)."""
@@ -333,6 +358,34 @@ class Connection:
         cause = self.last_cause or self._state.value
         return Disconnected(
             f"grid connection {self.local}->{self.remote} is down ({cause})", cause=cause
+        )
+
+    def report_call(
+        self,
+        handler: int | str,
+        subroute: str,
+        direction: str,
+        kind: str,
+        duration: float,
+        failure: BaseException | None,
+        request_bytes: int,
+        response_bytes: int,
+    ) -> None:
+        """Tell the call listeners that a call or stream ended (only call when there are any)."""
+        name = handler if isinstance(handler, str) else handler_name(handler)
+        self.manager.call_listeners.emit(
+            trace.CallRecord(
+                handler=name,
+                subroute=subroute,
+                peer=self.remote,
+                direction=direction,
+                kind=kind,
+                duration=duration,
+                status=trace.status_of(failure),
+                request_bytes=request_bytes,
+                response_bytes=response_bytes,
+                error="" if failure is None else (str(failure) or type(failure).__name__),
+            )
         )
 
     async def serve(
@@ -620,6 +673,12 @@ class Connection:
                     server.handler_name,
                     server.subroute or "-",
                     why,
+                    extra=self.log_fields(
+                        f"stream-silent: {why}",
+                        handler=server.handler_name,
+                        subroute=server.subroute,
+                        last_seen_s=round(age, 3),
+                    ),
                 )
                 del self._server_streams[server.mux_id]
                 self._put_control(
@@ -771,23 +830,36 @@ class Connection:
         self._client_calls[mux_id] = future
         expiry = loop.call_later(timeout, _expire, future, handler_id, timeout)
         flags = 0
+        request_bytes = len(payload)
         if subroute:
             payload = protocol.with_subroute(subroute, payload)
             flags = _SUBROUTE
         generation = self._generation
+        started = loop.time()
+        failure: BaseException | None = None
+        reply = b""
         try:
             await self._send_payload(
                 _REQUEST, mux_id, int(handler_id), max(1, int(timeout * 1000)), flags, payload
             )
-            return await future
-        except (asyncio.CancelledError, DeadlineExceeded):
+            reply = await future
+            return reply
+        except (asyncio.CancelledError, DeadlineExceeded) as exc:
+            failure = exc
             if generation == self._generation:
                 # Tell the peer the caller is gone, so it cancels the handler and drops the result.
                 self._put_control(protocol.encode(Op.DISCONNECT_SERVER_MUX, mux_id=mux_id))
             raise
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             expiry.cancel()
             self._client_calls.pop(mux_id, None)
+            if self.manager.call_listeners:
+                elapsed = loop.time() - started
+                self.report_call(handler_id, subroute, trace.CLIENT, trace.CALL, elapsed,
+                                 failure, request_bytes, len(reply))  # fmt: skip
 
     def _on_response(self, message: Message) -> None:
         future = self._client_calls.get(message.mux_id)
@@ -875,35 +947,48 @@ class Connection:
         slots fill and further requests are refused at once, instead of replies piling up."""
         task = asyncio.current_task()
         assert task is not None
-        expiry = self._loop.call_later(timeout, _expire_task, task)
+        loop = self._loop
+        started = loop.time()
+        expiry = loop.call_later(timeout, _expire_task, task)
+        sizes = (len(payload), 0)
+        failure: BaseException | None = None
         try:
             # The handler is awaited here, not in a helper coroutine: one frame less per call.
             result: object = None
             try:
                 result = await handler.fn(payload)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
                 if not getattr(task, "_minigrid_expired", False):
+                    failure = exc
                     raise  # the caller left or the connection dropped: nobody wants an answer
                 task.uncancel()
                 flags, body = _ERR, f"{handler.name}: deadline of {timeout:.3f}s exceeded".encode()
+                failure = DeadlineExceeded(body.decode())
             except Exception as exc:
                 flags, body = _ERR, (str(exc) or exc.__class__.__name__).encode()
+                failure = exc
             else:
                 flags, body = _check_result(handler, result)
+                if flags:
+                    failure = RemoteError(body.decode(errors="replace"))
             finally:
                 expiry.cancel()
+            sizes = (sizes[0], len(body))
             del payload, result
             waiting = self._reply(task, mux_id, handler.handler_id, flags, body)
             del body  # while the reply waits, only what it needs is kept
             if waiting is not None:
                 await waiting
-        except GridError:
-            pass  # the connection dropped while the reply waited for room: nobody to tell
+        except GridError as exc:
+            failure = exc  # the connection dropped while the reply waited for room
         finally:
             entry = self._server_calls.get(mux_id)
             if entry is not None and entry[0] is task:
                 del self._server_calls[mux_id]
                 self.budget.release(entry[1])
+            if self.manager.call_listeners:
+                self.report_call(handler.handler_id, handler.subroute, trace.SERVER, trace.CALL,
+                                 loop.time() - started, failure, *sizes)  # fmt: skip
 
     def _reply(
         self, task: asyncio.Task[None], mux_id: int, handler_id: int, flags: int, body: bytes
@@ -1101,15 +1186,21 @@ class Connection:
     async def _run_stream(self, stream: ServerStream, timeout: float | None) -> None:
         task = asyncio.current_task()
         assert task is not None
+        started = self._loop.time()
         expiry = self._loop.call_later(timeout, _expire_task, task) if timeout else None
+        failure: BaseException | None = None
         try:
             await stream.handler.fn(stream)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             if not getattr(task, "_minigrid_expired", False):
+                failure = exc
                 raise
             task.uncancel()
-            stream._send_end(f"{stream.handler_name}: stream deadline of {timeout}s exceeded")
+            text = f"{stream.handler_name}: stream deadline of {timeout}s exceeded"
+            failure = DeadlineExceeded(text)
+            stream._send_end(text)
         except Exception as exc:
+            failure = exc
             stream._send_end(str(exc) or exc.__class__.__name__)
         else:
             stream._send_end()
@@ -1119,6 +1210,11 @@ class Connection:
             if self._server_streams.get(stream.mux_id) is stream:
                 del self._server_streams[stream.mux_id]
             stream.detach()
+            if self.manager.call_listeners:
+                self.report_call(stream.handler.handler_id, stream.subroute, trace.SERVER,
+                                 trace.STREAM, self._loop.time() - started, failure,
+                                 len(stream.payload) + stream.bytes_received,
+                                 stream.bytes_sent)  # fmt: skip
 
     def _mux_breach(self, message: Message, exc: RemoteProtocolError) -> None:
         """The peer broke the protocol on one mux, or went over a receive limit with it: fail

@@ -44,6 +44,8 @@ class HandlerID(enum.IntEnum):
     LIST_OBJECTS_PAGE = 26
     # Node-level calls (admin info, faults): 40–59.
     NODE_INFO = 40
+    NODE_TOP = 41  # single: this node's live figures for `minigrid admin top`
+    NODE_TRACE = 42  # stream: this node's call and request records for `minigrid admin trace`
     # Reserved for tests, benchmarks and the demo: 200–249.
     TEST_ECHO = 200
     TEST_ERROR = 201

@@ -23,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -110,6 +111,8 @@ class LoopMonitor:
         self._samples: collections.deque[tuple[float, float]] = collections.deque()
         self._stalls: collections.deque[tuple[float, float]] = collections.deque()  # (end, length)
         self._task: asyncio.Task[None] | None = None
+        #: Called with every lag sample (seconds), e.g. to fill a histogram. Must be quick.
+        self.observers: list[Callable[[float], None]] = []
 
     def start(self) -> None:
         if self._task is None:
@@ -134,6 +137,8 @@ class LoopMonitor:
     def record(self, now: float, lag: float) -> None:
         """Note that a timer due at ``now - lag`` fired at ``now``."""
         self._samples.append((now, lag))
+        for observer in self.observers:
+            observer(lag)
         while self._samples and self._samples[0][0] < now - self.window:
             self._samples.popleft()
         if lag >= STALL_THRESHOLD:

@@ -69,6 +69,7 @@ from .liveness import PEER_RESTARTED, LoopMonitor
 from .rejections import RejectionLog
 from .state import State
 from .stats import ConnStats
+from .trace import CallListeners
 
 log = logging.getLogger("minigrid.grid")
 
@@ -152,6 +153,8 @@ class Manager:
         #: Called synchronously as ``listener(conn, old_state, new_state, cause)`` on every
         #: state change, e.g. to keep a peer table in step with the grid.
         self.state_listeners: list[Callable[[Connection, State, State, str], None]] = []
+        #: Called with a :class:`~minigrid.trace.CallRecord` whenever a call or stream ends.
+        self.call_listeners = CallListeners()
         #: This process's event-loop lag, reported to peers in every pong.
         self.monitor = LoopMonitor(interval=self.config.lag_interval)
         self._pokes: dict[str, asyncio.Event] = {}

@@ -27,7 +27,7 @@ import asyncio
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from . import protocol
+from . import protocol, trace
 from .errors import (
     CallError,
     Cancelled,
@@ -78,6 +78,12 @@ class _End:
         #: Monotonic time anything last arrived for this mux (stream liveness).
         self.last_seen = asyncio.get_running_loop().time()
         self.last_ping = self.last_seen
+        #: When this end was created, and the item bytes sent and received (for call records).
+        self.opened_at = self.last_seen
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        #: The error text the far side ended its direction with ("" for a normal end).
+        self.end_error = ""
 
     def _wake_all(self) -> None:
         _wake(self._recv_waiter)
@@ -147,6 +153,7 @@ class _End:
                 held = held or self._hold(len(payload))
                 await self._wait("_send_waiter")
             conn = self._conn
+            self.bytes_sent += len(payload)
             if len(payload) > protocol.CHUNK_SIZE:
                 # Charged before the first fragment goes: a refusal must not cut an item.
                 held = held or self._hold(len(payload))
@@ -204,9 +211,12 @@ class _End:
         if flags & _EOF:
             error = protocol.error_text(payload) if flags & _ERR else ""
             inbox.push_end(seq, error)
+            self.end_error = error
             self._peer_done = True
         elif not inbox.push(seq, payload, more=bool(flags & _MORE)):
             return
+        else:
+            self.bytes_received += len(payload)
         _wake(self._recv_waiter)
 
     def _on_grant(self, payload: bytes) -> None:
@@ -331,11 +341,20 @@ class ClientStream(_End):
         self._released = True
         if self._expiry is not None:
             self._expiry.cancel()
-        if self._conn._client_streams.get(self.mux_id) is self:
-            del self._conn._client_streams[self.mux_id]
+        conn = self._conn
+        if conn._client_streams.get(self.mux_id) is self:
+            del conn._client_streams[self.mux_id]
         if self._inbox is not None:
             self._inbox.detach()  # the peer can add nothing more; what is unread stays readable
         self._wake_all()
+        if conn.manager.call_listeners:
+            failure: BaseException | None = self._error
+            if failure is None and self.end_error:
+                failure = RemoteError(self.end_error, handler=self.handler_name)
+            conn.report_call(self.handler_id, self._subroute, trace.CLIENT, trace.STREAM,
+                             asyncio.get_running_loop().time() - self.opened_at, failure,
+                             len(self._payload) + self.bytes_sent,
+                             self.bytes_received)  # fmt: skip
 
     def _expire(self) -> None:
         self._fail(

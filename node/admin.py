@@ -102,7 +102,7 @@ class NodeView(Protocol):
 
     async def info(self) -> dict[str, Any]: ...
 
-    def metrics_text(self) -> bytes: ...
+    async def metrics_text(self) -> bytes: ...
 
 
 class AdminAuth:
@@ -189,7 +189,8 @@ class AdminService:
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         if "Authorization" in request.headers or "X-Amz-Signature" in request.query:
             return await self._s3_fallback(request)  # S3: the bucket named "metrics"
-        return web.Response(body=self.view.metrics_text(), headers={"Content-Type": CONTENT_TYPE})
+        body = await self.view.metrics_text()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def drive_reports(

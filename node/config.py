@@ -40,6 +40,7 @@ ENV_PREFIX: Final = "MINIGRID_"
 PROFILES: Final = ("fast", "minio")
 HEAL_SPEEDS: Final = ("fastest", "fast", "default", "slow", "slowest")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -97,6 +98,12 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("listen_fd", "int", "serve on this already-listening socket (used by cluster up)"),
     Option("log_file", "str", "append the log here instead of stderr"),
     Option("log_level", "str", "debug, info, warning or error"),
+    Option(
+        "log_format",
+        "str",
+        "text (default): one readable line per event; json: one JSON object per line with "
+        "time, level, node, component and event",
+    ),
     Option("allow_faults", "bool", "allow fault injection through the admin API"),
     Option(
         "fsync",
@@ -170,6 +177,7 @@ class NodeConfig:
     listen_fd: int | None = None
     log_file: str = ""
     log_level: str = "info"
+    log_format: str = "text"
     allow_faults: bool = False
     fsync: bool = True
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -353,6 +361,10 @@ def _build(values: dict[str, object]) -> NodeConfig:
     if level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     values["log_level"] = level
+    log_format = str(values.get("log_format", "text")).lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format must be text or json, not {values.get('log_format')!r}")
+    values["log_format"] = log_format
     speed = values.get("heal_speed", "default")
     if speed not in HEAL_SPEEDS:
         raise ConfigError(f"heal_speed must be one of {', '.join(HEAL_SPEEDS)}, not {speed!r}")

@@ -41,7 +41,9 @@ from node.faults import FaultService
 from node.grid import GridService
 from node.healing import HealingService
 from node.http_limits import AcceptErrorLog, ServerLimits
-from node.metrics import NodeMetrics
+from node.logs import formatter as log_formatter
+from node.metrics import MetricsView, NodeMetrics
+from node.observe import ObserveService, heal_summary
 from node.s3.gateway import S3Gateway
 from node.services import ADMIN_PREFIX, Service
 from storage.drive import Drive
@@ -54,7 +56,6 @@ from storage.remote import qualified_endpoint
 
 log = logging.getLogger("node")
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: A node's files (drives, logs) are for its owner only.
 PRIVATE_UMASK = 0o077
 SHUTDOWN_TIMEOUT = 10.0
@@ -122,6 +123,7 @@ class Node:
         self.layer: ObjectLayer | None = None
         self.gateway: S3Gateway | None = None
         self.healing: HealingService | None = None
+        self.observe: ObserveService | None = None
         self.http_limits = ServerLimits(config.max_connections, config.header_timeout)
         self._stack = contextlib.AsyncExitStack()
         self._runner: web.AppRunner | None = None
@@ -160,10 +162,12 @@ class Node:
             self.healing = self._healing(self.layer, self.grid.peers, self.gateway)
             await self._run(self.healing)
             await self._run(AdminService(self, self.gateway.handle))
+            self.observe = ObserveService(config.me.url, self.grid.manager, self.metrics, self)
+            await self._run(self.observe)
             await self._run(FaultService(config.allow_faults, self.grid.manager,
                                          self.local_drives))  # fmt: skip
             await self._run(self.gateway)
-            self.metrics.follow(self.grid.manager, self.drives, lambda: bool(self.ready))
+            self._follow_metrics(self.grid.manager, self.gateway, self.healing)
             self.grid.manager.state_listeners.append(lambda *_: self._log_readiness())
             await self._serve(sock, server_tls)
         except BaseException:
@@ -179,6 +183,17 @@ class Node:
             ", FAULT INJECTION ALLOWED" if config.allow_faults else "",
         )  # fmt: skip
         self._log_readiness()
+
+    def _follow_metrics(
+        self, manager: Manager, gateway: S3Gateway, healing: HealingService
+    ) -> None:
+        view = MetricsView(
+            manager=manager, drives=self.drives, local_drives=self.local_drives,
+            ready=lambda: bool(self.ready), s3_inflight=lambda: gateway.inflight,
+            heal_status=healing.status,
+        )  # fmt: skip
+        self.metrics.follow(view)
+        self._stack.callback(self.metrics.close)
 
     async def _run(self, service: Service) -> None:
         """Start a service; it is closed (in reverse order) by :meth:`close`."""
@@ -211,6 +226,13 @@ class Node:
     async def _serve(self, sock: socket.socket, server_tls: ssl.SSLContext | None) -> None:
         """Serve every service's routes on the node's one port, behind the HTTP limits."""
         app = web.Application(middlewares=[self.metrics.middleware])
+        observe = self.observe
+        if observe is not None:
+
+            async def end_live_views(_app: web.Application) -> None:
+                observe.stop_streams()  # else a reader of top or trace holds the shutdown up
+
+            app.on_shutdown.append(end_live_views)
         admin = AdminAuth(self.config)
         for service in self.services:
             routes = service.routes()
@@ -368,8 +390,41 @@ class Node:
             report.update(service.info())
         return report
 
-    def metrics_text(self) -> bytes:
+    async def metrics_text(self) -> bytes:
+        await self.metrics.refresh()
         return self.metrics.render()
+
+    def top(self) -> dict[str, Any]:
+        """This node's live figures for ``minigrid admin top`` (cheap: no I/O)."""
+        manager, config = self.manager, self.config
+        assert manager is not None
+        stats = manager.stats()
+        links = [
+            {"peer": host, "state": s.state, "rtt_s": s.rtt_last, "last_seen_s": s.last_seen_age,
+             "cause": s.last_cause, "reconnects": s.reconnects, "peer_loop_lag_s": s.peer_loop_lag,
+             "queue": s.queue_messages, "calls_out": s.inflight_calls,
+             "calls_in": s.inflight_handlers, "streams": s.inflight_streams}
+            for host, s in sorted(stats.items())
+        ]  # fmt: skip
+        ready = self.readiness()
+        return {
+            "node": config.me.url,
+            "host": config.host,
+            "index": config.node,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
+            "loop_lag_s": manager.monitor.worst_lag(),
+            "loop_stall_s": manager.monitor.longest_stall(),
+            "s3_inflight": self.gateway.inflight if self.gateway is not None else 0,
+            "grid_calls_out": sum(s.inflight_calls for s in stats.values()),
+            "grid_calls_in": sum(s.inflight_handlers for s in stats.values()),
+            "grid_streams": sum(s.inflight_streams for s in stats.values()),
+            "ready": bool(ready["ready"]),
+            "drives_online": ready["drives_online"],
+            "drives": ready["drives"],
+            "heal": heal_summary(self.healing.status()) if self.healing is not None else None,
+            "links": links,
+        }
 
     # --- shutdown -----------------------------------------------------------------------------
 
@@ -380,7 +435,8 @@ class Node:
 
 
 def setup_logging(config: NodeConfig) -> None:
-    """Log to ``log_file`` (appending) or to stderr, one line per event."""
+    """Log to ``log_file`` (appending) or to stderr, one line per event, as text or JSON
+    (:mod:`node.logs`)."""
     handler: logging.Handler
     if config.log_file:
         handler = logging.FileHandler(config.log_file)
@@ -388,7 +444,7 @@ def setup_logging(config: NodeConfig) -> None:
             os.chmod(config.log_file, 0o600)  # a log made before the umask was set
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(log_formatter(config.log_format, config.host))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.log_level.upper())

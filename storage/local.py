@@ -240,6 +240,9 @@ class LocalDrive:
         self._latency = LatencyWindow()
         #: Seconds added to every operation (fault injection: a slow disk). 0 normally.
         self.injected_delay = 0.0
+        #: Called as ``observer(op, seconds, error)`` after every operation; ``error`` is the
+        #: error's class name when the drive failed it (an I/O error), else "". Must be quick.
+        self.observers: list[Callable[[str, float, str], None]] = []
         self._tmp_root = os.path.join(self.root, SYSTEM_VOLUME, "tmp")
         self._trash_root = os.path.join(self.root, SYSTEM_VOLUME, "trash")
 
@@ -291,18 +294,25 @@ class LocalDrive:
         self._check_online()
         loop = asyncio.get_running_loop()
         started = loop.time()
+        error = ""
         try:
             if self.injected_delay:  # a slow disk, by fault injection (``fault slow-drive``)
                 await asyncio.sleep(self.injected_delay)
             return await loop.run_in_executor(None, func, *args)
         except StorageError:
-            raise
+            raise  # the operation's own answer (not found, ...): the drive itself is fine
         except OSError as exc:
+            translated: StorageError = _os_error(exc, f"{op} on {self._endpoint}")
             if not await loop.run_in_executor(None, os.path.isdir, self.root):
-                raise DriveNotFound(f"drive {self._endpoint} is gone") from exc
-            raise _os_error(exc, f"{op} on {self._endpoint}") from exc
+                translated = DriveNotFound(f"drive {self._endpoint} is gone")
+            if not isinstance(translated, FileNotFound):  # a missing file is an answer too
+                error = type(translated).__name__
+            raise translated from exc
         finally:
-            self._latency.record(op, loop.time() - started)
+            elapsed = loop.time() - started
+            self._latency.record(op, elapsed)
+            for observer in self.observers:
+                observer(op, elapsed, error)
 
     def system_path(self, name: str) -> str:
         """A file in the drive's own area (not a bucket), e.g. the heal tracker."""

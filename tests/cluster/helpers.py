@@ -241,3 +241,12 @@ def get_json(url: str) -> tuple[int, dict[str, Any]]:
 
 def node_states(view: dict[str, Any]) -> Sequence[str]:
     return [node["state"] for node in view["nodes"]]
+
+
+def http_status(url: str) -> int:
+    """The HTTP status of a GET, or 0 while the node does not answer (yet): nothing listens,
+    or it is still starting and the request waits in the accept queue past the timeout."""
+    try:
+        return get_json(url)[0]
+    except OSError:  # URLError, ConnectionRefusedError, TimeoutError
+        return 0

@@ -133,7 +133,7 @@ def test_admin_api_health_and_metrics(cluster: LocalCluster) -> None:
     for name in ("minigrid_grid_connected", "minigrid_grid_rtt_seconds",
                  "minigrid_grid_sent_bytes_total", "minigrid_grid_inflight_calls",
                  "minigrid_grid_reconnects_total", "minigrid_drive_online",
-                 'minigrid_s3_requests_total{op="ListBuckets",status="200"}'):  # fmt: skip
+                 'minigrid_s3_requests_total{api="ListBuckets",status="200"}'):  # fmt: skip
         assert name in text, name
 
 
