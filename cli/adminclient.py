@@ -60,7 +60,12 @@ class AdminClient:
             raw = self._clients[node].call(method, ADMIN_PREFIX + path, params)
         except S3ClientError as exc:
             raise AdminError(f"node {node}: {describe(exc)}", exc.code, exc.status) from exc
-        return _split_lines(raw)
+        except OSError as exc:
+            raise AdminError(f"node {node} ({self.urls[node]}): no answer: {exc}") from exc
+        try:
+            return _split_lines(raw)
+        except ValueError as exc:
+            raise AdminError(f"node {node}: not JSON lines: {exc}") from exc
 
 
 def _split_lines(raw: bytes) -> list[dict[str, Any]]:

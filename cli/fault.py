@@ -150,6 +150,11 @@ class Faults:
             raise ClusterError("--netns NATs drop packets of forgotten flows (conntrack "
                                "INVALID); --mode reset is the loopback proxy's")  # fmt: skip
         seconds = max(1, round(idle_timeout))  # conntrack counts whole seconds
+        changed = topology.nat_timeout(a, b, seconds)
+        if changed is not None:
+            self.cluster.netns = topology.to_dict()
+            self.cluster.save()
+            return f"NAT router {changed} between nodes {a} and {b}: idle timeout now {seconds}s"
         router = topology.nat(a, b, seconds)
         self.cluster.netns = topology.to_dict()
         self.cluster.save()

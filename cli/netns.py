@@ -241,6 +241,17 @@ class Topology:
             netns=router)  # fmt: skip
         run("sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0", netns=router)
 
+    def nat_timeout(self, a: int, b: int, idle_timeout: int) -> str | None:
+        """Change the idle timeout of the NAT between ``a`` and ``b``; its namespace, or None
+        when there is no NAT there."""
+        entry = self.routers.get(f"{a}-{b}") or self.routers.get(f"{b}-{a}")
+        if entry is None:
+            return None
+        run("sysctl", "-qw", f"net.netfilter.nf_conntrack_tcp_timeout_established={idle_timeout}",
+            netns=str(entry["namespace"]))  # fmt: skip
+        entry["idle_timeout"] = idle_timeout
+        return str(entry["namespace"])
+
     def remove_nat(self, key: str) -> None:
         entry = self.routers.pop(key, None)
         if entry is None:

@@ -229,6 +229,7 @@ class Connection:
             inflight_streams=len(self._client_streams) + len(self._server_streams),
             last_cause=self.last_cause,
             held_bytes=self.budget.held,
+            queue_waiters=len(self._space_waiters),
         )
 
     # ---------------------------------------------------------------- out-queue

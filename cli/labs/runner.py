@@ -1,24 +1,29 @@
-"""What every lab shares: its own cluster, a sampler, a workload, marks, logs and the report.
+"""What every lab shares: its clusters, a sampler, marks on the time axis, and the nodes' logs.
 
-A lab starts a cluster of node processes in a temporary directory (free ports, ``--fsync off``,
-faults allowed), samples every node's admin ``info`` a few times a second into time series
-(per-peer last-seen age, RTT, reconnects and last cause, loop lag, heal progress), runs its
-workload and faults, tears everything down, and writes ``report.md``, ``series.csv`` and
-``plot.png`` into its output directory, plus the nodes' logs.
+A lab runs one or more *phases*, each on a cluster of node processes (``--fsync off``, faults
+allowed): :meth:`LabContext.running` starts one in a temporary directory and stops it
+afterwards, or lends the lab a :class:`LabCluster` that several quick labs share (the tests do,
+to save a cluster start per lab; the lab clears its faults and waits for every link to be up
+again before it hands the cluster back).
+
+While a phase runs, one sampler thread per node reads the node's ``admin top`` snapshot (no
+I/O on the node: a frozen peer cannot slow it down) a few times a second into time series: per
+link state, last-seen age, RTT, reconnects and queue depth; loop lag and loop busy time; heal
+progress. Marks note the faults on the same time axis. At the end of a phase the lab keeps
+what each node logged during it, with each line's time on the lab's axis.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import os
-import random
+import datetime
+import json
 import re
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +32,15 @@ from cli.adminclient import AdminClient, AdminError
 from cli.cluster import ClusterFile, cluster_up, stop_nodes
 from cli.fault import Faults
 
-SAMPLE_EVERY = 0.2
-MIB = 1 << 20
-BASE_OPTIONS = {"fsync": "off", "allow_faults": "true"}
+SAMPLE_EVERY = 0.25
+BASE_OPTIONS: dict[str, Any] = {"fsync": "off", "allow_faults": "true"}
+#: Admin calls of the labs: an answer slower than this counts as none (the node is stuck).
+ADMIN_TIMEOUT = 6.0
+SAMPLER_TIMEOUT = 2.0
+
+
+class LabError(Exception):
+    """The lab could not run as planned; the message says what did not happen."""
 
 
 @dataclass
@@ -41,32 +52,165 @@ class Sample:
     peer: str = ""
 
 
+@dataclass(frozen=True)
+class LogLine:
+    """One line a node logged, with its time on the lab's axis (None if it has none)."""
+
+    node: int
+    t: float | None
+    text: str
+
+    def quoted(self) -> str:
+        return f"node{self.node}: {self.text}"
+
+
+_TEXT_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def log_time(line: str) -> float | None:
+    """The wall-clock time (epoch seconds) of a node's log line, text or JSON format."""
+    found = _TEXT_TIME.match(line)
+    if found:
+        stamp = datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        return stamp.timestamp()  # the node logs local time, as this process reads it
+    if line.startswith("{"):
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return datetime.datetime.fromisoformat(json.loads(line)["time"]).timestamp()
+    return None
+
+
+class LabCluster:
+    """A cluster of node processes for labs: its admin API, its faults, its logs."""
+
+    def __init__(self, folder: Path, options: Mapping[str, Any], *, nodes: int = 4,
+                 drives: int = 2, netns: bool = False) -> None:  # fmt: skip
+        self.folder = folder
+        self.options = {**BASE_OPTIONS, **options}
+        self.shape = (nodes, drives, netns)
+        result = cluster_up(folder, nodes=nodes, drives=drives, base_port=0, parity=None,
+                            options=self.options, netns=netns or None)  # fmt: skip
+        self.cluster: ClusterFile = result.cluster
+        self.admin = AdminClient(self.cluster, timeout=ADMIN_TIMEOUT)
+        self._quick_admin = AdminClient(self.cluster, timeout=SAMPLER_TIMEOUT)
+        self.faults = Faults(folder)
+        self.buckets = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.cluster.urls)
+
+    def host(self, node: int) -> str:
+        return self.cluster.urls[node].split("://", 1)[1]
+
+    def suits(self, options: Mapping[str, Any], nodes: int, drives: int, netns: bool) -> bool:
+        """Whether a lab asking for this cluster can have this one."""
+        wanted = {k: str(v) for k, v in {**BASE_OPTIONS, **options}.items()}
+        have = {k: str(v) for k, v in self.options.items()}
+        return wanted == have and self.shape == (nodes, drives, netns)
+
+    def new_bucket(self, prefix: str) -> str:
+        """A bucket name no earlier lab on this cluster used."""
+        self.buckets += 1
+        return f"{prefix}-{self.buckets}"
+
+    def top(self, node: int) -> dict[str, Any]:
+        """Node ``node``'s own ``admin top`` snapshot (cheap for the node: no I/O); AdminError
+        if it does not answer within a couple of seconds."""
+        lines = self._quick_admin.lines(node, "GET", "/top", scope="node", count=1)
+        if not lines or not lines[0].get("nodes"):
+            raise AdminError(f"node {node}: an empty top snapshot")
+        snapshot: dict[str, Any] = lines[0]["nodes"][0]
+        return snapshot
+
+    def link(self, node: int, peer: int) -> dict[str, Any]:
+        """Node ``node``'s view of its link to ``peer`` (state, last_seen_s, rtt_s, ...)."""
+        host = self.host(peer)
+        for link in self.top(node)["links"]:
+            if link["peer"] == host:
+                return dict(link)
+        raise AdminError(f"node {node} has no link to {host}")
+
+    def links_up(self) -> bool:
+        """Whether every node answers and every link is connected."""
+        try:
+            return all(link["state"] == "connected" for node in range(self.count)
+                       for link in self.top(node)["links"])  # fmt: skip
+        except AdminError:
+            return False
+
+    def reconnects(self) -> int:
+        """Sessions lost anywhere in the cluster so far (both ends count theirs)."""
+        total = 0
+        for node in range(self.count):
+            with contextlib.suppress(AdminError):
+                total += sum(int(link["reconnects"]) for link in self.top(node)["links"])
+        return total
+
+    def log_sizes(self) -> list[int]:
+        sizes = []
+        for node in range(self.count):
+            try:
+                sizes.append(self.cluster.log_path(node).stat().st_size)
+            except OSError:
+                sizes.append(0)
+        return sizes
+
+    def read_logs(self, since: list[int] | None = None) -> list[str]:
+        """Each node's log from byte offset ``since[node]`` on."""
+        texts = []
+        for node in range(self.count):
+            try:
+                with open(self.cluster.log_path(node), "rb") as handle:
+                    handle.seek(since[node] if since else 0)
+                    texts.append(handle.read().decode(errors="replace"))
+            except OSError:
+                texts.append("")
+        return texts
+
+    def stop(self) -> None:
+        """Stop every node; a --netns cluster's namespaces go too."""
+        faults = self.faults
+        try:
+            stop_nodes(faults.cluster)
+        finally:
+            topology = faults.cluster.topology
+            if topology is not None:
+                topology.destroy()
+
+
 @dataclass
 class LabContext:
-    """One run of one lab: its output folder, its clusters, its series and marks."""
+    """One run of one lab: its output folder, its clusters, its series, marks and logs."""
 
     out: Path
     quick: bool
     netns: bool = False
+    #: A cluster to borrow for phases that suit it instead of starting one (tests).
+    shared: LabCluster | None = None
+    #: Lab-specific settings from the command line (the soak's duration and seed).
+    options: dict[str, Any] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
     marks: list[tuple[float, str]] = field(default_factory=list)
+    #: Each phase's name and (start, end) on the time axis.
+    phases: list[tuple[str, float, float]] = field(default_factory=list)
+    logs: dict[str, list[LogLine]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
-    cluster: ClusterFile | None = None
-    admin: AdminClient | None = None
-    faults: Faults | None = None
+    started_wall: float = field(default_factory=time.time)
+    lab: LabCluster | None = None
+    #: A lab that draws its own plot.png sets this; the others get time series.
+    custom_plot: Callable[[], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _root: Path | None = None
     _sampling: threading.Event = field(default_factory=threading.Event)
-    _phase: str = ""
-    logs: dict[str, str] = field(default_factory=dict)
-    #: Lab-specific settings from the command line (the soak's duration and seed).
-    options: dict[str, Any] = field(default_factory=dict)
-    #: A lab that draws its own plot.png sets this; the others get time series.
-    custom_plot: Callable[[], None] | None = None
+    _offsets: list[int] = field(default_factory=list)
 
     def now(self) -> float:
         """Seconds since the lab started (monotonic)."""
         return time.monotonic() - self.started
+
+    def at(self, wall: float) -> float:
+        """A wall-clock time (a log line's) on the lab's axis."""
+        return wall - self.started_wall
 
     def mark(self, label: str) -> float:
         """Note an event (a fault, a thaw) on the time axis; returns its time."""
@@ -75,89 +219,148 @@ class LabContext:
             self.marks.append((t, label))
         return t
 
-    def record(self, node: int, metric: str, value: float, peer: str = "") -> None:
+    def record(self, node: int, metric: str, value: float, peer: str = "",
+               t: float | None = None) -> None:  # fmt: skip
         with self._lock:
-            self.samples.append(Sample(self.now(), node, metric, value, peer))
+            self.samples.append(Sample(self.now() if t is None else t, node, metric, value, peer))
 
-    # --- clusters -----------------------------------------------------------------------------
+    @property
+    def cl(self) -> LabCluster:
+        """The cluster of the phase running now."""
+        if self.lab is None:
+            raise LabError("no cluster is running")
+        return self.lab
+
+    # --- phases -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def running(self, name: str, options: dict[str, Any], *, nodes: int = 4,
-                drives: int = 2, sample: bool = True) -> Iterator[ClusterFile]:  # fmt: skip
-        """A cluster for one phase of the lab; stopped (and its logs kept) afterwards."""
-        if self._root is None:
-            self._root = Path(tempfile.mkdtemp(prefix="minigrid-lab-"))
-        folder = self._root / name
-        self._phase = name
-        result = cluster_up(folder, nodes=nodes, drives=drives, base_port=0, parity=None,
-                            options={**BASE_OPTIONS, **options},
-                            netns=self.netns or None)  # fmt: skip
-        self.cluster = result.cluster
-        self.admin = AdminClient(result.cluster, timeout=6.0)  # info waits 2 s per dead drive
-        self.faults = Faults(folder)
-        sampler = threading.Thread(target=self._sample, daemon=True) if sample else None
-        self._sampling.clear()
+    def running(self, name: str, options: Mapping[str, Any], *, nodes: int = 4,
+                drives: int = 2) -> Iterator[LabCluster]:  # fmt: skip
+        """A cluster for the phase ``name``: the shared one if it suits, else a new one."""
+        shared = self.shared
+        own = shared is None or not shared.suits(options, nodes, drives, self.netns)
+        if own:
+            if self._root is None:
+                self._root = Path(tempfile.mkdtemp(prefix="minigrid-lab-"))
+            lab = LabCluster(self._root / name, options, nodes=nodes, drives=drives,
+                             netns=self.netns)  # fmt: skip
+        else:
+            assert shared is not None
+            lab = shared
+            self.wait_for(lab.links_up, 30, "every link of the shared cluster to be up")
+        self.lab = lab
+        offsets = self._offsets = lab.log_sizes()
+        samplers = self._start_sampling(lab)
+        began = self.now()
         try:
-            if sampler is not None:
-                sampler.start()
-            yield result.cluster
+            yield lab
         finally:
+            self.phases.append((name, began, self.now()))
             self._sampling.set()
-            if sampler is not None:
-                sampler.join(10)
-            with contextlib.suppress(Exception):
-                self.faults.clear()
-            stop_nodes(self.faults.cluster)
-            if self.netns:
-                topology = self.faults.cluster.topology
-                if topology is not None:
-                    topology.destroy()
-            self._keep_logs(folder, name)
+            for sampler in samplers:
+                sampler.join(SAMPLER_TIMEOUT + 2)
+            self._keep_logs(name, lab, offsets)
+            try:
+                with contextlib.suppress(Exception):
+                    lab.faults.clear()
+                if not own:
+                    self.wait_for(lab.links_up, 30, "the shared cluster to be whole again")
+            finally:
+                if own:
+                    lab.stop()
+                self.lab = None
 
-    def _keep_logs(self, folder: Path, name: str) -> None:
-        target = self.out / "logs" / name
-        target.mkdir(parents=True, exist_ok=True)
-        for log in (folder / "logs").glob("*.log"):
-            text = log.read_text(errors="replace")
-            self.logs[f"{name}/{log.stem}"] = text
-            (target / log.name).write_text(text)
+    def _keep_logs(self, name: str, lab: LabCluster, offsets: list[int]) -> None:
+        """What each node logged during the phase: parsed for the report, copied to logs/."""
+        folder = self.out / "logs" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for node, text in enumerate(lab.read_logs(offsets)):
+            (folder / f"node{node}.log").write_text(text)
+            lines = []
+            for raw in text.splitlines():
+                wall = log_time(raw)
+                lines.append(LogLine(node, None if wall is None else self.at(wall), raw))
+            self.logs[f"{name}/{node}"] = lines
 
     def close(self) -> None:
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
 
-    def _sample(self) -> None:
-        assert self.admin is not None and self.cluster is not None
-        hosts = [url.split("://", 1)[1] for url in self.cluster.urls]
+    def _start_sampling(self, lab: LabCluster) -> list[threading.Thread]:
+        self._sampling.clear()
+        samplers = [threading.Thread(target=self._sample, args=(lab, node), daemon=True,
+                                     name=f"lab sampler {node}")
+                    for node in range(lab.count)]  # fmt: skip
+        for sampler in samplers:
+            sampler.start()
+        return samplers
+
+    def _sample(self, lab: LabCluster, node: int) -> None:
+        """One node's sampler: its own thread, so a frozen node delays no other's samples."""
+        hosts = {lab.host(n): str(n) for n in range(lab.count)}
         while not self._sampling.wait(SAMPLE_EVERY):
-            for node in range(len(hosts)):
-                try:
-                    info = self.admin.call(node, "GET", "/info")
-                except AdminError:
-                    continue
-                self._record_info(node, info, hosts)
+            try:
+                snapshot = lab.top(node)
+            except (AdminError, OSError, ValueError):
+                continue
+            self._record_top(node, snapshot, hosts)
 
-    def _record_info(self, node: int, info: dict[str, Any], hosts: list[str]) -> None:
-        self.record(node, "loop_lag_s", float(info.get("loop_lag_s") or 0.0))
-        for peer, stats in info.get("grid", {}).items():
-            label = str(hosts.index(peer)) if peer in hosts else peer
-            self.record(node, "connected", 1.0 if stats["state"] == "connected" else 0.0, label)
-            self.record(node, "reconnects", float(stats.get("reconnects", 0)), label)
-            if stats.get("last_seen_age") is not None:
-                self.record(node, "last_seen_age_s", float(stats["last_seen_age"]), label)
-            if stats.get("rtt_last") is not None:
-                self.record(node, "rtt_s", float(stats["rtt_last"]), label)
-        for tracker in info.get("heal", {}).get("drives_healing", {}).values():
-            self.record(node, "heal_bytes", float(tracker.get("bytes_healed", 0)))
-            self.record(node, "heal_objects", float(tracker.get("objects_scanned", 0)))
+    def _record_top(self, node: int, top: Mapping[str, Any], hosts: Mapping[str, str]) -> None:
+        t = self.now()
+        self.record(node, "loop_lag_s", float(top.get("loop_lag_s") or 0.0), t=t)
+        if top.get("loop_busy_s") is not None:
+            self.record(node, "loop_busy_s", float(top["loop_busy_s"]), t=t)
+        for link in top.get("links", []):
+            peer = hosts.get(link["peer"], link["peer"])
+            self.record(node, "connected", 1.0 if link["state"] == "connected" else 0.0, peer, t)
+            self.record(node, "reconnects", float(link.get("reconnects") or 0), peer, t)
+            self.record(node, "queue", float(link.get("queue") or 0), peer, t)
+            self.record(node, "queue_bytes", float(link.get("queue_bytes") or 0), peer, t)
+            self.record(node, "calls_out", float(link.get("calls_out") or 0), peer, t)
+            if link.get("last_seen_s") is not None:
+                self.record(node, "last_seen_age_s", float(link["last_seen_s"]), peer, t)
+            if link.get("rtt_s") is not None:
+                self.record(node, "rtt_s", float(link["rtt_s"]), peer, t)
+        heal = top.get("heal") or {}
+        for drive in heal.get("drives", []):
+            self.record(node, "heal_objects", float(drive.get("healed", 0)), t=t)
 
-    # --- reading the series -------------------------------------------------------------------
+    # --- reading what happened ----------------------------------------------------------------
 
     def series(self, metric: str, node: int | None = None, peer: str | None = None,
-               since: float = 0.0) -> list[Sample]:  # fmt: skip
+               since: float = 0.0, until: float = float("inf")) -> list[Sample]:  # fmt: skip
         with self._lock:
-            return [s for s in self.samples if s.metric == metric and s.t >= since
+            return [s for s in self.samples if s.metric == metric and since <= s.t <= until
                     and (node is None or s.node == node) and (peer is None or s.peer == peer)]
+
+    def worst(self, metric: str, node: int | None = None, since: float = 0.0,
+              until: float = float("inf")) -> float | None:  # fmt: skip
+        values = [s.value for s in self.series(metric, node, since=since, until=until)]
+        return max(values, default=None)
+
+    def log_lines(self, pattern: str, phase: str | None = None, node: int | None = None,
+                  since: float = float("-inf"),
+                  until: float = float("inf")) -> list[LogLine]:  # fmt: skip
+        """Lines the nodes logged during finished phases that match ``pattern``."""
+        regex = re.compile(pattern)
+        found = []
+        for key, lines in sorted(self.logs.items()):
+            name, _, index = key.rpartition("/")
+            if (phase is not None and name != phase) or (node is not None and int(index) != node):
+                continue
+            found += [line for line in lines if regex.search(line.text)
+                      and (line.t is None or since <= line.t <= until)]  # fmt: skip
+        return found
+
+    def live_lines(self, pattern: str, nodes: list[int] | None = None) -> list[LogLine]:
+        """Lines the nodes have logged so far in the running phase that match ``pattern``."""
+        regex = re.compile(pattern)
+        found = []
+        for node, text in enumerate(self.cl.read_logs(self._offsets)):
+            if nodes is None or node in nodes:
+                found += [LogLine(node, None, raw) for raw in text.splitlines()
+                          if regex.search(raw)]  # fmt: skip
+        return found
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str,
                  interval: float = 0.05) -> Any:  # fmt: skip
@@ -171,226 +374,27 @@ class LabContext:
                 raise LabError(f"timed out after {timeout:.0f}s waiting for {what}")
             time.sleep(interval)
 
-    def grid_state(self, node: int, peer: int) -> dict[str, Any]:
-        assert self.admin is not None and self.cluster is not None
-        host = self.cluster.urls[peer].split("://", 1)[1]
-        stats: dict[str, Any] = self.admin.call(node, "GET", "/info")["grid"][host]
-        return stats
-
-    def reconnects(self) -> int:
-        """Sessions lost anywhere in the cluster so far (both ends count theirs)."""
-        assert self.admin is not None and self.cluster is not None
-        total = 0
-        for node in range(len(self.cluster.urls)):
-            with contextlib.suppress(AdminError):
-                grid = self.admin.call(node, "GET", "/info")["grid"]
-                total += sum(int(s["reconnects"]) for s in grid.values())
-        return total
-
-    def log_lines(self, pattern: str, phase: str | None = None) -> list[str]:
-        """Lines of the kept logs (after a phase ended) that match ``pattern``."""
-        found = []
-        regex = re.compile(pattern)
-        for name, text in sorted(self.logs.items()):
-            if phase is not None and not name.startswith(phase + "/"):
-                continue
-            found += [f"{name.split('/')[-1]}: {line}" for line in text.splitlines()
-                      if regex.search(line)]  # fmt: skip
-        return found
-
-    def live_log(self, node: int) -> str:
-        assert self.cluster is not None
-        try:
-            return self.cluster.log_path(node).read_text(errors="replace")
-        except OSError:
-            return ""
+    def hold(self, seconds: float) -> None:
+        """Let the workload run for ``seconds``: a measuring window, not a synchronisation."""
+        end = self.now() + seconds
+        self.wait_for(lambda: self.now() >= end, seconds + 5, "a measuring window", 0.1)
 
 
-class LabError(Exception):
-    """The lab could not run as planned; the message says what did not happen."""
-
-
-# --- workload ------------------------------------------------------------------------------------
-
-
-def s3_client(cluster: ClusterFile, node: int = 0, timeout: float = 10.0) -> Any:
-    """A boto3 client for one node: path-style, no retries (a lab counts every failure)."""
-    import boto3
-    from botocore.config import Config
-
-    config = cluster.config
-    return boto3.client(
-        "s3", endpoint_url=cluster.urls[node], region_name=str(config.get("region", "us-east-1")),
-        aws_access_key_id=config["access_key"], aws_secret_access_key=config["secret_key"],
-        verify=cluster.ca or True,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-                      connect_timeout=timeout, read_timeout=timeout,
-                      max_pool_connections=64),
-    )  # fmt: skip
-
-
-def fill(cluster: ClusterFile, bucket: str, count: int, size: int,
-         node: int = 0) -> dict[str, bytes]:  # fmt: skip
-    """``count`` objects of ``size`` bytes in a new bucket; returns them by key."""
-    s3 = s3_client(cluster, node, timeout=60)
-    s3.create_bucket(Bucket=bucket)
-    rng = random.Random(size + count)
-    objects = {}
-    for n in range(count):
-        body = rng.randbytes(size)
-        s3.put_object(Bucket=bucket, Key=f"obj/{n:04d}", Body=body)
-        objects[f"obj/{n:04d}"] = body
-    return objects
-
-
-class Reader(threading.Thread):
-    """GETs random objects through one node, one at a time, recording latency and outcome."""
-
-    def __init__(self, lab: LabContext, cluster: ClusterFile, bucket: str,
-                 objects: dict[str, bytes], node: int = 0,
-                 timeout: float = 10.0) -> None:  # fmt: skip
-        super().__init__(daemon=True)
-        self.lab, self.bucket, self.objects = lab, bucket, objects
-        self.s3 = s3_client(cluster, node, timeout=timeout)
-        self.results: list[tuple[float, float, bool]] = []  # (start, seconds, ok)
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        rng = random.Random(7)
-        keys = sorted(self.objects)
-        while not self._halt.is_set():
-            key = rng.choice(keys)
-            began = self.lab.now()
-            ok = True
-            try:
-                body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-                ok = body == self.objects[key]
-            except Exception:  # every failure is counted; the workload goes on
-                ok = False
-            took = self.lab.now() - began
-            self.results.append((began, took, ok))
-            self.lab.record(0, "get_latency_s" if ok else "get_failed_s", took)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(30)
-
-    def between(self, start: float, end: float) -> list[tuple[float, float, bool]]:
-        return [r for r in self.results if start <= r[0] < end]
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
-def rounded(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-# --- output --------------------------------------------------------------------------------------
-
-
-def write_series(lab: LabContext) -> Path:
-    path = lab.out / "series.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["t_s", "node", "peer", "metric", "value"])
-        for s in lab.samples:
-            writer.writerow([f"{s.t:.3f}", s.node, s.peer, s.metric, f"{s.value:.6g}"])
-        for t, label in lab.marks:
-            writer.writerow([f"{t:.3f}", "", "", "mark", label])
-    return path
-
-
-def plot(lab: LabContext, title: str, panels: list[tuple[str, str, str]],
-         scatter: tuple[float, float, str] | None = None) -> Path:  # fmt: skip
-    """``plot.png``: one panel per ``(metric, y label, how)`` over time, the marks as lines.
-
-    ``how``: ``links`` (one line per node->peer), ``nodes`` (one per node) or ``points``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(len(panels), 1, figsize=(10, 2.6 * len(panels)), sharex=True,
-                                squeeze=False)  # fmt: skip
-    for axis, (metric, label, how) in zip(axes[:, 0], panels, strict=True):
-        samples = lab.series(metric)
-        groups: dict[str, list[Sample]] = {}
-        for s in samples:
-            key = f"{s.node}->{s.peer}" if how == "links" else f"node {s.node}"
-            groups.setdefault("" if how == "points" else key, []).append(s)
-        for key, points in sorted(groups.items()):
-            xs, ys = [p.t for p in points], [p.value for p in points]
-            if how == "points":
-                axis.plot(xs, ys, ".", markersize=3, label=label)
-            else:
-                axis.plot(xs, ys, linewidth=1, label=key)
-        if metric == "get_latency_s":
-            failed = lab.series("get_failed_s")
-            if failed:
-                axis.plot([p.t for p in failed], [p.value for p in failed], "rx", markersize=5,
-                          label="failed GET")  # fmt: skip
-        for t, mark in lab.marks:
-            axis.axvline(t, color="grey", linestyle="--", linewidth=0.8)
-            axis.text(t, axis.get_ylim()[1], f" {mark}", fontsize=7, va="top", rotation=0)
-        axis.set_ylabel(label)
-        if groups and len(groups) <= 12:
-            axis.legend(fontsize=6, loc="upper right", ncol=4)
-    axes[-1, 0].set_xlabel("seconds since the lab started")
-    figure.suptitle(title)
-    figure.tight_layout()
-    path = lab.out / "plot.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
-
-
-def write_report(lab: LabContext, title: str, sections: list[tuple[str, str]],
-                 summary: dict[str, Any]) -> Path:  # fmt: skip
-    import json
-
-    lines = [f"# {title}", ""]
-    for heading, body in sections:
-        lines += [f"## {heading}", "", body.strip(), ""]
-    lines += ["## Summary", "", "```json", json.dumps(summary, indent=2), "```", "",
-              "Files: `series.csv` (every sample: t_s, node, peer, metric, value; marks as "
-              "metric `mark`), `plot.png`, and the nodes' logs in `logs/`.", ""]  # fmt: skip
-    path = lab.out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def quoted(lines: list[str], limit: int = 6) -> str:
+def quoted(lines: list[LogLine], limit: int = 6) -> str:
     """Log lines as a Markdown code block (at most ``limit``)."""
     if not lines:
         return "_(no such line in the logs)_"
-    shown = lines[:limit]
+    shown = [line.quoted()[:320] for line in lines[:limit]]
     more = f"\n... and {len(lines) - limit} more" if len(lines) > limit else ""
-    return "```\n" + "\n".join(line[:300] for line in shown) + more + "\n```"
-
-
-def fresh_out(out: Path | None, name: str) -> Path:
-    folder = out or Path(f"lab-{name}")
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o755)
-    return folder
+    return "```\n" + "\n".join(shown) + more + "\n```"
 
 
 __all__ = [
+    "LabCluster",
     "LabContext",
     "LabError",
-    "Reader",
-    "fill",
-    "fresh_out",
-    "percentile",
-    "plot",
+    "LogLine",
+    "Sample",
+    "log_time",
     "quoted",
-    "rounded",
-    "s3_client",
-    "write_report",
-    "write_series",
 ]

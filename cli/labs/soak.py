@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cli.labs.runner import LabContext, quoted, s3_client
+from cli.labs.runner import LabContext, quoted
+from cli.labs.workload import s3_client
 
 SOAK_PANELS = [
     ("connected", "link up", "links"),
@@ -95,8 +96,7 @@ class Worker(threading.Thread):
         self.rng = random.Random(f"work-{seed}-{index}")
         self.seed = seed
         self.history, self.lock = history, lock
-        assert lab.cluster is not None
-        self.clients = [s3_client(lab.cluster, n, timeout=DEADLINE / 2) for n in range(4)]
+        self.clients = [s3_client(lab.cl.cluster, n, timeout=DEADLINE / 2) for n in range(4)]
         self.count = 0
 
     def run(self) -> None:
@@ -177,8 +177,7 @@ def check(history: list[Op], final: dict[str, tuple[str, str]],
 
 
 def apply(lab: LabContext, event: dict[str, Any]) -> None:
-    faults, node = lab.faults, event["node"]
-    assert faults is not None and lab.admin is not None
+    faults, node, admin = lab.cl.faults, event["node"], lab.cl.admin
     kind = event["fault"]
     lab.mark(f"{kind} {node}")
     if kind == "freeze":
@@ -188,25 +187,24 @@ def apply(lab: LabContext, event: dict[str, Any]) -> None:
     elif kind.startswith("partition"):
         faults.partition(node, event["peer"], kind.split("-")[1])
     elif kind == "loop-block":
-        lab.admin.call(node, "POST", "/fault/loop-block", seconds=min(2.0, event["hold"]))
+        admin.call(node, "POST", "/fault/loop-block", seconds=min(2.0, event["hold"]))
     elif kind == "clock-jump":
-        lab.admin.call(node, "POST", "/fault/clock-jump", seconds=event["seconds"])
+        admin.call(node, "POST", "/fault/clock-jump", seconds=event["seconds"])
     elif kind == "wipe-drive":
-        lab.admin.call(node, "POST", "/fault/wipe-drive", drive=event["drive"])
+        admin.call(node, "POST", "/fault/wipe-drive", drive=event["drive"])
     elif kind == "corrupt":
         try:
-            lab.admin.call(node, "POST", "/fault/corrupt", drive=event["drive"], bucket="soak",
+            admin.call(node, "POST", "/fault/corrupt", drive=event["drive"], bucket="soak",
                            key=event["key"])  # fmt: skip
         except Exception as exc:  # the key may not be on that drive now: nothing to corrupt
             event["skipped"] = str(exc)[:120]
 
 
 def undo(lab: LabContext, event: dict[str, Any]) -> None:
-    assert lab.faults is not None
     if event["fault"] in DRIVE_FAULTS:
         return  # healing repairs those; nothing to undo
     lab.mark("clear")
-    lab.faults.clear()
+    lab.cl.faults.clear()
 
 
 def chaos_soak(lab: LabContext) -> tuple[dict[str, Any], list[tuple[str, str]]]:
@@ -217,7 +215,8 @@ def chaos_soak(lab: LabContext) -> tuple[dict[str, Any], list[tuple[str, str]]]:
                "scanner_interval": 0.5, "scanner_deep": "true"}  # fmt: skip
     history: list[Op] = []
     lock = threading.Lock()
-    with lab.running("soak", options) as cluster:
+    with lab.running("soak", options) as cl:
+        cluster = cl.cluster
         s3_client(cluster, 0).create_bucket(Bucket="soak")
         stop = threading.Event()
         workers = [Worker(lab, i, seed, stop, history, lock) for i in range(4)]
@@ -234,8 +233,7 @@ def chaos_soak(lab: LabContext) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         for worker in workers:
             worker.join(DEADLINE + 10)
         lab.mark("workload stopped")
-        assert lab.faults is not None
-        lab.faults.clear()
+        cl.faults.clear()
         redundancy = _wait_redundant(lab)
         sizes = {op.value: op.size for op in history if op.kind == "put"}
         final = _final_reads(cluster, sizes)
@@ -291,11 +289,10 @@ def _until(lab: LabContext, moment: float) -> None:
 
 def _wait_redundant(lab: LabContext) -> float | None:
     """Seconds until a deep dry-run heal finds nothing to heal (None: not within 120 s)."""
-    assert lab.admin is not None
     began = time.monotonic()
     while time.monotonic() - began < 120:
         try:
-            lines = lab.admin.lines(0, "POST", "/heal", bucket="soak", deep="true",
+            lines = lab.cl.admin.lines(0, "POST", "/heal", bucket="soak", deep="true",
                                     **{"dry-run": "true"})  # fmt: skip
         except Exception:
             lines = []
