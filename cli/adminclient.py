@@ -10,7 +10,8 @@ import json
 from typing import Any
 
 from cli.cluster import ClusterFile
-from cli.s3client import S3Client, S3ClientError, describe
+from cli.errors import S3ClientError, describe
+from cli.signed import SignedClient
 
 ADMIN_PREFIX = "/minigrid/admin/v1"
 
@@ -31,9 +32,9 @@ class AdminClient:
         config = cluster.config
         self.urls = cluster.urls
         self._clients = [
-            S3Client(url, str(config["admin_access_key"]), str(config["admin_secret_key"]),
-                     region=str(config.get("region", "us-east-1")), timeout=timeout,
-                     ca=cluster.ca)
+            SignedClient(url, str(config["admin_access_key"]), str(config["admin_secret_key"]),
+                         region=str(config.get("region", "us-east-1")), timeout=timeout,
+                         ca=cluster.ca)
             for url in self.urls
         ]
 

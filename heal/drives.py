@@ -29,10 +29,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from heal.buckets import heal_buckets
+from heal.buckets import BucketHealer
 from heal.object import DriveState, ObjectHealer, Outcome
 from heal.pace import DynamicSleeper, Foreground, Speed, in_order, no_foreground
 from heal.walk import set_buckets, walk_set
+from storage.erasure_set import ErasureSet
 from storage.errors import StorageError, UnformattedDrive
 from storage.format import FormatInfo
 from storage.local import LocalDrive
@@ -126,6 +127,7 @@ class DriveHealer:
         self.speed = speed or Speed("default")
         self.foreground = foreground or Foreground(no_foreground)
         self.trackers: dict[str, Tracker] = {}
+        self.buckets = BucketHealer()
         self._healing: dict[str, asyncio.Task[None]] = {}
 
     def status(self) -> dict[str, Any]:
@@ -183,6 +185,15 @@ class DriveHealer:
                 log.debug("drive %s: format check failed: %s", drive.endpoint, exc)
         return started
 
+    def _refilling(self, eset: ErasureSet) -> set[int]:
+        """Positions in ``eset`` of the local drives being refilled now."""
+        refilling = set()
+        for path, tracker in self.trackers.items():
+            set_index, position = self.formats[path].position()
+            if set_index == eset.index and not tracker.finished:
+                refilling.add(position)
+        return refilling
+
     def replaced(self, path: str) -> None:
         """A drive at ``path`` was just formatted blank: heal its set onto it."""
         self._start(path, Tracker(drive_id=self.formats[path].drive_id))
@@ -201,7 +212,7 @@ class DriveHealer:
         saved = time.monotonic()
         while True:
             try:
-                await heal_buckets(eset)
+                await self.buckets.heal(eset, immediate=self._refilling(eset))
                 buckets = await set_buckets(eset)
                 break
             except StorageError as exc:

@@ -184,7 +184,7 @@ class ObjectHealer:
             result.outcome = Outcome.WOULD_HEAL
             return result
         written = await self._rebuild(eset, bucket, key, meta, copies, good, targets, result)
-        committed = await self._commit(eset, bucket, key, meta, written, result)
+        committed = await self._commit(eset, bucket, key, meta, copies, written)
         for position in committed:
             result.after[position] = DriveState.OK
         result.outcome = Outcome.HEALED if len(committed) == len(targets) else Outcome.PARTIAL
@@ -211,25 +211,31 @@ class ObjectHealer:
                     assert isinstance(copy, ObjectMeta)
                     states[position] = await self._check_inline(meta, copy)
             return states
-        info = meta.erasure
         checks = await asyncio.gather(
-            *(
-                _attempt(
-                    eset.drives[position].verify_shard(
-                        bucket,
-                        key,
-                        meta.data_dir,
-                        chunk_size=info.shard_chunk_size(),
-                        shard_size=info.shard_size(meta.size),
-                        deep=deep,
-                    )
-                )
-                for position in holders
-            )
-        )
+            *(self._check_shards(eset.drives[position], bucket, key, meta, deep)
+              for position in holders)
+        )  # fmt: skip
         for position, error in zip(holders, checks, strict=True):
             states[position] = _shard_state(error)
         return states
+
+    @staticmethod
+    async def _check_shards(
+        drive: Drive, bucket: str, key: str, meta: ObjectMeta, deep: bool
+    ) -> StorageError | None:
+        """Check a drive's shard files (one per part of a multipart object); the first
+        fault found, or None."""
+        info = meta.erasure
+        for part, size in meta.segments():
+            error = await _attempt(
+                drive.verify_shard(
+                    bucket, key, meta.data_dir, chunk_size=info.shard_chunk_size(),
+                    shard_size=info.shard_size(size), deep=deep, part=part,
+                )
+            )  # fmt: skip
+            if error is not None:
+                return error
+        return None
 
     async def _check_inline(self, meta: ObjectMeta, copy: ObjectMeta) -> DriveState:
         info = meta.erasure
@@ -337,10 +343,39 @@ class ObjectHealer:
             }
             result.bytes_written += sum(len(shard or b"") for _, shard in staged.values())
             return staged
-        writers = await self._open_writers(eset, targets, upload_id)
+        alive = list(targets)
+        # Each part of a multipart object is its own coded shard file: rebuild them one by
+        # one into the same write in progress; a drive that fails one part is dropped.
+        for part, size in meta.segments():
+            alive = await self._rebuild_segment(
+                eset, bucket, key, meta, good, alive, upload_id, part, size, wanted, result
+            )
+            if not alive:
+                return {}
+        return {position: (upload_id, None) for position in alive}
+
+    async def _rebuild_segment(
+        self,
+        eset: ErasureSet,
+        bucket: str,
+        key: str,
+        meta: ObjectMeta,
+        good: list[int],
+        targets: list[int],
+        upload_id: str,
+        part: int,
+        size: int,
+        wanted: list[int],
+        result: ObjectHealResult,
+    ) -> list[int]:
+        """Rebuild one shard file (``part``, ``size`` bytes of the object) onto ``targets``;
+        returns the positions that now hold it staged."""
+        info = meta.erasure
+        erasure = Erasure(info.data, info.parity, info.block_size)
+        writers = await self._open_writers(eset, targets, upload_id, part)
         if not writers:
-            return {}
-        blocks = -(-meta.size // info.block_size)
+            return []
+        blocks = -(-size // info.block_size)
         fetcher = ShardFetcher(
             bucket=bucket,
             key=key,
@@ -353,6 +388,8 @@ class ObjectHealer:
             report=lambda source, reason: self.layer.report(
                 eset, bucket, key, source.position, reason
             ),
+            part=part,
+            size=size,
         )
         try:
             batch: list[bytes] = []
@@ -365,18 +402,16 @@ class ObjectHealer:
                 for shards in encoded:
                     await self._write(writers, shards, info.distribution, result)
                 if not writers:
-                    return {}
+                    return []
         except BaseException:
             await asyncio.gather(*(_attempt(w.abort()) for w in writers.values()))
             raise
         finally:
             await fetcher.close()
         finished = await asyncio.gather(*(_attempt(writer.commit()) for writer in writers.values()))
-        return {
-            position: (upload_id, None)
-            for position, error in zip(writers, finished, strict=True)
-            if error is None
-        }
+        return [
+            position for position, error in zip(writers, finished, strict=True) if error is None
+        ]
 
     async def _rebuild_inline(
         self, meta: ObjectMeta, erasure: Erasure, held: list[ObjectMeta], wanted: list[int]
@@ -416,9 +451,11 @@ class ObjectHealer:
         return out
 
     async def _open_writers(
-        self, eset: ErasureSet, targets: list[int], upload_id: str
+        self, eset: ErasureSet, targets: list[int], upload_id: str, part: int = 0
     ) -> dict[int, ShardWriter]:
-        opened = await asyncio.gather(*(_open_writer(eset.drives[p], upload_id) for p in targets))
+        opened = await asyncio.gather(
+            *(_open_writer(eset.drives[p], upload_id, part) for p in targets)
+        )
         return {p: w for p, w in zip(targets, opened, strict=True) if w is not None}
 
     @staticmethod
@@ -446,8 +483,8 @@ class ObjectHealer:
         bucket: str,
         key: str,
         meta: ObjectMeta,
+        copies: Sequence[ObjectMeta | StorageError],
         written: dict[int, tuple[str, bytes | None]],
-        result: ObjectHealResult,
     ) -> list[int]:
         """Install each staged shard; returns the positions now holding a good copy."""
         info = meta.erasure
@@ -455,7 +492,7 @@ class ObjectHealer:
         async def install(position: int) -> bool:
             drive = eset.drives[position]
             upload_id, inline = written[position]
-            if not await _may_overwrite(drive, bucket, key, meta):
+            if not await _unchanged(drive, bucket, key, copies[position]):
                 await _attempt(drive.undo_rename(upload_id, bucket, key))
                 return False
             copy = meta.for_drive(info.distribution[position], inline)
@@ -470,24 +507,30 @@ class ObjectHealer:
         return [p for p, ok in zip(written, done, strict=True) if ok]
 
 
-async def _open_writer(drive: Drive, upload_id: str) -> ShardWriter | None:
+async def _open_writer(drive: Drive, upload_id: str, part: int = 0) -> ShardWriter | None:
     if not drive.is_online():
         return None
     try:
-        return await drive.create_shard(upload_id)
+        return await drive.create_shard(upload_id, part)
     except StorageError:
         return None
 
 
-async def _may_overwrite(drive: Drive, bucket: str, key: str, meta: ObjectMeta) -> bool:
-    """False when the drive now holds a version newer than the one being healed."""
+async def _unchanged(
+    drive: Drive, bucket: str, key: str, seen: ObjectMeta | StorageError
+) -> bool:
+    """Whether the drive still holds the copy the healer judged (compare and swap).
+
+    A put that landed meanwhile changed it: the heal must not overwrite that. Versions are
+    compared by identity, not by modification time, so a node whose wall clock jumped can
+    neither block a heal nor have its newer write undone."""
     try:
         current = await drive.read_metadata(bucket, key)
     except (FileNotFound, VolumeNotFound, FileCorrupt):
-        return True
+        return not isinstance(seen, ObjectMeta)  # had a copy, now none: a delete got there
     except StorageError:
         return False  # offline or failing: not now
-    return current.mod_time_ns <= meta.mod_time_ns
+    return isinstance(seen, ObjectMeta) and current.version_key() == seen.version_key()
 
 
 __all__ = ["DAMAGED", "DriveState", "ObjectHealResult", "ObjectHealer", "Outcome"]

@@ -70,6 +70,10 @@ _CLOSE_TYPES = frozenset(
 _LOGGED_PER_SESSION = 3
 
 
+#: The reader lets the rest of the loop run at least this often, however fast frames arrive.
+READ_YIELD_EVERY = 0.005
+
+
 class _Expired(Exception):
     """Internal: a server-side call ran past its deadline."""
 
@@ -709,12 +713,13 @@ class Connection:
         dispatch = self._dispatch
         loop = self._loop
         links = self.manager.links
+        yielded = loop.time()
         while True:
             msg = await ws.receive()
             await links.wait_clear(self.remote)  # silent partition: nothing "arrives"
             if msg.type is aiohttp.WSMsgType.BINARY:
                 data: bytes = msg.data
-                self._last_seen = loop.time()
+                now = self._last_seen = loop.time()
                 counters.frames_in += 1
                 counters.bytes_in += len(data)
                 messages = protocol.decode_frame(data)
@@ -724,6 +729,12 @@ class Connection:
                     if handler is None:
                         raise RemoteProtocolError(f"unexpected {Op(message.op).name} in a session")
                     handler(message)
+                if now - yielded > READ_YIELD_EVERY:
+                    # Frames already buffered come back from receive() without a pause: a
+                    # peer sending faster than we process would hold the loop (the writer,
+                    # the timers, every other peer) for as long as it keeps sending.
+                    await asyncio.sleep(0)
+                    yielded = loop.time()
             elif msg.type in _CLOSE_TYPES:
                 return f"reset: closed by peer (code {ws.close_code})"
             elif msg.type is aiohttp.WSMsgType.ERROR:

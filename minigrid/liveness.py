@@ -23,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -103,12 +104,18 @@ class Health:
 
 
 class LoopMonitor:
-    """Measures this process's event-loop lag: a timer that notes how late it fires."""
+    """Measures this process's event-loop lag: a timer that notes how late it fires.
+
+    It also measures how much CPU the loop's own thread used between two ticks (*busy*). Lag
+    has two causes: work on the loop (a callback that computes for a long time) and a machine
+    too loaded to give the process the CPU. Busy time tells them apart: a loop starved by the
+    scheduler burns no CPU while it waits, while a loop held by its own work burns it all."""
 
     def __init__(self, interval: float = 0.1, window: float = 5.0) -> None:
         self.interval = interval
         self.window = window
         self._samples: collections.deque[tuple[float, float]] = collections.deque()
+        self._busy: collections.deque[tuple[float, float]] = collections.deque()
         self._stalls: collections.deque[tuple[float, float]] = collections.deque()  # (end, length)
         self._task: asyncio.Task[None] | None = None
         #: Called with every lag sample (seconds), e.g. to fill a histogram. Must be quick.
@@ -128,9 +135,14 @@ class LoopMonitor:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         expected = loop.time() + self.interval
+        cpu = time.thread_time()
         while True:
             await asyncio.sleep(self.interval)
             now = loop.time()
+            used, cpu = time.thread_time() - cpu, time.thread_time()
+            self._busy.append((now, used))
+            while self._busy and self._busy[0][0] < now - self.window:
+                self._busy.popleft()
             self.record(now, max(0.0, now - expected))
             expected = now + self.interval
 
@@ -154,6 +166,11 @@ class LoopMonitor:
     def worst_lag(self) -> float:
         """The worst lag in the current window, seconds."""
         return max((lag for _, lag in self._samples), default=0.0)
+
+    def worst_busy(self) -> float:
+        """The most CPU the loop's thread used between two ticks in the current window: how
+        long the loop's own work held it (a loaded machine does not raise it), seconds."""
+        return max((used for _, used in self._busy), default=0.0)
 
     def longest_stall(self) -> float:
         """The longest stall remembered, seconds."""

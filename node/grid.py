@@ -55,4 +55,5 @@ class GridService:
             "grid": {host: s.as_dict() for host, s in sorted(self.manager.stats().items())},
             "peers": {host: p.as_dict() for host, p in self.peers.snapshot().items()},
             "loop_lag_s": round(self.manager.monitor.worst_lag(), 4),
+            "loop_busy_s": round(self.manager.monitor.worst_busy(), 4),
         }

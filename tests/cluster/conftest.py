@@ -12,21 +12,6 @@ from cli.cluster import pid_alive
 from tests.cluster.helpers import LocalCluster
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Keep the developer's ~/.aws files, AWS_* and MINIGRID_* variables out of the tests."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MINIGRID_"))}
-    for name in saved:
-        del os.environ[name]
-    empty = tmp_path_factory.mktemp("aws") / "none"
-    os.environ["AWS_CONFIG_FILE"] = str(empty)
-    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(empty)
-    yield
-    for name in [k for k in os.environ if k.startswith(("AWS_", "MINIGRID_"))]:
-        del os.environ[name]
-    os.environ.update(saved)
-
-
 def started_cluster(root: os.PathLike[str] | str) -> Iterator[LocalCluster]:
     """Start a 4 x 2 cluster (parity 4); stop it afterwards, even when the tests failed."""
     cluster = LocalCluster(Path(root))

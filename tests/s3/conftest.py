@@ -18,21 +18,6 @@ from tests.s3.helpers import GatewayServer, client
 _names = itertools.count()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_aws_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Keep the developer's ~/.aws files and AWS_* variables out of the clients."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-    for name in saved:
-        del os.environ[name]
-    empty = tmp_path_factory.mktemp("aws") / "none"
-    os.environ["AWS_CONFIG_FILE"] = str(empty)
-    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(empty)
-    yield
-    for name in [k for k in os.environ if k.startswith("AWS_")]:
-        del os.environ[name]
-    os.environ.update(saved)
-
-
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path] | None:
     """A self-signed certificate for 127.0.0.1, made with the openssl CLI (None without it)."""
