@@ -417,6 +417,7 @@ class Node:
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
             "loop_lag_s": manager.monitor.worst_lag(),
+            "loop_busy_s": round(manager.monitor.worst_busy(), 4),
             "loop_stall_s": manager.monitor.longest_stall(),
             "s3_inflight": self.gateway.inflight if self.gateway is not None else 0,
             "grid_calls_out": sum(s.inflight_calls for s in stats.values()),

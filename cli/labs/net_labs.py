@@ -82,7 +82,10 @@ def nat_idle(lab: LabContext) -> Result:
                 "tcp_keepidle_s": 1}  # fmt: skip
     else:
         summary["keepalive_below_timeout"] = None  # a userspace proxy never sees keepalives
-    lines = lab.log_lines(r"NAT forgot|session lost|fault: link", "nat")
+    # The NAT's own lines and the sessions it cost (not the move onto the proxy).
+    lines = lab.log_lines(
+        r"NAT forgot|session lost|fault: link|connected -> error \((?!reset: moved)"
+    )
     return summary, _nat_text(summary, lab.netns, lines)
 
 
@@ -102,6 +105,7 @@ the NAT and refreshed the flow: sessions lost over {keep['observed_s']} s with t
 cannot be shown on loopback: the proxy's kernel answers the keepalive probes itself and they
 never reach the proxy, so they cannot refresh the flow. Run the lab with `--netns` (root) to
 see keepalive keep a real NAT's flow alive.""")  # fmt: skip
+    again = ", which the NAT forgot again in turn" if above["sessions_lost"] >= 2 else ""
     return [
         ("The failure", """
 NATs and stateful firewalls forget a TCP flow that has been idle for a while: cloud NAT
@@ -120,7 +124,7 @@ hardly any other traffic on the link.
   **{below['sessions_lost']}**.
 - NAT timeout {above['nat_idle_timeout_s']} s, shorter than the ping interval: the NAT forgot
   the flow between two pings, the next ping vanished, and liveness dropped the session after
-  {TIMINGS.dead_after:g} s of silence; the redial made a new flow, which the NAT forgot again.
+  {TIMINGS.dead_after:g} s of silence; the dialing side redialled through a new flow{again}.
   Sessions lost over {above['observed_s']} s: **{above['sessions_lost']}**.
 
 {keep_text}

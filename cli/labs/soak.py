@@ -121,8 +121,8 @@ class Worker(threading.Thread):
             op.outcome = "not-found" if code in ("NoSuchKey", "404") else "error"
             op.detail = code or type(exc).__name__
         op.end = self.lab.now()
-        if op.end - op.start > DEADLINE and op.outcome == "ok":
-            op.outcome, op.detail = "late", f"{op.end - op.start:.1f}s"
+        if op.end - op.start > DEADLINE:  # even an error is stuck if it came this late
+            op.outcome, op.detail = "late", f"{op.outcome} after {op.end - op.start:.1f}s"
 
     def _do(self, s3: Any, op: Op) -> None:
         if op.kind == "put":
