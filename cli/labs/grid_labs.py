@@ -98,6 +98,28 @@ def _since(line: LogLine | None, moment: float, fallback: float | None = None) -
     return round(line.t - moment, 2)
 
 
+def _guarded(lab: LabContext, phase: str, node: int, peer_host: str, cut: float,
+             down: LogLine | None) -> float:  # fmt: skip
+    """Seconds from ``cut`` to the last time ``node``'s local-pause guard restarted its window
+    for ``peer_host`` before giving up (0: it never did). A loop that fires late (a loaded
+    machine) does not accuse its peer for that time, so detection can take this much longer
+    than the window."""
+    until = down.t if down is not None and down.t is not None else float("inf")
+    times = [line.t for line in lab.log_lines(rf"->{peer_host}: local loop stalled", phase,
+                                              node=node, since=cut)
+             if line.t is not None and line.t <= until]  # fmt: skip
+    return round(max(times) - cut, 2) if times else 0.0
+
+
+def _guard_text(s: dict[str, Any]) -> str:
+    if not s.get("window_restarted_after_s"):
+        return ""
+    return (f" Node 0's own loop fired late during the window (this machine was loaded), so its "
+            f"local-pause guard restarted the window {s['window_restarted_after_s']} s after the "
+            "cut instead of accusing the peer for its own stall; detection is that plus the "
+            "window.")  # fmt: skip
+
+
 def _about(lab: LabContext, phase: str, node: int, peer_host: str, since: float) -> list[LogLine]:
     """What ``node`` logged about ``peer_host`` from ``since`` on (the grid and peer table)."""
     return lab.log_lines(rf"{peer_host}\b", phase, node=node, since=since)
@@ -138,6 +160,7 @@ def frozen_peer(lab: LabContext) -> Result:
     summary = {
         "detection_s": detection,
         "window_s": FAST.dead_after,
+        "window_restarted_after_s": _guarded(lab, "frozen", 0, host, frozen_at, down),
         "cause": _cause(down),
         "cause_revised": cause,
         "gets_healthy": healthy,
@@ -166,7 +189,7 @@ Node 2 was stopped with SIGSTOP at {frozen_at:.1f} s while a client read 1 MiB o
 node 0 (4+4 erasure coding on 4 nodes x 2 drives). Node 0 gave up on it **{s['detection_s']} s**
 later (the `fast` profile drops a peer after {s['window_s']:g} s without any traffic; the time
 is node 0's own log line), with the cause `{s['cause']}`, revised when node 2 came back to
-`{s['cause_revised']}`.
+`{s['cause_revised']}`.{_guard_text(s)}
 
 GETs while node 2 was frozen: **{during['ok']} ok, {during['failed']} failed**, the slowest
 in {during['worst_s']} s, {s['worst_vs_healthy_median']} times the healthy median
@@ -237,6 +260,7 @@ def partition_lab(lab: LabContext, mode: str) -> Result:
         "how": "iptables in the nodes' namespaces" if lab.netns else "acted out by the grid",
         "detection_s": _since(down, cut, polled),
         "window_s": FAST.dead_after if mode == "silent" else None,
+        "window_restarted_after_s": _guarded(lab, phase, 0, host, cut, down),
         "cause": _cause(down),
         "inflight_at_cut": inflight,
         "failed_at_once": _failed_count(lost[0].text) if lost else None,
@@ -289,7 +313,8 @@ At {cut:.1f} s nodes 0 and 1 were cut off from each other ({how}). Node 1's driv
 slowed ({SLOW_MS} ms per operation) and three clients read through node 0, so that it had calls
 in flight to node 1:
 **{s['inflight_at_cut']}** calls and streams at the cut. Node 0 noticed in
-**{s['detection_s']} s** (cause `{s['cause']}`); the calls in flight then failed together
+**{s['detection_s']} s** (cause `{s['cause']}`).{_guard_text(s)} The calls in flight then
+failed together
 ({s['failed_at_once']} of them, {s['failed_after_s']} s after the cut), not after a TCP
 timeout. {spans['count']} GETs were running at the cut; {spans['ok']} still succeeded from
 the other drives, the slowest in {spans['worst_s']} s. During the partition
@@ -413,7 +438,9 @@ overwritten at -1 h (an older timestamp) reads back as the later write:
 
 
 def reconnect_deadlock(lab: LabContext) -> Result:
-    puts, size = (16, 4 * MIB) if lab.quick else (24, 8 * MIB)
+    # Objects large enough that a PUT is still streaming to node 2 when it freezes, with every
+    # stream's credit (4 x 256 KiB) outstanding: more than the sockets and the queue hold.
+    puts, size = (16, 16 * MIB) if lab.quick else (24, 16 * MIB)
     options = {**GRID_OPTIONS, "grid_queue_mib": QUEUE_MIB}
     with lab.running("deadlock", options) as cl:
         bucket = cl.new_bucket("deadlock")
@@ -472,6 +499,8 @@ def reconnect_deadlock(lab: LabContext) -> Result:
         "queue_full": bool(at_drop.get("queue_waiters")),
         "full_after_s": None if full_at is None else round(full_at - frozen, 2),
         "cause": _cause(down),
+        "detection_s": _since(down, frozen),
+        "window_restarted_after_s": _guarded(lab, "deadlock", 0, host, frozen, down),
         "failed_at_drop": _failed_count(lost[0].text) if lost else None,
         "reconnect_after_thaw_s": back,
         "within_2s": back is not None and back <= 2.0,
@@ -505,7 +534,8 @@ behind has this shape.
 the grid's out-queue capped at {s['queue_cap_bytes'] >> 20} MiB (`-o grid_queue_mib=
 {s['queue_cap_bytes'] >> 20}`; 32 MiB by default) so that a few PUTs can fill it. Node 2 was
 frozen with SIGSTOP while they did: node 0's queue to node 2 was full
-{s['full_after_s']} s later. When liveness dropped the session ({s['cause']}),
+{s['full_after_s']} s later. When liveness dropped the session, {s['detection_s']} s after
+the freeze ({s['cause']}),{_guard_text(s)}
 **{s['queued_bytes_at_drop']} bytes** were queued and **{s['senders_waiting_at_drop']}
 senders** were waiting for room (full: {s['queue_full']}). Ending the session failed
 {s['failed_at_drop']} calls and streams at once and emptied the queue.
@@ -586,6 +616,7 @@ def dead_peer_table(lab: LabContext) -> Result:
         "calls_queued_at_cut": queued,
         "detection_s": _since(down, cut, polled),
         "window_s": FAST.dead_after,
+        "window_restarted_after_s": _guarded(lab, "deadpeer", 0, host, cut, down),
         "failed_at_once": _failed_count(lost[0].text) if lost else None,
         "failed_after_s": _since(lost[0] if lost else None, cut),
         "log_lines_at_detection": len(in_window),
@@ -617,8 +648,8 @@ Node 3's drives were slowed to answer after 60 s, and {s['clients']} clients sen
 requests through node 0 in a loop. Each HEAD reads the metadata of every drive, gets its
 quorum from the other drives and gives up on node 3's, so node 0 had a steady pile of calls
 waiting on node 3: **{s['calls_queued_at_cut']} calls** when node 3 went silent (a silent
-partition). Node 0 dropped it **{s['detection_s']} s** later (window {s['window_s']:g} s), and
-at that moment **{s['failed_at_once']}** calls and streams failed together,
+partition). Node 0 dropped it **{s['detection_s']} s** later (window {s['window_s']:g}
+s).{_guard_text(s)} At that moment **{s['failed_at_once']}** calls and streams failed together,
 {s['failed_after_s']} s after the cut. Node 0 logged **{s['log_lines_at_detection']}** lines
 about node 3 around it (the grid's state change, one "session lost" line counting the failed
 calls, the peer table's "offline" line), not one per call.

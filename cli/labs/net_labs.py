@@ -45,12 +45,28 @@ def _connected(cl: LabCluster) -> bool:
         return False
 
 
+def _fresh(cl: LabCluster, age: float) -> bool:
+    """Whether both ends of the link between nodes 0 and 1 run a session younger than
+    ``age`` seconds (one made after the NAT was put in the path)."""
+    try:
+        links = (cl.link(0, 1), cl.link(1, 0))
+    except AdminError:
+        return False
+    return all(link["state"] == "connected" and link.get("connected_s") is not None
+               and float(link["connected_s"]) < age for link in links)  # fmt: skip
+
+
 def _observe(lab: LabContext, cl: LabCluster, name: str, timeout: int, window: float,
-             until_lost: int) -> dict[str, Any]:  # fmt: skip
-    """Put (or retune) the NAT, wait for the session through it, then count losses."""
+             until_lost: int, *, new: bool) -> dict[str, Any]:  # fmt: skip
+    """Put the NAT in the path (``new``) or retune it, wait for the session through it, then
+    count the sessions it costs."""
     lab.mark(f"NAT idle {timeout}s ({name})")
+    called = lab.now()
     cl.faults.nat(0, 1, timeout)
-    lab.wait_for(lambda: _connected(cl), 30, "the session through the NAT")
+    if new:  # the old session was dropped to move it onto the NAT: wait for both ends' new one
+        lab.wait_for(lambda: _fresh(cl, lab.now() - called), 30, "a session through the NAT")
+    else:
+        lab.wait_for(lambda: _connected(cl), 30, "the session through the NAT")
     baseline = _pair_losses(cl)
     start = lab.now()
     if until_lost:
@@ -70,15 +86,16 @@ def nat_idle(lab: LabContext) -> Result:
     with lab.running("nat", NAT_OPTIONS) as cl:
         lab.wait_for(lambda: _connected(cl), 30, "the link between nodes 0 and 1")
         summary["pings_below_timeout"] = _observe(lab, cl, "pings below", ALIVE_TIMEOUT,
-                                                  window, 0)  # fmt: skip
+                                                  window, 0, new=True)  # fmt: skip
         summary["pings_above_timeout"] = _observe(lab, cl, "pings above", BROKEN_TIMEOUT,
-                                                  window, 1 if lab.quick else 2)  # fmt: skip
+                                                  window, 1 if lab.quick else 2,
+                                                  new=False)  # fmt: skip
     if lab.netns:
         keepalive = {**NAT_OPTIONS, "tcp_keepidle": 1, "tcp_keepintvl": 1}
         with lab.running("nat-keepalive", keepalive) as cl:
             lab.wait_for(lambda: _connected(cl), 30, "the link between nodes 0 and 1")
             summary["keepalive_below_timeout"] = {
-                **_observe(lab, cl, "keepalive 1 s", BROKEN_TIMEOUT, window, 0),
+                **_observe(lab, cl, "keepalive 1 s", BROKEN_TIMEOUT, window, 0, new=True),
                 "tcp_keepidle_s": 1}  # fmt: skip
     else:
         summary["keepalive_below_timeout"] = None  # a userspace proxy never sees keepalives

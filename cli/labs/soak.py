@@ -251,7 +251,8 @@ def chaos_soak(lab: LabContext) -> tuple[dict[str, Any], list[tuple[str, str]]]:
                    k: verdict[k] for k in ("wrong_ops", "lost_keys", "stuck_ops")}}  # fmt: skip
     sections = [
         ("What happened", f"""
-Seed {seed}, {duration:g} s: 4 workers ran {len(history)} operations ({kinds}) through random
+Seed {seed}, {duration:g} s: 4 workers ran {len(history)} operations
+({', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items()))}) through random
 nodes while {len(events)} faults were injected one after another
 ({', '.join(summary['fault_kinds'])}).
 Operations that failed did so with a clear error within their deadline
@@ -268,8 +269,9 @@ Checker: **lost {verdict['lost']}, wrong {verdict['wrong']}, stuck {verdict['stu
             + (f" drive {e['drive']} key {e['key']}" if "drive" in e else "")
             + (f" {e['seconds']:+d}s" if "seconds" in e else "") + f"  hold {e['hold']}s"
             for e in events) + "\n```"),
-        ("Key log lines", quoted(lab.log_lines(r"(fault:|session lost|healed|offline \()",
-                                               "soak"), 10)),
+        ("Key log lines", quoted(lab.log_lines(
+            r"fault:|session lost|offline \(|scanner healed|mrf: healed [1-9]|healed: [1-9]",
+            "soak"), 12)),
         ("What the code does about it", """
 Writes need a write quorum (5 of 8 drives) and are rolled back below it, so a put is either
 acknowledged durable or reported failed. Reads need any 4 good shards and check every bitrot
