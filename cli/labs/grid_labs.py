@@ -9,7 +9,6 @@ they can (a state change is logged when it happens, to the millisecond), and fro
 
 from __future__ import annotations
 
-import concurrent.futures
 import re
 import signal
 import threading
@@ -438,23 +437,33 @@ overwritten at -1 h (an older timestamp) reads back as the later write:
 
 
 def reconnect_deadlock(lab: LabContext) -> Result:
-    # Objects large enough that a PUT is still streaming to node 2 when it freezes, with every
-    # stream's credit (4 x 256 KiB) outstanding: more than the sockets and the queue hold.
-    puts, size = (16, 16 * MIB) if lab.quick else (24, 16 * MIB)
+    # Clients read large objects through node 2, so node 0 serves shard streams to node 2 from
+    # its drives as fast as the disks go. A sender may have a stream's whole credit outstanding
+    # (4 x 256 KiB); frozen, node 2 takes nothing more and grants nothing, and cancels nothing
+    # either. With this many streams that is more than the sockets' buffers and a 1 MiB queue
+    # hold, so the queue is full when the session drops. (Writes are no good for this: a PUT
+    # gives up on a straggling drive once a write quorum has answered, cancelling its streams.)
+    readers, objects, size = (16, 4, 16 * MIB) if lab.quick else (24, 8, 16 * MIB)
     options = {**GRID_OPTIONS, "grid_queue_mib": QUEUE_MIB}
     with lab.running("deadlock", options) as cl:
         bucket = cl.new_bucket("deadlock")
-        s3 = s3_client(cl.cluster, 0, timeout=60, pool=puts)
-        s3.create_bucket(Bucket=bucket)
-        body = bytes(size)
+        keys = sorted(fill(cl.cluster, bucket, objects, size))
+        via2 = s3_client(cl.cluster, 2, timeout=15, pool=readers)
+        stop = threading.Event()
+        gets: list[Get] = []
         seen: list[tuple[float, dict[str, Any]]] = []
 
-        def put(n: int) -> bool:
-            try:
-                s3.put_object(Bucket=bucket, Key=f"big/{n}", Body=body)
-            except Exception:  # counted: a PUT may fail while node 2 is frozen
-                return False
-            return True
+        def read(index: int) -> None:
+            n = index
+            while not stop.is_set():
+                began = lab.now()
+                try:
+                    via2.get_object(Bucket=bucket, Key=keys[n % len(keys)])["Body"].read()
+                    ok = True
+                except Exception:  # counted: node 2 was frozen under it
+                    ok = False
+                gets.append(Get(began, lab.now() - began, ok))
+                n += 1
 
         def look() -> dict[str, Any]:
             try:
@@ -464,10 +473,14 @@ def reconnect_deadlock(lab: LabContext) -> Result:
             seen.append((lab.now(), link))
             return link
 
-        with concurrent.futures.ThreadPoolExecutor(puts) as pool:
-            futures = [pool.submit(put, n) for n in range(puts)]
-            lab.wait_for(lambda: _streams(cl, 0, 2) >= puts // 2, 30,
-                         "PUTs streaming shards to node 2")  # fmt: skip
+        threads = [threading.Thread(target=read, args=(i,), daemon=True)
+                   for i in range(readers)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        try:
+            lab.wait_for(lambda: _streams(cl, 0, 2) >= readers // 2, 60,
+                         "shard streams from node 0 to node 2")  # fmt: skip
+            streams = _streams(cl, 0, 2)
             frozen = lab.mark("SIGSTOP node 2")
             cl.faults.signal(2, signal.SIGSTOP)
             lab.wait_for(lambda: look().get("queue_waiters") or _down(cl, 0, 2), 30,
@@ -476,14 +489,19 @@ def reconnect_deadlock(lab: LabContext) -> Result:
             lab.wait_for(lambda: look().get("state") not in (None, "connected"), 30,
                          "node 0 to drop node 2")  # fmt: skip
             dropped = lab.mark("node 0 drops node 2")
+            stop.set()  # no new GETs: those waiting on node 2 end after the thaw
             lab.hold(0.5)
             thawed = lab.mark("SIGCONT")
             cl.faults.signal(2, signal.SIGCONT)
             lab.wait_for(lambda: _up(cl, 0, 2), 30, "the new session")
             back_polled = lab.now() - thawed
-            results = [f.result() for f in futures]
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(20)
+        s3 = s3_client(cl.cluster, 0)
         s3.put_object(Bucket=bucket, Key="after", Body=b"ok")
-        after_ok = s3.get_object(Bucket=bucket, Key="after")["Body"].read() == b"ok"
+        after_ok = via2.get_object(Bucket=bucket, Key="after")["Body"].read() == b"ok"
     host = cl.host(2)
     down = _first(lab.log_lines(rf"->{host}: connected -> error", "deadlock", node=0), frozen)
     up = _first(lab.log_lines(rf"->{host}: \S+ -> connected", "deadlock", node=0), thawed)
@@ -504,12 +522,12 @@ def reconnect_deadlock(lab: LabContext) -> Result:
         "failed_at_drop": _failed_count(lost[0].text) if lost else None,
         "reconnect_after_thaw_s": back,
         "within_2s": back is not None and back <= 2.0,
-        "puts_ok": sum(results),
-        "puts_failed": len(results) - sum(results),
+        "streams_at_freeze": streams,
+        "gets_via_node2": gets_summary(gets),
         "put_and_get_after": after_ok,
     }
     lines = lab.log_lines(rf"{host}\b", "deadlock", node=0, since=frozen)
-    return summary, _deadlock_text(summary, puts, size, lines)
+    return summary, _deadlock_text(summary, readers, size, lines)
 
 
 def _streams(cl: LabCluster, node: int, peer: int) -> int:
@@ -519,7 +537,7 @@ def _streams(cl: LabCluster, node: int, peer: int) -> int:
         return 0
 
 
-def _deadlock_text(s: dict[str, Any], puts: int, size: int,
+def _deadlock_text(s: dict[str, Any], readers: int, size: int,
                    lines: list[LogLine]) -> list[tuple[str, str]]:  # fmt: skip
     return [
         ("The failure", """
@@ -530,20 +548,23 @@ return was never noticed. Any design where a reconnect waits on what the old con
 behind has this shape.
 """),
         ("What happened", f"""
-{puts} PUTs of {size // MIB} MiB each streamed shards through node 0 to every drive, with
-the grid's out-queue capped at {s['queue_cap_bytes'] >> 20} MiB (`-o grid_queue_mib=
-{s['queue_cap_bytes'] >> 20}`; 32 MiB by default) so that a few PUTs can fill it. Node 2 was
-frozen with SIGSTOP while they did: node 0's queue to node 2 was full
-{s['full_after_s']} s later. When liveness dropped the session, {s['detection_s']} s after
-the freeze ({s['cause']}),{_guard_text(s)}
-**{s['queued_bytes_at_drop']} bytes** were queued and **{s['senders_waiting_at_drop']}
-senders** were waiting for room (full: {s['queue_full']}). Ending the session failed
-{s['failed_at_drop']} calls and streams at once and emptied the queue.
+{readers} clients read {size // MIB} MiB objects through node 2 in a loop, so node 0 served
+shard streams to node 2 from its drives, with the grid's out-queue capped at
+{s['queue_cap_bytes'] >> 20} MiB (`-o grid_queue_mib={s['queue_cap_bytes'] >> 20}`; 32 MiB by
+default). With {s['streams_at_freeze']} streams running, node 2 was frozen with SIGSTOP. Each
+stream could still send what its credit allowed (4 x 256 KiB), more in all than the sockets'
+buffers and the queue hold: node 0's queue to node 2 was full {s['full_after_s']} s after the
+freeze. When liveness dropped the session, {s['detection_s']} s after the freeze
+({s['cause']}),{_guard_text(s)} **{s['queued_bytes_at_drop']} bytes** were queued and
+**{s['senders_waiting_at_drop']} senders** were waiting for room (full: {s['queue_full']}).
+Ending the session failed {s['failed_at_drop']} calls and streams at once and emptied the
+queue.
 
 After SIGCONT the new session was up in **{s['reconnect_after_thaw_s']} s** (within 2 s:
-{s['within_2s']}; node {s['dialer']} dials this pair). PUTs: {s['puts_ok']} acknowledged
-(write quorum without node 2's drives), {s['puts_failed']} failed. A PUT and a GET afterwards
-worked: {s['put_and_get_after']}.
+{s['within_2s']}; node {s['dialer']} dials this pair). GETs through node 2:
+{s['gets_via_node2']['ok']} ok, {s['gets_via_node2']['failed']} failed (the ones running at
+the freeze waited for node 2 to come back; the slowest took {s['gets_via_node2']['worst_s']} s).
+A PUT and a GET afterwards worked: {s['put_and_get_after']}.
 """),
         ("Key log lines (node 0)", quoted(lines, 6)),
         ("What the code does about it", """

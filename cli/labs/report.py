@@ -97,7 +97,7 @@ def plot(lab: LabContext, title: str, panels: list[Panel],
     for row, (axis, (metric, label, how)) in enumerate(zip(axes[:, 0], panels, strict=True)):
         groups = _groups(lab.series(metric), how)
         if len(groups) > 10:  # 12 links: the default cycle of 10 colours would repeat
-            axis.set_prop_cycle(color=plt.get_cmap("tab20").colors)
+            axis.set_prop_cycle(color=[plt.get_cmap("tab20")(i) for i in range(20)])
         for key, points in sorted(groups.items()):
             xs, ys = _broken([p.t for p in points], [p.value for p in points])
             if how == "points":

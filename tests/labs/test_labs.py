@@ -140,6 +140,7 @@ def test_dead_peer_table(grid: LabCluster, tmp_path: Path) -> None:
 # --- labs with a cluster of their own --------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_reconnect_deadlock(tmp_path: Path) -> None:
     s = run_lab("reconnect-deadlock", quick=True, out=tmp_path)
@@ -147,10 +148,11 @@ def test_reconnect_deadlock(tmp_path: Path) -> None:
     assert s["failed_at_drop"] >= 1
     # A deadlock would be "never": the bound is loose because this machine is shared.
     assert s["reconnect_after_thaw_s"] is not None and s["reconnect_after_thaw_s"] < 10
-    assert s["puts_ok"] >= 1 and s["put_and_get_after"]
+    assert s["put_and_get_after"]
     wrote_everything(tmp_path, "senders", "session lost")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_nat_idle_on_loopback(tmp_path: Path) -> None:
     s = run_lab("nat-idle", quick=True, out=tmp_path)
