@@ -99,10 +99,10 @@ def nat_idle(lab: LabContext) -> Result:
                 "tcp_keepidle_s": 1}  # fmt: skip
     else:
         summary["keepalive_below_timeout"] = None  # a userspace proxy never sees keepalives
-    # The NAT's own lines and the sessions it cost (not the move onto the proxy).
-    lines = lab.log_lines(
-        r"NAT forgot|session lost|fault: link|connected -> error \((?!reset: moved)"
-    )
+    # The NAT's own lines and the sessions it cost; not the move onto the NAT, which the
+    # dialer logs as "moved" and the other end sees as a normal close (code 1000).
+    lines = lab.log_lines(r"NAT forgot|session lost|fault: link|connected -> error "
+                          r"\((?!reset: moved|reset: closed by peer \(code 1000\))")
     return summary, _nat_text(summary, lab.netns, lines)
 
 
