@@ -219,6 +219,9 @@ class Topology:
             run("ip", "link", "set", f"{leg}i", "netns", router)
             run("ip", "addr", "add", f"{router_bridge}/24", "dev", f"{leg}i", netns=router)
             run("ip", "link", "set", f"{leg}i", "up", netns=router)
+            # Node a is on the router's bridge subnet too: without this the router would send
+            # what comes for a back out onto the bridge, past its link, when b dials a.
+            run("ip", "route", "add", f"{self.address(a)}/32", "via", node_in, netns=router)
             self._router_rules(router, f"{leg}i", a, idle_timeout)
             # Both directions between a and b go through the router (a NAT sees whole flows).
             # ``src``: else node a would send from its /30 address, which the MASQUERADE rule
