@@ -193,7 +193,9 @@ def test_chaos_soak_two_minutes_fixed_seed(tmp_path: Path) -> None:
     summary = json.loads(result.output.splitlines()[-1])
     assert (summary["lost"], summary["wrong"], summary["stuck"]) == (0, 0, 0), summary["details"]
     assert result.exit_code == 0
-    assert summary["ops"] > 100 and summary["faults"] == len(schedule(1, 120))
+    assert summary["ops"] > 100
+    assert summary["faults"] + summary["faults_skipped"] == len(schedule(1, 120))
+    assert summary["faults"] >= 5
     assert summary["full_redundancy_after_s"] is not None
     wrote_everything(tmp_path, "lost 0, wrong 0, stuck 0", "--seed 1")
 
