@@ -290,6 +290,13 @@ def _failed_count(line: str) -> int | None:
     return int(found.group(1)) + int(found.group(2)) if found else None
 
 
+def _cancelled_count(line: str) -> int | None:
+    """K from a ``session lost (...): ...; cancelled K handlers (...)`` line: the handlers this
+    node was running for the peer (here, the shard streams it served)."""
+    found = re.search(r"cancelled (\d+) handlers", line)
+    return int(found.group(1)) if found else None
+
+
 def _partition_text(s: dict[str, Any], cut: float, lines: list[LogLine],
                     netns: bool) -> list[tuple[str, str]]:  # fmt: skip
     silent = s["mode"] == "silent"
@@ -529,6 +536,7 @@ def reconnect_deadlock(lab: LabContext) -> Result:
         "detection_s": _since(down, frozen),
         "window_restarted_after_s": _guarded(lab, "deadlock", 0, host, frozen, down),
         "failed_at_drop": _failed_count(lost[0].text) if lost else None,
+        "handlers_cancelled_at_drop": _cancelled_count(lost[0].text) if lost else None,
         "reconnect_after_thaw_s": back,
         "within_2s": back is not None and back <= 2.0,
         "streams_at_freeze": streams,
@@ -570,8 +578,9 @@ buffers and the queue hold: node 0's queue to node 2 was full {s['full_after_s']
 freeze. When liveness dropped the session, {s['detection_s']} s after the freeze
 ({s['cause']}),{_guard_text(s)} **{s['queued_bytes_at_drop']} bytes** were queued and
 **{s['senders_waiting_at_drop']} senders** were waiting for room (full: {s['queue_full']}).
-Ending the session failed {s['failed_at_drop']} calls and streams at once and emptied the
-queue.
+Ending the session failed {s['failed_at_drop']} calls and streams of node 0's own, cancelled
+the {s['handlers_cancelled_at_drop']} shard-stream handlers it was serving to node 2 (the line
+names each handler and drive), and emptied the queue, all at once.
 
 After SIGCONT the new session was up in **{s['reconnect_after_thaw_s']} s** (within 2 s:
 {s['within_2s']}; node {s['dialer']} dials this pair). GETs through node 2:

@@ -146,7 +146,7 @@ def test_dead_peer_table(grid: LabCluster, tmp_path: Path) -> None:
 def test_reconnect_deadlock(tmp_path: Path) -> None:
     s = run_lab("reconnect-deadlock", quick=True, out=tmp_path)
     assert s["queue_full"] and s["senders_waiting_at_drop"] >= 1
-    assert s["failed_at_drop"] >= 1
+    assert s["failed_at_drop"] + s["handlers_cancelled_at_drop"] >= 1
     # A deadlock would be "never": the bound is loose because this machine is shared.
     assert s["reconnect_after_thaw_s"] is not None and s["reconnect_after_thaw_s"] < 10
     assert s["put_and_get_after"]
