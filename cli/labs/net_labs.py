@@ -101,8 +101,9 @@ def nat_idle(lab: LabContext) -> Result:
         summary["keepalive_below_timeout"] = None  # a userspace proxy never sees keepalives
     # The NAT's own lines and the sessions it cost; not the move onto the NAT, which the
     # dialer logs as "moved" and the other end sees as a normal close (code 1000).
-    lines = lab.log_lines(r"NAT forgot|session lost|fault: link|connected -> error "
-                          r"\((?!reset: moved|reset: closed by peer \(code 1000\))")
+    lines = lab.log_lines(r"NAT forgot|session lost|fault: link|connected -> error \((?!reset: "
+                          r"moved|reset: closed by peer \(code 1000\)|reset: dropped on request)")
+    lines.sort(key=lambda line: (line.t is None, line.t or 0.0))
     return summary, _nat_text(summary, lab.netns, lines)
 
 
