@@ -25,7 +25,7 @@ ALIVE_TIMEOUT, BROKEN_TIMEOUT = 5, 2  # seconds: above and below the ping interv
 NAT_PANELS = [
     ("last_seen_age_s", "last seen (s)", "links"),
     ("connected", "link up", "links"),
-    ("reconnects", "sessions lost", "links"),
+    ("reconnects", "reconnects (the first: the move onto the NAT)", "links"),
 ]
 Result = tuple[dict[str, Any], list[tuple[str, str]]]
 
