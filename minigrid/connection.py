@@ -114,6 +114,7 @@ class Connection:
             inflight_streams=s.inflight_streams if s else 0,
             last_cause=self.last_cause,
             held_bytes=s.budget.held if s else 0,
+            queue_waiters=self._driver.queue_waiters if self._driver is not None else 0,
         )
 
     def _log_fields(self, cause: Cause | None, state: State) -> dict[str, object]:
@@ -232,6 +233,7 @@ class Connection:
             session,
             ws,
             listeners=self.manager.call_listeners,
+            links=self.manager.links,
             on_stall=self._peer_stalled,
             on_end=self._session_ended,
         )

@@ -40,6 +40,7 @@ from .events import (
 )
 from .handlers import handler_name
 from .handling import HandlerTasks
+from .links import Links
 from .liveness import Cause, CauseKind
 from .records import Mux, Outgoing
 from .session import GridSession
@@ -66,6 +67,7 @@ class SessionDriver:
         ws: WebSocket,
         *,
         listeners: CallListeners,
+        links: Links | None = None,
         on_stall: Callable[[float], None],
         on_end: Callable[[Cause], None],
     ) -> None:
@@ -73,6 +75,8 @@ class SessionDriver:
         self.ws: WebSocket | None = ws
         #: Told of every call and stream that ends (:mod:`minigrid.trace`).
         self.listeners = listeners
+        #: Simulated partitions (fault injection): a silent one holds our reads and writes.
+        self._links = links if links is not None else Links()
         self._on_stall = on_stall
         self._on_end = on_end
         self._loop = asyncio.get_running_loop()
@@ -88,6 +92,11 @@ class SessionDriver:
         self._writer_wake: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+
+    @property
+    def queue_waiters(self) -> int:
+        """Senders waiting for room in the session's full out-queue."""
+        return len(self._room)
 
     @property
     def running(self) -> bool:
@@ -257,10 +266,12 @@ class SessionDriver:
         self.flush()
 
     async def _read(self, ws: WebSocket) -> Cause:
-        session, loop = self.session, self._loop
+        session, loop, links, remote = self.session, self._loop, self._links, self.session.remote
         yielded = loop.time()
         while True:
             msg = await ws.receive()
+            if links.get(remote) is not None:
+                await links.wait_clear(remote)  # silent partition: nothing "arrives"
             if msg.type is aiohttp.WSMsgType.BINARY:
                 now = loop.time()
                 events = session.receive_frame(msg.data, now)
@@ -283,8 +294,10 @@ class SessionDriver:
                 return cause
 
     async def _write(self, ws: WebSocket) -> None:
-        session, room = self.session, self._room
+        session, room, links, remote = self.session, self._room, self._links, self.session.remote
         while True:
+            if links.get(remote) is not None:
+                await links.wait_clear(remote)  # silent partition: what is queued stays queued
             taken = session.next_frame()
             if taken is None:
                 self._writer_wake = self._loop.create_future()
