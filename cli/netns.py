@@ -36,7 +36,7 @@ NODE_OFFSET = 10
 ROUTER_OFFSET = 200
 
 
-class NetnsError(Exception):
+class NetnsError(RuntimeError):
     """A namespace operation failed; the message names the command and its error."""
 
 

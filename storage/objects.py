@@ -356,11 +356,15 @@ class ObjectLayer:
     ) -> ObjectInfo:
         """Make the object from the ``(part number, ETag)`` list; the upload is then gone."""
         eset = self.set_for(validate_bucket(bucket), validate_object(key))
-        meta = await multipart.complete_upload(
-            eset, self.locks, bucket, key, upload_id, parts,
-            report=self._reporter(eset, bucket, key), on_rollback=self._rolled_back,
-            finish=finish, precondition=precondition, min_part_size=self.min_part_size,
-        )  # fmt: skip
+        # One completion of an upload at a time in this process: a client that retried while
+        # the first was still assembling gets UploadNotFound once it is done, instead of two
+        # assemblies taking the same part files from each other.
+        async with self.locks.write(("upload", upload_id)):
+            meta = await multipart.complete_upload(
+                eset, self.locks, bucket, key, upload_id, parts,
+                report=self._reporter(eset, bucket, key), on_rollback=self._rolled_back,
+                finish=finish, precondition=precondition, min_part_size=self.min_part_size,
+            )  # fmt: skip
         return ObjectInfo.from_meta(bucket, key, meta)
 
     async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:

@@ -7,35 +7,20 @@ namespaces these tests create and delete themselves.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from cli.netns import run, unavailable
+
+__all__ = ["run", "skip_reason"]
+
 
 def skip_reason() -> str:
-    """Why chaos tests cannot run here, or "" if they can."""
-    if os.geteuid() != 0:
-        return "chaos tests need root (network namespaces, veth and iptables)"
-    for tool in ("ip", "iptables"):
-        if shutil.which(tool) is None:
-            return f"chaos tests need the {tool!r} command (apt-get install iproute2 iptables)"
-    probe = f"mgprobe{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if made.returncode != 0:
-        return f"cannot create a network namespace: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return ""
-
-
-def run(*args: str, netns: str = "") -> str:
-    """Run a command (inside ``netns`` if given); raise with its stderr on failure."""
-    command = [*(["ip", "netns", "exec", netns] if netns else []), *args]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()}")
-    return done.stdout
+    """Why chaos tests cannot run here, or "" if they can (the CLI's own check)."""
+    reason = unavailable()
+    return f"chaos tests: {reason}" if reason else ""
 
 
 @dataclass

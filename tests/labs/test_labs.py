@@ -205,6 +205,7 @@ def test_chaos_soak_two_minutes_fixed_seed(tmp_path: Path) -> None:
 # --- real namespaces (root) ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.chaos
 @pytest.mark.skipif(bool(NETNS), reason=NETNS or "runs")
 @pytest.mark.timeout(120)
