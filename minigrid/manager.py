@@ -501,9 +501,9 @@ class Manager:
     ) -> None:
         """Upgrade, challenge, check the answer; on any failure, refuse and close."""
         purpose = handshake.purpose
+        await self._upgrade(request, ws, purpose, address)
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
-                await ws.prepare(request)
                 await ws.send_bytes(handshake.challenge())
                 handshake.receive_connect(await _receive_frame(ws))
                 return
@@ -520,6 +520,22 @@ class Manager:
                       self.local, purpose.value, address, _describe(exc))  # fmt: skip
         with contextlib.suppress(Exception):
             await ws.close()
+
+    async def _upgrade(
+        self, request: web.Request, ws: web.WebSocketResponse, purpose: Purpose, address: str
+    ) -> None:
+        """Send the 101. A websocket whose upgrade failed halfway must not be returned to
+        aiohttp, which can neither finish nor close it ("Call .prepare() first", a traceback
+        per dial): this happens to every dial that waited while this process was frozen, its
+        dialer long gone. So the failure becomes a plain HTTP answer, which aiohttp drops
+        quietly on a closed connection. Not under the handshake timeout, for the same reason:
+        writing the headers does not wait on the peer."""
+        try:
+            await ws.prepare(request)
+        except (ConnectionError, aiohttp.ClientError, OSError) as exc:
+            log.debug("grid %s: %s upgrade for %s failed: %s",
+                      self.local, purpose.value, address, _describe(exc))  # fmt: skip
+            raise web.HTTPServiceUnavailable(text="the upgrade failed") from exc
 
     def _check_capacity(self, address: str) -> HandshakeError | None:
         if self._closed:

@@ -402,7 +402,8 @@ class Node:
         stats = manager.stats()
         links = [
             {"peer": host, "state": s.state, "rtt_s": s.rtt_last, "last_seen_s": s.last_seen_age,
-             "cause": s.last_cause, "reconnects": s.reconnects, "connected_s": s.connected_for,
+             "cause": s.last_cause, "reconnects": s.reconnects, "dials": s.dial_attempts,
+             "connected_s": s.connected_for,
              "peer_loop_lag_s": s.peer_loop_lag, "queue": s.queue_messages,
              "queue_bytes": s.queue_bytes, "queue_waiters": s.queue_waiters,
              "calls_out": s.inflight_calls,

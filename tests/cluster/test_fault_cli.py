@@ -85,9 +85,24 @@ def test_freeze_is_detected_and_thaw_brings_the_node_back(cluster: LocalCluster)
     assert "node 2: frozen" in ok(cluster, "list")
     wait_for(lambda: state(cluster, 0, 2) not in ("connected", "unknown"), 30,
              "node 0 to give up on the frozen node 2")  # fmt: skip
+
+    def dials_to_2() -> int:
+        return sum(int(link(cluster, n, 2).get("dials", 0)) for n in (0, 1, 3))
+
+    # Let a redial hang on the frozen node until its dialer gives up (the kernel still
+    # accepts; nobody answers): on thaw, node 2 finds that upgrade's connection gone.
+    given_up = dials_to_2()
+    wait_for(lambda: dials_to_2() >= given_up + 2, 60, "a dial to node 2 to time out")
     assert "SIGCONT" in ok(cluster, "thaw", "2")
     wait_for(lambda: state(cluster, 0, 2) == "connected", 30, "node 2 to be back")
     assert "remote-stalled" in link(cluster, 0, 2)["cause"]  # it says it was frozen, not the net
+    wait_for(lambda: all(state(cluster, 2, n) == "connected" for n in (0, 1, 3)), 30,
+             "node 2 to be connected to every peer")  # fmt: skip
+    # Dials that waited while it was frozen, their dialers long gone, end quietly: before,
+    # each left an unfinished upgrade and aiohttp logged "Call .prepare() first" with a
+    # traceback.
+    log_text = (cluster.root / "logs" / "node2.log").read_text()
+    assert "Traceback" not in log_text, log_text[-3000:]
 
 
 def test_kill_and_restart_make_a_new_instance(cluster: LocalCluster) -> None:
