@@ -40,9 +40,11 @@ from node.config import NodeConfig, planned_formats
 from node.grid import GridService
 from node.healing import HealingService
 from node.http_limits import AcceptErrorLog, ServerLimits
+from node.journal import Journal, JournalHandler
 from node.logs import formatter as log_formatter
 from node.metrics import MetricsView, NodeMetrics
 from node.observe import ObserveService, heal_summary
+from node.procident import ProcessIdentity
 from node.s3.gateway import S3Gateway
 from node.services import ADMIN_PREFIX, Service
 from storage.drive import Drive
@@ -113,6 +115,8 @@ class Node:
         self.layout = config.layout
         self.formats: list[FormatInfo] = planned_formats(self.layout)
         self.metrics = NodeMetrics()
+        self.journal = Journal()
+        self.identity = ProcessIdentity.current()
         self.started_monotonic = time.monotonic()
         self.local_drives: dict[str, LocalDrive] = {}
         self.drives: list[Drive] = []
@@ -147,6 +151,7 @@ class Node:
         config = self.config
         server_tls, client_tls = tls_contexts(config)
         sock = listen_socket(config)
+        self._keep_journal()
         try:
             await self._open_local_drives()
             self.grid = GridService(config, self.local_drives, client_tls)
@@ -160,7 +165,8 @@ class Node:
             self.healing = self._healing(self.layer, self.grid.peers, self.gateway)
             await self._run(self.healing)
             await self._run(AdminService(self, self.gateway.handle))
-            self.observe = ObserveService(config.me.url, self.grid.manager, self.metrics, self)
+            self.observe = ObserveService(config.me.url, self.grid.manager, self.metrics, self,
+                                          self.journal)  # fmt: skip
             await self._run(self.observe)
             await self._run(self.gateway)
             self._follow_metrics(self.grid.manager, self.gateway, self.healing)
@@ -190,6 +196,13 @@ class Node:
         )  # fmt: skip
         self.metrics.follow(view)
         self._stack.callback(self.metrics.close)
+
+    def _keep_journal(self) -> None:
+        """Keep this node's recent log events for the console (:mod:`node.journal`)."""
+        handler = JournalHandler(self.journal)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        self._stack.callback(root.removeHandler, handler)
 
     async def _run(self, service: Service) -> None:
         """Start a service; it is closed (in reverse order) by :meth:`close`."""
@@ -363,13 +376,19 @@ class Node:
             "grid_instance": self.manager.instance_id if self.manager is not None else "",
         }
 
-    async def info(self) -> dict[str, Any]:
-        """This node, every drive of the cluster as it sees them, and each service's report."""
+    async def drive_states(self) -> list[dict[str, Any]]:
+        """Every drive of the cluster as this node sees it (see :func:`drive_report`), with
+        its position, owner node and erasure set."""
         owners = [owner for owner, _ in self.layout.drives]
         drives = await drive_reports(self.drives, self.formats, owners)
         set_of = {p: i for i, positions in enumerate(self.layout.sets()) for p in positions}
         for drive in drives:
             drive["set"] = set_of[drive["position"]]
+        return drives
+
+    async def info(self) -> dict[str, Any]:
+        """This node, every drive of the cluster as it sees them, and each service's report."""
+        drives = await self.drive_states()
         report: dict[str, Any] = {
             "node": self.summary(),
             "nodes": [spec.to_dict() for spec in self.config.nodes],
@@ -408,10 +427,12 @@ class Node:
             "host": config.host,
             "index": config.node,
             "pid": os.getpid(),
+            "process": self.identity.to_dict() if self.identity is not None else None,
             "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
             "loop_lag_s": manager.monitor.worst_lag(),
             "loop_stall_s": manager.monitor.longest_stall(),
             "s3_inflight": self.gateway.inflight if self.gateway is not None else 0,
+            "s3": self.metrics.s3_totals(),
             "grid_calls_out": sum(s.inflight_calls for s in stats.values()),
             "grid_calls_in": sum(s.inflight_handlers for s in stats.values()),
             "grid_streams": sum(s.inflight_streams for s in stats.values()),
