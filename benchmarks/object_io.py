@@ -25,6 +25,12 @@ SigV4 client (``UNSIGNED-PAYLOAD``, 1 MiB writes; reads in 1 MiB pieces that are
 VmRSS is sampled from ``/proc/PID/status``; the peak of each node is reported per size, and
 ``node_peak_rss_mb`` is the one during the 256 MiB put (the last size), for the fsync-on
 cluster. The targets are put >= 0.3 x bound and get >= 0.5 x bound, and RSS flat across sizes.
+
+``--multipart-mib`` (1024 by default, 0: skip) adds, in the same cluster run (fsync on), a
+file of that size put and got twice: with one PUT and one GET (the CLI's client), and through
+boto3's ``upload_file`` and ``download_file`` with the default ``TransferConfig`` (multipart
+upload of 8 MiB parts, ten threads; ranged GETs of 8 MiB in parallel), each checked to come
+back whole. They are reported under ``multipart``.
 """
 
 from __future__ import annotations
@@ -235,6 +241,33 @@ class _BlockReader(io.RawIOBase):
         return piece
 
 
+CHUNK = 1 << 20
+
+
+class _RawS3:
+    """A single streaming PUT (``UNSIGNED-PAYLOAD``, 1 MiB pieces) and a single GET, signed
+    by hand: the plain path, without boto3's own costs, to measure the node against."""
+
+    def __init__(self, client: Any) -> None:
+        from cli.signed import object_path
+
+        self._client = client
+        self._path = object_path
+
+    def make_bucket(self, bucket: str) -> None:
+        self._client.call("PUT", self._path(bucket))
+
+    def put_object(self, bucket: str, key: str, source: Any, size: int) -> None:
+        pieces = iter(lambda: source.read(CHUNK), b"")
+        self._client.request("PUT", self._path(bucket, key), body=pieces, length=size).close()
+
+    def get_object(self, bucket: str, key: str) -> Any:
+        return self._client.request("GET", self._path(bucket, key))
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        self._client.call("DELETE", self._path(bucket, key), expect=(204, 200))
+
+
 def _rss_mb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status") as handle:
@@ -270,11 +303,68 @@ class _RssSampler:
         self._thread.join()
 
 
-def run_cluster(sizes_mib: list[int], rounds: int, parity: int, small: int = 0) -> dict[str, Any]:
+def _file_of(path: Path, size: int) -> None:
+    with open(path, "wb") as handle:
+        left = size
+        while left:
+            piece = os.urandom(min(left, 64 * MIB))
+            handle.write(piece)
+            left -= len(piece)
+
+
+def _multipart_row(cluster: Any, client: Any, size_mib: int, folder: Path) -> dict[str, Any]:
+    """One object of ``size_mib`` through a single PUT/GET and through boto3's transfer
+    manager (default configuration), on the same cluster, one after the other."""
+    import boto3
+    from botocore.config import Config
+
+    size = size_mib * MIB
+    source, back = folder / "multipart-source.bin", folder / "multipart-back.bin"
+    _file_of(source, size)
+    row: dict[str, Any] = {"size_mib": size_mib}
+    started = time.perf_counter()
+    with open(source, "rb") as handle:
+        client.put_object("bench", "single", handle, size)
+    row["single_put_mbps"] = round(size_mib / (time.perf_counter() - started), 1)
+    started = time.perf_counter()
+    response = client.get_object("bench", "single")
+    received = 0
+    while piece := response.read1(MIB):
+        received += len(piece)
+    response.close()
+    row["single_get_mbps"] = round(size_mib / (time.perf_counter() - started), 1)
+    if received != size:
+        raise RuntimeError(f"single GET read {received} bytes of {size}")
+    client.delete_object("bench", "single")
+    config = cluster.config
+    s3 = boto3.session.Session(
+        aws_access_key_id=config["access_key"],
+        aws_secret_access_key=config["secret_key"],
+        region_name="us-east-1",
+    ).client("s3", endpoint_url=cluster.urls[0], config=Config(s3={"addressing_style": "path"}))
+    started = time.perf_counter()
+    s3.upload_file(str(source), "bench", "multipart")
+    row["upload_file_mbps"] = round(size_mib / (time.perf_counter() - started), 1)
+    head = s3.head_object(Bucket="bench", Key="multipart")
+    row["parts"] = int(head["ETag"].strip('"').rpartition("-")[2])
+    started = time.perf_counter()
+    s3.download_file("bench", "multipart", str(back))
+    row["download_file_mbps"] = round(size_mib / (time.perf_counter() - started), 1)
+    if back.stat().st_size != size:
+        raise RuntimeError(f"download_file wrote {back.stat().st_size} bytes of {size}")
+    s3.delete_object(Bucket="bench", Key="multipart")
+    source.unlink()
+    back.unlink()
+    return row
+
+
+def run_cluster(
+    sizes_mib: list[int], rounds: int, parity: int, small: int = 0, multipart_mib: int = 0
+) -> dict[str, Any]:
     """Put and get through two real 4 x 2 clusters' S3 path, one with fsync on (the default)
     and one with ``--fsync off``, side by side; see the module docstring."""
     from cli.cluster import ClusterFile, cluster_up, stop_nodes
-    from cli.s3client import CHUNK, S3Client
+    from cli.signed import SignedClient
 
     data_shards = 8 - parity
     result: dict[str, Any] = {
@@ -304,8 +394,8 @@ def run_cluster(sizes_mib: list[int], rounds: int, parity: int, small: int = 0) 
             clients = {}
             for name, cluster in clusters.items():
                 config = cluster.config
-                clients[name] = S3Client(cluster.urls[0], config["access_key"],
-                                         config["secret_key"], timeout=300)  # fmt: skip
+                clients[name] = _RawS3(SignedClient(cluster.urls[0], config["access_key"],
+                                                    config["secret_key"], timeout=300))  # fmt: skip
                 clients[name].make_bucket("bench")
             client = clients["fsync"]
             for size_mib in sizes_mib:
@@ -358,6 +448,10 @@ def run_cluster(sizes_mib: list[int], rounds: int, parity: int, small: int = 0) 
                         )
                     rates[name].append(small / (time.perf_counter() - started))
             result.update(_small_keys(rates, small))
+            if multipart_mib:
+                result["multipart"] = _multipart_row(
+                    clusters["fsync"], client, multipart_mib, Path(tmp)
+                )
         finally:
             for cluster in clusters.values():
                 stop_nodes(cluster)
@@ -375,12 +469,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--small-puts", type=int, default=200, help="4 KiB puts per round and mode; 0: none"
     )
+    parser.add_argument(
+        "--multipart-mib", type=int, default=1024,
+        help="cluster mode: one file of this size through single PUT/GET and boto3's "
+        "upload_file/download_file; 0: none",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.mode == "cluster":
         if args.drives != 8:
             parser.error("--mode cluster always runs 4 nodes x 2 drives")
-        result = run_cluster(sizes, args.rounds, args.parity, args.small_puts)
+        result = run_cluster(sizes, args.rounds, args.parity, args.small_puts, args.multipart_mib)
     else:
         result = asyncio.run(
             run_inprocess(sizes, args.rounds, args.drives, args.parity, args.small_puts)

@@ -24,9 +24,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cli.objects import fail, resolve_target, tls_ca_option
+from cli.errors import S3ClientError, describe
 from cli.observe import top, trace
-from cli.s3client import S3Client, S3ClientError, describe
+from cli.signed import SignedClient
+from cli.target import fail, resolve_target, tls_ca_option
 
 INFO_PATH = "/minigrid/admin/v1/info"
 INFO_TIMEOUT = 3.0
@@ -36,7 +37,7 @@ def fetch_info(url: str, access_key: str, secret_key: str, region: str,
                timeout: float = INFO_TIMEOUT, ca: str | None = None
                ) -> dict[str, Any] | str:  # fmt: skip
     """One node's info document, or the reason there is none."""
-    client = S3Client(url, access_key, secret_key, region=region, timeout=timeout, ca=ca)
+    client = SignedClient(url, access_key, secret_key, region=region, timeout=timeout, ca=ca)
     try:
         answer: dict[str, Any] = json.loads(client.call("GET", INFO_PATH))
     except S3ClientError as exc:

@@ -33,6 +33,7 @@ import errno
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import ssl
@@ -78,6 +79,14 @@ class ClusterError(Exception):
 def resolve_data_dir(option: str | None) -> Path:
     """``--data-dir``, else ``$MINIGRID_DATA_DIR``, else ``./.minigrid``."""
     return Path(option or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).absolute()
+
+
+def command_hint(command: str, data_dir: Path) -> str:
+    """How to run ``minigrid COMMAND`` on the cluster in ``data_dir``: with ``--data-dir``
+    unless it is the default ``./.minigrid``, so the hint works when copied as it is."""
+    if data_dir == Path(DEFAULT_DATA_DIR).absolute():
+        return f"minigrid {command}"
+    return f"minigrid {command} --data-dir {shlex.quote(str(data_dir))}"
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -558,7 +567,8 @@ def _check_same(
             continue
         raise ClusterError(
             f"a cluster already exists in {cluster.data_dir} with {_as_flag(flag, have[flag])}; "
-            f"run 'minigrid cluster down' and remove the directory to start a different one"
+            f"run '{command_hint('cluster down', cluster.data_dir)}' and remove the directory "
+            f"to start a different one"
         )
 
 
@@ -645,7 +655,8 @@ def _require(data_dir: Path) -> ClusterFile:
         _fail(str(exc))
         raise AssertionError from exc  # not reached
     if cluster is None:
-        _fail(f"no cluster in {data_dir} (start one with 'minigrid cluster up')")
+        _fail(f"no cluster in {data_dir} (start one with "
+              f"'{command_hint('cluster up', data_dir)}')")
     assert cluster is not None
     return cluster
 
@@ -701,6 +712,7 @@ def up(
     urls = result.cluster.urls
     if result.already_running:
         click.echo(f"already running: {len(urls)} nodes, all ready ({folder})")
+        _echo_hints(folder)
         return
     restarted = "" if len(result.started) == len(urls) else f" (started nodes {result.started})"
     click.echo(f"cluster ready: {len(urls)} nodes{restarted}")
@@ -710,6 +722,12 @@ def up(
     if result.cluster.ca:
         click.echo(f"TLS: nodes' certificates are signed by {result.cluster.ca}")
     click.echo(f"logs: {folder / 'logs'}")
+    _echo_hints(folder)
+
+
+def _echo_hints(folder: Path) -> None:
+    click.echo(f"status: {command_hint('cluster status', folder)}")
+    click.echo(f"stop:   {command_hint('cluster down', folder)}")
 
 
 @cluster.command()
@@ -717,7 +735,8 @@ def up(
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def status(data_dir: str | None, as_json: bool) -> None:
     """Show every node: PID, alive, ready and drives online."""
-    rows = cluster_status(_require(resolve_data_dir(data_dir)))
+    folder = resolve_data_dir(data_dir)
+    rows = cluster_status(_require(folder))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         sys.exit(0 if all(row["ready"] for row in rows) else 1)
@@ -731,6 +750,8 @@ def status(data_dir: str | None, as_json: bool) -> None:
             _yes(row["ready"]), drives, "" if row["ready"] else str(row["reason"]),
         )  # fmt: skip
     Console().print(table)
+    if not all(row["alive"] for row in rows):
+        click.echo(f"start the nodes that are down: {command_hint('cluster up', folder)}")
     if not all(row["ready"] for row in rows):
         sys.exit(1)
 
@@ -743,12 +764,14 @@ def _yes(value: bool) -> str:
 @data_dir_option
 def down(data_dir: str | None) -> None:
     """Stop every node by its PID (SIGTERM, then SIGKILL after a timeout)."""
-    cluster_file = _require(resolve_data_dir(data_dir))
+    folder = resolve_data_dir(data_dir)
+    cluster_file = _require(folder)
     try:
         stopped = stop_nodes(cluster_file)
     except ClusterError as exc:
         _fail(str(exc))
     click.echo(f"stopped {len(stopped)} node(s)" if stopped else "no node was running")
+    click.echo(f"the data stays in {folder}; start it again: {command_hint('cluster up', folder)}")
 
 
 __all__ = [
@@ -758,6 +781,7 @@ __all__ = [
     "cluster",
     "cluster_status",
     "cluster_up",
+    "command_hint",
     "pid_alive",
     "resolve_data_dir",
     "stop_nodes",

@@ -21,8 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.objects import fail, pick_endpoint, resolve_target, tls_ca_option
-from cli.s3client import S3Client, S3ClientError, describe
+from cli.errors import S3ClientError, describe
+from cli.signed import SignedClient
+from cli.target import fail, pick_endpoint, resolve_target, tls_ca_option
 
 HEAL_PATH = "/minigrid/admin/v1/heal"
 STATUS_PATH = "/minigrid/admin/v1/heal/status"
@@ -91,8 +92,8 @@ def heal(target: str | None, deep: bool, dry_run: bool, remove_dangling: bool, a
         return
     url = pick_endpoint(where.endpoints, where.ca)
     # The node streams a line at least every half second; a long wait means it is gone.
-    client = S3Client(url, where.access_key, where.secret_key, region=where.region,
-                      timeout=STREAM_TIMEOUT, ca=where.ca)  # fmt: skip
+    client = SignedClient(url, where.access_key, where.secret_key, region=where.region,
+                          timeout=STREAM_TIMEOUT, ca=where.ca)  # fmt: skip
     bucket, prefix = _split(target)
     flags = {"deep": deep, "dry-run": dry_run, "remove-dangling": remove_dangling}
     query = {"bucket": bucket, "prefix": prefix}
@@ -101,7 +102,6 @@ def heal(target: str | None, deep: bool, dry_run: bool, remove_dangling: bool, a
         response = client.request("POST", HEAL_PATH, query)
     except S3ClientError as exc:
         fail(f"heal on {url}: {describe(exc)}")
-        return
     try:
         summary = _follow(response, as_json)
     except KeyboardInterrupt:
@@ -187,7 +187,7 @@ def _status(urls: list[str], access_key: str, secret_key: str, region: str, ca: 
             as_json: bool) -> None:  # fmt: skip
     answers: dict[str, Any] = {}
     for url in urls:
-        client = S3Client(url, access_key, secret_key, region=region, timeout=3.0, ca=ca)
+        client = SignedClient(url, access_key, secret_key, region=region, timeout=3.0, ca=ca)
         try:
             answers[url] = json.loads(client.call("GET", STATUS_PATH))
         except (S3ClientError, ValueError) as exc:
@@ -234,8 +234,8 @@ def scanner(speed: str, data_dir: str | None, endpoint: str | None, access_key: 
     where = resolve_target(data_dir, endpoint, access_key, secret_key, admin=True, ca=tls_ca)
     failed = []
     for url in where.endpoints:
-        client = S3Client(url, where.access_key, where.secret_key, region=where.region,
-                          timeout=3.0, ca=where.ca)  # fmt: skip
+        client = SignedClient(url, where.access_key, where.secret_key, region=where.region,
+                              timeout=3.0, ca=where.ca)  # fmt: skip
         try:
             client.call("POST", SCANNER_PATH, {"speed": speed})
         except S3ClientError as exc:

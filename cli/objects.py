@@ -1,175 +1,65 @@
-"""The object commands: ``mb``, ``put``, ``get``, ``ls``, ``rm`` and ``stat``, over S3 with SigV4.
+"""The bucket and object commands that move no data: ``mb``, ``rb``, ``ls``, ``du``, ``stat``,
+``rm`` and ``share``; the copying ones are in :mod:`cli.copying`.
 
-Where the cluster is: ``--endpoint URL`` with ``--access-key``/``--secret-key`` (or
-``MINIGRID_ENDPOINT``, ``MINIGRID_ACCESS_KEY``, ``MINIGRID_SECRET_KEY``); otherwise the
-``cluster.json`` in ``--data-dir``, ``$MINIGRID_DATA_DIR`` or ``./.minigrid``, whose first node
-that answers is used (so a command still works while some nodes are down).
+Remote paths are ``BUCKET[/KEY]``, with or without ``s3://``. Every error is one line on
+stderr naming what was wrong, with S3's error code (``NoSuchKey``, ``NoSuchBucket``, ...), and
+exit status 1 (2 for a command line that cannot work). ``--json`` prints JSON instead of text:
+one object per line for listings (``ls``), one object for the others.
 
-An https endpoint's certificate is verified against ``--tls-ca`` (``MINIGRID_TLS_CA``), else
-the ``tls_ca`` that ``cluster up --tls`` recorded in ``cluster.json``, else the system's trust
-store. Verification is never turned off.
+"Under a path", for ``rm -r`` and ``du`` as for ``cp -r``: ``BUCKET/photos`` means the object
+``photos`` and every key under ``photos/`` (never ``photos2/...``); ``BUCKET`` or a path ending
+in ``/`` means everything under it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
+import datetime as dt
 import json
-import os
-import secrets
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any, TypeVar
+import re
+from collections.abc import Iterator
+from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from cli.cluster import ClusterError, ClusterFile, http_json, resolve_data_dir
-from cli.s3client import CHUNK, S3Client, S3ClientError, describe
+from cli.errors import Interrupted, S3ClientError, describe
+from cli.locations import Remote, UsageError, parse_remote
+from cli.s3client import S3, ObjectStat, Prefix
+from cli.target import connection_options, fail
 
-F = TypeVar("F", bound=Callable[..., Any])
-PROBE_TIMEOUT = 1.0
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where to send requests, and the keys to sign them with."""
-
-    endpoints: list[str]
-    access_key: str
-    secret_key: str
-    region: str = "us-east-1"
-    #: The CA bundle https endpoints are verified against (None: the system's trust store).
-    ca: str | None = None
-
-
-def fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def resolve_target(
-    data_dir: str | None,
-    endpoint: str | None,
-    access_key: str | None,
-    secret_key: str | None,
-    *,
-    admin: bool = False,
-    ca: str | None = None,
-) -> Target:
-    """The endpoint(s) and keys, from the flags, the environment or cluster.json.
-
-    ``admin``: the keys are the admin keys (``MINIGRID_ADMIN_ACCESS_KEY``, ...), which is what
-    ``Target.access_key`` then holds."""
-    prefix = "MINIGRID_ADMIN_" if admin else "MINIGRID_"
-    key_prefix = "admin_" if admin else ""
-    endpoint = endpoint or os.environ.get("MINIGRID_ENDPOINT")
-    access_key = access_key or os.environ.get(prefix + "ACCESS_KEY")
-    secret_key = secret_key or os.environ.get(prefix + "SECRET_KEY")
-    folder = resolve_data_dir(data_dir)
-    try:
-        cluster = ClusterFile.load(folder)
-    except ClusterError as exc:
-        fail(str(exc))
-        raise AssertionError from exc
-    if cluster is None and (endpoint is None or not access_key or not secret_key):
-        fail(
-            f"no cluster found in {folder}: start one with 'minigrid cluster up', or give "
-            f"--endpoint with --access-key and --secret-key"
-        )
-    config = cluster.config if cluster is not None else {}
-    return Target(
-        endpoints=[endpoint] if endpoint else [str(n["url"]) for n in config["nodes"]],
-        access_key=access_key or str(config[key_prefix + "access_key"]),
-        secret_key=secret_key or str(config[key_prefix + "secret_key"]),
-        region=str(config.get("region", "us-east-1")),
-        ca=ca or os.environ.get("MINIGRID_TLS_CA") or config.get("tls_ca") or None,
-    )
-
-
-def pick_endpoint(endpoints: list[str], ca: str | None = None) -> str:
-    """The first endpoint that answers its liveness check (the only one, if just one)."""
-    if len(endpoints) == 1:
-        return endpoints[0]
-    reasons = []
-    for url in endpoints:
-        status, body = http_json(url + "/minigrid/health/live", PROBE_TIMEOUT, ca)
-        if status == 200:
-            return url
-        reasons.append(f"{url}: {body.get('reason') or f'HTTP {status}'}")
-    fail(f"no node answers (is the cluster up?): {'; '.join(reasons)}")
-    raise AssertionError
-
-
-tls_ca_option = click.option(
-    "--tls-ca", default=None, metavar="PEM",
-    help="verify https endpoints against this CA [env MINIGRID_TLS_CA; cluster.json's tls_ca]",
-)  # fmt: skip
-
-
-def connection_options(func: F) -> F:
-    """The options that say where the cluster is; the command gets a ``client`` argument."""
-
-    @click.option("--data-dir", default=None, metavar="DIR",
-                  help="the cluster's directory [env MINIGRID_DATA_DIR; ./.minigrid]")
-    @click.option("--endpoint", default=None, metavar="URL",
-                  help="an S3 endpoint instead of the local cluster [env MINIGRID_ENDPOINT]")
-    @click.option("--access-key", default=None, help="[env MINIGRID_ACCESS_KEY]")
-    @click.option("--secret-key", default=None, help="[env MINIGRID_SECRET_KEY]")
-    @tls_ca_option
-    @functools.wraps(func)
-    def wrapper(data_dir: str | None, endpoint: str | None, access_key: str | None,
-                secret_key: str | None, tls_ca: str | None, **kwargs: Any) -> Any:  # fmt: skip
-        target = resolve_target(data_dir, endpoint, access_key, secret_key, ca=tls_ca)
-        client = S3Client(
-            pick_endpoint(target.endpoints, target.ca), target.access_key, target.secret_key,
-            region=target.region, ca=target.ca,
-        )  # fmt: skip
-        return func(client=client, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def split_path(text: str, *, need_key: bool) -> tuple[str, str]:
-    bucket, _, key = text.lstrip("/").partition("/")
-    if not bucket:
-        fail(f"{text!r} does not name a bucket (BUCKET/KEY)", 2)
-    if need_key and not key:
-        fail(f"{text!r} does not name an object (BUCKET/KEY)", 2)
-    return bucket, key
+#: SigV4's limit on a presigned URL's life.
+MAX_SHARE_SECONDS = 7 * 24 * 3600
+DEFAULT_SHARE = "7d"
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @contextlib.contextmanager
-def s3_errors(bucket: str = "", key: str = "") -> Iterator[None]:
+def s3_errors(s3: S3, bucket: str = "", key: str = "") -> Iterator[None]:
     """Turn an S3 error into one short line on stderr and exit status 1."""
     try:
         yield
     except S3ClientError as exc:
-        fail(describe(exc, bucket, key))
+        fail(describe(s3.named(exc, bucket, key) if bucket else exc, bucket, key))
 
 
-@contextlib.contextmanager
-def progress_bar(label: str, total: int | None) -> Iterator[Callable[[int], None] | None]:
-    """A rich progress bar on stderr when it is a terminal; otherwise nothing."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn(), TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
-        task = progress.add_task(label, total=total)
-        yield lambda n: progress.update(task, advance=n)
+def remote_arg(text: str, *, need_key: bool = False) -> Remote:
+    try:
+        return parse_remote(text, need_key=need_key)
+    except UsageError as exc:
+        fail(str(exc), 2)
+
+
+def under(path: Remote, key: str) -> bool:
+    """Whether ``key`` is "under" ``path`` (see the module docstring)."""
+    if path.is_directory:
+        return key.startswith(path.key)
+    return key == path.key or key.startswith(path.key + "/")
+
+
+def objects_under(s3: S3, path: Remote) -> Iterator[ObjectStat]:
+    for item in s3.objects(path.bucket, path.key):
+        if under(path, item.key):
+            yield item
 
 
 def human(size: int) -> str:
@@ -181,155 +71,253 @@ def human(size: int) -> str:
     raise AssertionError
 
 
-# --- commands ---------------------------------------------------------------------------------
+def emit(document: dict[str, Any]) -> None:
+    click.echo(json.dumps(document))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
+
+
+# --- buckets ----------------------------------------------------------------------------------
 
 
 @click.command()
 @click.argument("bucket")
+@click.option("-p", "--ignore-existing", is_flag=True, help="a bucket that exists is no error")
 @connection_options
-def mb(client: S3Client, bucket: str) -> None:
-    """Make a bucket."""
-    with s3_errors(bucket):
-        client.make_bucket(bucket)
-    click.echo(f"bucket {bucket} created")
-
-
-@click.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
-@click.argument("target")
-@click.option("--content-type", default="application/octet-stream", show_default=True)
-@connection_options
-def put(client: S3Client, file: str, target: str, content_type: str) -> None:
-    """Upload FILE to BUCKET/KEY (BUCKET or BUCKET/ uses the file's name as the key).
-
-    The body streams from the file (any size) with an unsigned payload; see docs/cluster.md."""
-    bucket, key = split_path(target, need_key=False)
-    if not key or key.endswith("/"):
-        if file == "-":
-            fail("give a key when reading from stdin (BUCKET/KEY)", 2)
-        key += os.path.basename(file)
-    source: IO[bytes]
-    if file == "-":  # stdin has no size to send up front: it is spooled to a temporary file
-        source = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
-        while piece := sys.stdin.buffer.read(CHUNK):
-            source.write(piece)
-        size = source.tell()
-        source.seek(0)
-    else:
-        source = open(file, "rb")  # noqa: SIM115 - closed below
-        size = os.fstat(source.fileno()).st_size
-    with source, s3_errors(bucket, key), progress_bar(f"put {key}", size) as advance:
-        etag = client.put_object(bucket, key, source, size, content_type=content_type,
-                                 progress=advance)  # fmt: skip
-    click.echo(f"{bucket}/{key}: {size} bytes, etag {etag}")
-
-
-@click.command()
-@click.argument("source")
-@click.argument("dest", type=click.Path(dir_okay=True, allow_dash=True))
-@connection_options
-def get(client: S3Client, source: str, dest: str) -> None:
-    """Download BUCKET/KEY to DEST (a file, a directory, or - for stdout).
-
-    A file is written under a temporary name and renamed at the end, so DEST is never left
-    half-written."""
-    bucket, key = split_path(source, need_key=True)
-    with s3_errors(bucket, key):
-        response = client.get_object(bucket, key)
-    size = int(response.getheader("Content-Length") or 0)
+def mb(s3: S3, bucket: str, ignore_existing: bool) -> None:
+    """Make a bucket (an error if it exists, unless -p)."""
+    name = remote_arg(bucket).bucket
     try:
-        if dest == "-":
-            _copy(response, sys.stdout.buffer, size, key, bucket)
-            sys.stdout.buffer.flush()
+        with s3.errors():
+            s3.make_bucket(name)
+    except S3ClientError as exc:
+        if exc.code == "BucketAlreadyOwnedByYou" and ignore_existing:
+            click.echo(f"bucket {name} exists")
             return
-        path = Path(dest)
-        if path.is_dir():
-            path = path / os.path.basename(key)
-        tmp = path.with_name(f".{path.name}.minigrid-{secrets.token_hex(4)}.part")
-        try:
-            with open(tmp, "wb") as out:
-                _copy(response, out, size, key, bucket)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-    finally:
-        response.close()
-    click.echo(f"{bucket}/{key} -> {path}: {size} bytes", err=True)
+        fail(describe(exc, name))
+    click.echo(f"bucket {name} created")
 
 
-def _copy(response: Any, out: IO[bytes], size: int, key: str, bucket: str) -> None:
-    received = 0
-    with progress_bar(f"get {key}", size) as advance:
-        while True:
+@click.command()
+@click.argument("bucket")
+@click.option("--force", is_flag=True,
+              help="delete every object (and abort every upload) in it first")  # fmt: skip
+@connection_options
+def rb(s3: S3, bucket: str, force: bool) -> None:
+    """Remove a bucket; it must be empty unless --force is given."""
+    path = remote_arg(bucket)
+    if path.key:
+        fail(f"{bucket!r} names an object, not a bucket: rb takes BUCKET (rm deletes objects)", 2)
+    with s3_errors(s3, path.bucket):
+        if force:
+            deleted = _delete_under(s3, path)
             try:
-                piece = response.read1(CHUNK)
-            except OSError as exc:
-                fail(f"{bucket}/{key}: the download broke off after {received} bytes ({exc})")
-            if not piece:
-                break
-            out.write(piece)
-            received += len(piece)
-            if advance is not None:
-                advance(len(piece))
-    if received != size:
-        fail(f"{bucket}/{key}: the download broke off after {received} of {size} bytes")
+                s3.abort_uploads(path.bucket)
+            except S3ClientError as exc:
+                if exc.code != "NotImplemented":  # a gateway without multipart has none
+                    raise
+            if deleted:
+                click.echo(f"deleted {deleted} object(s) in {path.bucket}")
+        s3.remove_bucket(path.bucket)
+    click.echo(f"bucket {path.bucket} removed")
+
+
+# --- listing ----------------------------------------------------------------------------------
 
 
 @click.command()
 @click.argument("path", required=False, default="")
 @click.option("-r", "--recursive", is_flag=True, help="list every key, not one level")
+@json_option
 @connection_options
-def ls(client: S3Client, path: str, recursive: bool) -> None:
-    """List buckets, or the objects in BUCKET[/PREFIX] (one level; -r for all)."""
+def ls(s3: S3, path: str, recursive: bool, as_json: bool) -> None:
+    """List buckets, or the objects in BUCKET[/PREFIX] (one level; -r for all).
+
+    --json prints one JSON object per line: {"type": "bucket"|"prefix"|"object", ...}."""
     if not path:
-        with s3_errors():
-            for name, created in client.list_buckets():
-                click.echo(f"{created:<24}  {name}/")
+        with s3_errors(s3):
+            buckets = s3.list_buckets()
+        for found in buckets:
+            if as_json:
+                emit({"type": "bucket", "name": found.name, "created": found.created})
+            else:
+                click.echo(f"{found.created:<24}  {found.name}/")
         return
-    bucket, prefix = split_path(path, need_key=False)
-    with s3_errors(bucket):
-        for page in client.iter_objects(bucket, prefix, "" if recursive else "/"):
-            for common in page.prefixes:
-                click.echo(f"{'':<24}  {'PRE':>10}  {common}")
-            for item in page.objects:
-                click.echo(f"{item.last_modified:<24}  {item.size:>10}  {item.key}")
+    where = remote_arg(path)
+    with s3_errors(s3, where.bucket):
+        for entry in s3.listing(where.bucket, where.key, "" if recursive else "/"):
+            _echo_entry(where.bucket, entry, as_json)
 
 
-@click.command()
-@click.argument("target")
-@connection_options
-def rm(client: S3Client, target: str) -> None:
-    """Delete BUCKET/KEY (an error if it does not exist)."""
-    bucket, key = split_path(target, need_key=True)
-    with s3_errors(bucket, key):
-        client.head_object(bucket, key)
-        client.delete_object(bucket, key)
-    click.echo(f"deleted {bucket}/{key}")
-
-
-@click.command()
-@click.argument("target")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
-@connection_options
-def stat(client: S3Client, target: str, as_json: bool) -> None:
-    """Show an object's size, ETag, date, content type and metadata."""
-    bucket, key = split_path(target, need_key=True)
-    with s3_errors(bucket, key):
-        info = client.head_object(bucket, key)
+def _echo_entry(bucket: str, entry: ObjectStat | Prefix, as_json: bool) -> None:
+    if isinstance(entry, Prefix):
+        if as_json:
+            emit({"type": "prefix", "bucket": bucket, "key": entry.prefix})
+        else:
+            click.echo(f"{'':<24}  {'PRE':>10}  {entry.prefix}")
+        return
     if as_json:
-        click.echo(json.dumps({"bucket": bucket, **info.__dict__}, indent=2))
+        emit({"type": "object", "bucket": bucket, "key": entry.key, "size": entry.size,
+              "etag": entry.etag, "last_modified": entry.last_modified})  # fmt: skip
+    else:
+        click.echo(f"{entry.last_modified:<24}  {entry.size:>10}  {entry.key}")
+
+
+@click.command()
+@click.argument("path")
+@json_option
+@connection_options
+def du(s3: S3, path: str, as_json: bool) -> None:
+    """Total size and number of objects under BUCKET[/PATH]."""
+    where = remote_arg(path)
+    count = total = 0
+    with s3_errors(s3, where.bucket):
+        for item in objects_under(s3, where):
+            count += 1
+            total += item.size
+    if as_json:
+        emit({"bucket": where.bucket, "path": where.key, "objects": count, "size": total})
+    else:
+        click.echo(f"{human(total):>10}  {count} object(s)  {where}")
+
+
+@click.command()
+@click.argument("target")
+@json_option
+@connection_options
+def stat(s3: S3, target: str, as_json: bool) -> None:
+    """Show an object's size, ETag, date, content type and metadata."""
+    where = remote_arg(target, need_key=True)
+    with s3_errors(s3, where.bucket, where.key):
+        info = s3.head(where.bucket, where.key)
+    if as_json:
+        emit({"bucket": where.bucket, "key": info.key, "size": info.size, "etag": info.etag,
+              "last_modified": info.last_modified, "content_type": info.content_type,
+              "metadata": info.metadata, **info.headers})  # fmt: skip
         return
-    click.echo(f"object        {bucket}/{key}")
+    click.echo(f"object        {where.bucket}/{where.key}")
     click.echo(f"size          {info.size} ({human(info.size)})")
     click.echo(f"etag          {info.etag}")
     click.echo(f"last modified {info.last_modified}")
     click.echo(f"content type  {info.content_type}")
+    for name, value in sorted(info.headers.items()):
+        click.echo(f"{name.replace('_', ' '):<13} {value}")
     for name, value in sorted(info.metadata.items()):
         click.echo(f"meta {name:<8} {value}")
 
 
-COMMANDS = [mb, put, get, ls, rm, stat]
+# --- deleting ---------------------------------------------------------------------------------
 
-__all__ = ["COMMANDS", "Target", "connection_options", "resolve_target"]
+
+@click.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("-r", "--recursive", is_flag=True, help="delete everything under each path")
+@connection_options
+def rm(s3: S3, targets: tuple[str, ...], recursive: bool) -> None:
+    """Delete objects: BUCKET/KEY, or with -r everything under BUCKET[/PATH].
+
+    A missing object is an error (NoSuchKey), as is a path with nothing under it."""
+    paths = [remote_arg(t, need_key=not recursive) for t in targets]
+    failed = False
+    for path in paths:
+        if not recursive:
+            try:
+                with s3.errors():
+                    s3.head(path.bucket, path.key)
+                    s3.delete(path.bucket, path.key)
+            except S3ClientError as exc:
+                failed = True
+                click.echo(f"error: {describe(exc, path.bucket, path.key)}", err=True)
+                continue
+            click.echo(f"deleted {path.bucket}/{path.key}")
+            continue
+        try:
+            deleted = _delete_under(s3, path)
+        except S3ClientError as exc:
+            failed = True
+            click.echo(f"error: {describe(exc, path.bucket)}", err=True)
+            continue
+        if not deleted:
+            failed = True
+            click.echo(f"error: nothing under {path} (NoSuchKey)", err=True)
+        else:
+            click.echo(f"deleted {deleted} object(s) under {path}")
+    if failed:
+        raise SystemExit(1)
+
+
+def _delete_under(s3: S3, path: Remote) -> int:
+    """Delete every object under ``path``; how many. Refused keys are reported on stderr and
+    make the command fail; Ctrl-C says how far it got."""
+    deleted = 0
+    refused = 0
+    try:
+        keys = (item.key for item in objects_under(s3, path))
+        for key, error in s3.delete_many(path.bucket, keys):
+            if error is None:
+                deleted += 1
+            else:
+                refused += 1
+                click.echo(f"error: {path.bucket}/{key}: {error}", err=True)
+    except KeyboardInterrupt:
+        raise Interrupted([f"{deleted} object(s) under {path} were deleted; the rest are "
+                           f"still there"]) from None  # fmt: skip
+    if refused:
+        raise S3ClientError("DeleteFailed", f"{refused} object(s) under {path} were not deleted")
+    return deleted
+
+
+# --- sharing ----------------------------------------------------------------------------------
+
+
+def parse_duration(text: str) -> int:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``1h30m``, in seconds (1 s to 7 days)."""
+    cleaned = text.strip().lower()
+    if cleaned.isdigit():
+        seconds = int(cleaned)
+    else:
+        parts = re.fullmatch(r"(?:\d+[smhd])+", cleaned)
+        if parts is None:
+            raise click.BadParameter(
+                f"{text!r} is not a duration: write seconds, or a number with s, m, h or d "
+                f"(e.g. 30m, 12h, 7d)"
+            )
+        seconds = sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhd])", cleaned))
+    if not 1 <= seconds <= MAX_SHARE_SECONDS:
+        raise click.BadParameter(
+            f"{text!r} is {seconds} s: a presigned URL lives from 1 s to 7 days (604800 s)"
+        )
+    return seconds
+
+
+@click.command()
+@click.argument("target")
+@click.option("--expire", "expire", default=DEFAULT_SHARE, show_default=True, metavar="DURATION",
+              help="how long the URL works: 90s, 30m, 12h, 7d (at most 7d)")  # fmt: skip
+@json_option
+@connection_options
+def share(s3: S3, target: str, expire: str, as_json: bool) -> None:
+    """Print a URL anyone can download BUCKET/KEY with, until it expires (no keys needed)."""
+    try:
+        seconds = parse_duration(expire)
+    except click.BadParameter as exc:
+        fail(f"--expire: {exc.message}", 2)
+    where = remote_arg(target, need_key=True)
+    with s3_errors(s3, where.bucket, where.key):
+        s3.head(where.bucket, where.key)  # never hand out a URL to nothing
+        url = s3.presign_get(where.bucket, where.key, seconds)
+    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat(
+        timespec="seconds"
+    )
+    if as_json:
+        emit({"bucket": where.bucket, "key": where.key, "url": url, "expires_in": seconds,
+              "expires": expires})  # fmt: skip
+        return
+    click.echo(url)
+    click.echo(f"expires {expires} (in {seconds} s)", err=True)
+
+
+COMMANDS = [mb, rb, ls, du, stat, rm, share]
+
+__all__ = ["COMMANDS", "human", "parse_duration", "s3_errors"]

@@ -26,8 +26,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from cli.objects import Target, fail, pick_endpoint, resolve_target, tls_ca_option
-from cli.s3client import S3Client, S3ClientError, describe
+from cli.errors import S3ClientError, describe
+from cli.signed import SignedClient
+from cli.target import Target, fail, pick_endpoint, resolve_target, tls_ca_option
 
 TOP_PATH = "/minigrid/admin/v1/top"
 TRACE_PATH = "/minigrid/admin/v1/trace"
@@ -48,7 +49,7 @@ def _clean(value: object) -> str:
 def _stream_lines(target: Target, endpoint: str, path: str, query: dict[str, str],
                   timeout: float) -> Iterator[dict[str, Any]]:  # fmt: skip
     """JSON objects from one streaming admin endpoint, until it ends."""
-    client = S3Client(endpoint, target.access_key, target.secret_key, region=target.region,
+    client = SignedClient(endpoint, target.access_key, target.secret_key, region=target.region,
                       timeout=timeout, ca=target.ca)  # fmt: skip
     response = client.request("GET", path, query)
     try:

@@ -1,398 +1,454 @@
-"""A small, synchronous S3 client with AWS Signature V4, for the ``minigrid`` object commands.
+"""The CLI's S3 side: boto3, and its transfer manager (s3transfer) for the bytes.
 
-It speaks plain ``http.client`` and streams both ways, so memory stays flat for any object
-size:
+This is the machinery the aws cli uses, so the object commands behave as a real S3 client
+does: uploads above :data:`MULTIPART_THRESHOLD` go up as a multipart upload in parallel parts,
+downloads above it come down as parallel ranged GETs (each checked against the object's ETag
+with ``If-Match``), and every request is retried on throttling, 5xx answers and dropped
+connections (botocore's ``standard`` retry mode).
 
-- **PUT** sends the body from a file in 1 MiB pieces with ``x-amz-content-sha256:
-  UNSIGNED-PAYLOAD``: the headers are signed, the body is not, so the file is read once (no
-  SHA-256 pass before the upload). ``Content-Length`` is the file size; the gateway checks that
-  exactly that many bytes arrive.
-- **GET** returns the response, to be read in pieces.
+:class:`S3` wraps one botocore client with the few calls the commands make and one error
+type: whatever botocore or s3transfer raise comes out as :class:`~cli.errors.S3ClientError`
+with S3's error code. A HEAD has no body to name its error, so a 404 on an object is resolved
+to ``NoSuchBucket`` or ``NoSuchKey`` by asking about the bucket, the way GET names it.
 
-The signing itself reuses the gateway's pure SigV4 functions (:mod:`node.s3.sigv4`), so the
-client and the server build the canonical request with the same code.
+An https endpoint's certificate is verified against ``Endpoint.ca`` (else the system's trust
+store); verification is never turned off.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
-import http.client
-import json
-import socket
-import ssl
-import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
-from urllib.parse import urlsplit
+from pathlib import Path
+from typing import Any
 
-from node.s3 import sigv4
+import boto3
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from botocore import exceptions as botocore_errors
+from botocore.config import Config
+from s3transfer import exceptions as transfer_errors
+from s3transfer.manager import TransferManager
 
-CHUNK = 1 << 20
-EMPTY_SHA256 = sigv4.EMPTY_SHA256
-_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+from cli.errors import S3ClientError, describe
+
+MIB = 1 << 20
+#: Uploads and downloads at least this big go in parts (s3transfer's default, as the aws cli).
+MULTIPART_THRESHOLD = 8 * MIB
+PART_SIZE = 8 * MIB
+#: Parts (or files) in flight at once, and HTTP connections kept to the endpoint.
+CONCURRENCY = 10
+#: Attempts per request, the first one included (the aws cli's default in standard mode).
+ATTEMPTS = 3
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
+#: S3's limit on the keys of one DeleteObjects request.
+DELETE_BATCH = 1000
+
+# Status codes for errors that arrive without a body (HEAD), as S3 names them.
+_BARE_STATUS = {
+    "301": "PermanentRedirect",
+    "400": "BadRequest",
+    "403": "AccessDenied",
+    "404": "NotFound",
+    "405": "MethodNotAllowed",
+    "412": "PreconditionFailed",
+    "416": "InvalidRange",
+    "500": "InternalError",
+    "501": "NotImplemented",
+    "503": "ServiceUnavailable",
+}
 
 
-class S3ClientError(Exception):
-    """An S3 error answer (``code`` as S3 names it), or a failure to reach the endpoint."""
+@dataclass(frozen=True)
+class Endpoint:
+    """One S3 endpoint and the keys to sign for it."""
 
-    def __init__(self, code: str, message: str, status: int = 0) -> None:
-        super().__init__(f"{message} ({code})")
-        self.code = code
-        self.message = message
-        self.status = status
+    url: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+    #: The CA bundle an https endpoint is verified against (None: the system's trust store).
+    ca: str | None = None
+
+
+@dataclass(frozen=True)
+class Bucket:
+    name: str
+    created: str
 
 
 @dataclass(frozen=True)
 class ObjectStat:
+    """What HEAD (or a listing) says about an object."""
+
     key: str
     size: int
     etag: str
     last_modified: str
     content_type: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    #: System metadata the object was stored with (``cache_control``, ``content_encoding``...).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class Listing:
-    objects: list[ObjectStat]
-    prefixes: list[str]
-    next_token: str | None
+class Prefix:
+    """A common prefix of a one-level listing (a "directory")."""
+
+    prefix: str
 
 
-def _text(node: ET.Element, name: str) -> str:
-    found = node.find(_NS + name)
-    if found is None:
-        found = node.find(name)
-    return (found.text or "") if found is not None else ""
+def timestamp(value: dt.datetime | str | None) -> str:
+    """A date as S3 writes it in XML: ``2026-11-21T07:11:14.000Z`` (UTC)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    utc = value.astimezone(dt.UTC)
+    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
 
 
-def _all(node: ET.Element, name: str) -> list[ET.Element]:
-    return node.findall(_NS + name) or node.findall(name)
-
-
-def object_path(bucket: str, key: str = "") -> str:
-    """The raw (encoded) path of a bucket or object, path-style."""
-    path = "/" + sigv4.uri_encode(bucket) if bucket else "/"
-    if key:
-        path += "/" + sigv4.uri_encode(key, encode_slash=False)
-    return path
-
-
-class S3Client:
-    """Signed requests to one endpoint (``http://host:port``)."""
-
-    def __init__(
-        self,
-        endpoint: str,
-        access_key: str,
-        secret_key: str,
-        *,
-        region: str = "us-east-1",
-        timeout: float = 60.0,
-        clock: Callable[[], dt.datetime] | None = None,
-        ca: str | None = None,
-    ) -> None:
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise S3ClientError("BadEndpoint", f"endpoint {endpoint!r} is not http(s)://host:port")
-        self.endpoint = endpoint.rstrip("/")
-        self._tls = parts.scheme == "https"
-        self._host = parts.netloc
-        self.access_key = access_key
-        self._secret_key = secret_key
-        self.region = region
-        self.timeout = timeout
-        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
-        #: For https: the CA bundle the endpoint's certificate is verified against (None: the
-        #: system's trust store). The certificate and the host name are always checked.
-        self.ca = ca
-        self._tls_context = ssl.create_default_context(cafile=ca) if self._tls else None
-
-    # --- signing ------------------------------------------------------------------------------
-
-    def sign(
-        self, method: str, raw_path: str, query: Mapping[str, str], payload_hash: str
-    ) -> dict[str, str]:
-        """The headers that authenticate a request (Host, x-amz-date, ..., Authorization)."""
-        now = self._clock()
-        amz_date = now.strftime(sigv4.AMZ_DATE_FORMAT)
-        scope = sigv4.Scope(now.strftime("%Y%m%d"), self.region, "s3")
-        headers = {
-            "host": self._host,
-            "x-amz-content-sha256": payload_hash,
-            "x-amz-date": amz_date,
-        }
-        signed = sorted(headers)
-        canonical = sigv4.canonical_request(
-            method, raw_path, list(query.items()), {k: [v] for k, v in headers.items()},
-            signed, payload_hash,
-        )  # fmt: skip
-        to_sign = sigv4.string_to_sign(amz_date, scope, canonical)
-        signature = sigv4.sign(sigv4.signing_key(self._secret_key, scope), to_sign)
-        headers["authorization"] = (
-            f"{sigv4.ALGORITHM} Credential={self.access_key}/{scope}, "
-            f"SignedHeaders={';'.join(signed)}, Signature={signature}"
-        )
-        headers["Host"] = headers.pop("host")
-        return headers
-
-    # --- requests -----------------------------------------------------------------------------
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._tls:
-            return http.client.HTTPSConnection(
-                self._host, timeout=self.timeout, context=self._tls_context
-            )
-        return http.client.HTTPConnection(self._host, timeout=self.timeout)
-
-    def request(
-        self,
-        method: str,
-        raw_path: str,
-        query: Mapping[str, str] | None = None,
-        *,
-        body: bytes | Iterable[bytes] | None = None,
-        length: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        expect: tuple[int, ...] = (200,),
-    ) -> http.client.HTTPResponse:
-        """Send one signed request; return the response (to read), or raise S3ClientError."""
-        query = dict(query or {})
-        if isinstance(body, bytes | bytearray):
-            payload_hash = hashlib.sha256(body).hexdigest()
-            length = len(body)
-        elif body is None:
-            payload_hash = EMPTY_SHA256
-        else:
-            payload_hash = sigv4.UNSIGNED_PAYLOAD
-        all_headers = self.sign(method, raw_path, query, payload_hash)
-        all_headers.update(headers or {})
-        if length is not None:
-            all_headers["Content-Length"] = str(length)
-        # One connection per request: with "Connection: close", closing the response closes
-        # the socket too, and there is no stale kept-alive connection to retry on.
-        all_headers["Connection"] = "close"
-        url = raw_path + ("?" + sigv4.canonical_query(query.items()) if query else "")
-        conn = self._connection()
-        try:
-            # The server may answer (an error) before taking the whole body and close its
-            # side; its answer says more than the broken pipe does.
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                conn.request(method, url, body=body, headers=all_headers)
-            response = conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise _connect_error(self.endpoint, exc) from exc
-        if response.status not in expect:
-            try:
-                raise _error_from(response, method)
-            finally:
-                response.close()
-                conn.close()
-        return response
-
-    def call(self, method: str, raw_path: str, query: Mapping[str, str] | None = None,
-              expect: tuple[int, ...] = (200,)) -> bytes:  # fmt: skip
-        response = self.request(method, raw_path, query, expect=expect)
-        try:
-            return response.read()
-        finally:
-            response.close()
-
-    # --- operations ---------------------------------------------------------------------------
-
-    def list_buckets(self) -> list[tuple[str, str]]:
-        """``(name, creation date)`` of every bucket."""
-        root = ET.fromstring(self.call("GET", "/"))
-        return [
-            (_text(b, "Name"), _text(b, "CreationDate"))
-            for buckets in _all(root, "Buckets")
-            for b in _all(buckets, "Bucket")
-        ]
-
-    def make_bucket(self, bucket: str) -> None:
-        self.call("PUT", object_path(bucket))
-
-    def delete_bucket(self, bucket: str) -> None:
-        self.call("DELETE", object_path(bucket), expect=(204, 200))
-
-    def list_objects(
-        self, bucket: str, prefix: str = "", delimiter: str = "", token: str | None = None
-    ) -> Listing:
-        query = {"list-type": "2", "prefix": prefix}
-        if delimiter:
-            query["delimiter"] = delimiter
-        if token:
-            query["continuation-token"] = token
-        root = ET.fromstring(self.call("GET", object_path(bucket), query))
-        objects = [
-            ObjectStat(
-                key=_text(item, "Key"),
-                size=int(_text(item, "Size") or 0),
-                etag=_text(item, "ETag").strip('"'),
-                last_modified=_text(item, "LastModified"),
-            )
-            for item in _all(root, "Contents")
-        ]
-        prefixes = [_text(p, "Prefix") for p in _all(root, "CommonPrefixes")]
-        truncated = _text(root, "IsTruncated") == "true"
-        token = _text(root, "NextContinuationToken") if truncated else None
-        return Listing(objects, prefixes, token)
-
-    def iter_objects(self, bucket: str, prefix: str = "", delimiter: str = "") -> Iterator[Listing]:
-        """Every page of a listing."""
-        token: str | None = None
-        while True:
-            page = self.list_objects(bucket, prefix, delimiter, token)
-            yield page
-            if page.next_token is None:
-                return
-            token = page.next_token
-
-    def head_object(self, bucket: str, key: str) -> ObjectStat:
-        response = self.request("HEAD", object_path(bucket, key))
-        response.read()
-        response.close()
-        return _stat_from(key, response)
-
-    def put_object(
-        self,
-        bucket: str,
-        key: str,
-        source: IO[bytes],
-        size: int,
-        *,
-        content_type: str = "application/octet-stream",
-        progress: Callable[[int], None] | None = None,
-    ) -> str:
-        """Upload ``size`` bytes from ``source`` in pieces; returns the ETag."""
-
-        def pieces() -> Iterator[bytes]:
-            remaining = size
-            while remaining > 0:
-                piece = source.read(min(CHUNK, remaining))
-                if not piece:
-                    raise S3ClientError("IncompleteBody", "the file shrank while uploading")
-                remaining -= len(piece)
-                if progress is not None:
-                    progress(len(piece))
-                yield piece
-
-        response = self.request(
-            "PUT", object_path(bucket, key), body=pieces(), length=size,
-            headers={"Content-Type": content_type},
-        )  # fmt: skip
-        response.read()
-        response.close()
-        return (response.getheader("ETag") or "").strip('"')
-
-    def get_object(
-        self, bucket: str, key: str, byte_range: str | None = None
-    ) -> http.client.HTTPResponse:
-        """The response of a GET, to read in pieces (``read(CHUNK)``) and close."""
-        headers = {"Range": byte_range} if byte_range else None
-        return self.request("GET", object_path(bucket, key), headers=headers, expect=(200, 206))
-
-    def delete_object(self, bucket: str, key: str) -> None:
-        self.call("DELETE", object_path(bucket, key), expect=(204, 200))
-
-
-def _stat_from(key: str, response: http.client.HTTPResponse) -> ObjectStat:
-    meta = {
-        name[len("x-amz-meta-") :]: value
-        for name, value in response.getheaders()
-        if name.lower().startswith("x-amz-meta-")
-    }
-    return ObjectStat(
-        key=key,
-        size=int(response.getheader("Content-Length") or 0),
-        etag=(response.getheader("ETag") or "").strip('"'),
-        last_modified=response.getheader("Last-Modified") or "",
-        content_type=response.getheader("Content-Type") or "",
-        metadata=meta,
-    )
-
-
-_STATUS_CODES = {
-    400: "BadRequest",
-    403: "AccessDenied",
-    404: "NotFound",
-    409: "Conflict",
-    503: "ServiceUnavailable",
+_SYSTEM_HEADERS = {
+    "CacheControl": "cache_control",
+    "ContentDisposition": "content_disposition",
+    "ContentEncoding": "content_encoding",
+    "ContentLanguage": "content_language",
+    "ExpiresString": "expires",
+    "StorageClass": "storage_class",
 }
 
 
-def _error_from(response: http.client.HTTPResponse, method: str) -> S3ClientError:
-    body = b"" if method == "HEAD" else response.read(64 * 1024)
-    code, message = _STATUS_CODES.get(response.status, "HTTPError"), response.reason
-    if body.startswith(b"{"):  # the admin API answers errors in JSON
-        try:
-            doc = json.loads(body)
-            return S3ClientError(str(doc.get("code", code)), str(doc.get("error", message)),
-                                 response.status)  # fmt: skip
-        except ValueError:
-            pass
-    if body:
-        try:
-            root = ET.fromstring(body)
-        except ET.ParseError:
-            message = body.decode(errors="replace")[:200]
-        else:
-            code = _text(root, "Code") or code
-            message = _text(root, "Message") or message
-    return S3ClientError(code, message, response.status)
+def translate(exc: BaseException, endpoint: str) -> S3ClientError | None:
+    """The CLI's error for anything boto3 or s3transfer raise (None: not theirs)."""
+    if isinstance(exc, S3ClientError):
+        return exc
+    if isinstance(exc, botocore_errors.ClientError):
+        error = exc.response.get("Error", {})
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        code = str(error.get("Code") or status)
+        code = _BARE_STATUS.get(code, code)
+        message = str(error.get("Message") or code)
+        return S3ClientError(code, message, status)
+    if isinstance(exc, transfer_errors.S3DownloadFailedError) and isinstance(
+        exc.__cause__ or exc.__context__, botocore_errors.ClientError
+    ):  # s3transfer's word for a ranged GET refused by If-Match (412), among others
+        return translate(exc.__cause__ or exc.__context__, endpoint)
+    if isinstance(exc, transfer_errors.RetriesExceededError):
+        return translate(exc.last_exception, endpoint) or S3ClientError("Unreachable", str(exc))
+    if isinstance(exc, botocore_errors.SSLError):
+        return _tls_error(exc, endpoint)
+    if isinstance(exc, botocore_errors.ConnectTimeoutError | botocore_errors.ReadTimeoutError):
+        return S3ClientError("Timeout", f"{endpoint} did not answer in time")
+    if isinstance(exc, botocore_errors.EndpointConnectionError):
+        return S3ClientError("Unreachable", f"cannot reach {endpoint}: connection refused")
+    if isinstance(exc, botocore_errors.ConnectionClosedError | botocore_errors.ConnectionError):
+        return S3ClientError("Unreachable", f"cannot reach {endpoint}: the connection was dropped")
+    if isinstance(exc, botocore_errors.ResponseStreamingError
+                  | botocore_errors.IncompleteReadError):  # fmt: skip
+        return S3ClientError("Unreachable", f"the connection to {endpoint} broke off mid-answer")
+    if isinstance(exc, botocore_errors.ParamValidationError):
+        return S3ClientError("InvalidParameter", str(exc).replace("\n", " "))
+    if isinstance(exc, botocore_errors.BotoCoreError):
+        return S3ClientError(type(exc).__name__, str(exc))
+    return None
 
 
-def _connect_error(endpoint: str, exc: BaseException) -> S3ClientError:
-    if isinstance(exc, ssl.SSLCertVerificationError):
+def _tls_error(exc: BaseException, endpoint: str) -> S3ClientError:
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        reason = text.split("certificate verify failed:", 1)[-1].split(")")[0].strip()
         return S3ClientError(
             "TLSVerifyFailed",
-            f"cannot reach {endpoint}: its certificate is not trusted ({exc.verify_message}); "
+            f"cannot reach {endpoint}: its certificate is not trusted ({reason}); "
             f"give the cluster's CA with --tls-ca",
         )
-    if isinstance(exc, ssl.SSLError):
-        return S3ClientError("TLSFailed", f"cannot reach {endpoint}: TLS failed ({exc.reason})")
-    if isinstance(exc, ConnectionRefusedError):
-        why = "connection refused"
-    elif isinstance(exc, socket.timeout | TimeoutError):
-        why = "timed out"
-    elif isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError):
-        why = "the connection was dropped"
-    else:
-        why = str(exc) or type(exc).__name__
-    return S3ClientError("Unreachable", f"cannot reach {endpoint}: {why}")
+    return S3ClientError("TLSFailed", f"cannot reach {endpoint}: TLS failed ({text})")
 
 
-def describe(exc: S3ClientError, bucket: str = "", key: str = "") -> str:
-    """A short, clear line for the user, e.g. ``bucket "x" does not exist (NoSuchBucket)``."""
-    name = f"{bucket}/{key}" if key else bucket
-    known: dict[str, str] = {
-        "NoSuchBucket": f'bucket "{bucket}" does not exist',
-        "NoSuchKey": f'object "{name}" does not exist',
-        "NotFound": f'{"object" if key else "bucket"} "{name}" does not exist',
-        "BucketAlreadyOwnedByYou": f'bucket "{bucket}" already exists',
-        "BucketAlreadyExists": f'bucket "{bucket}" already exists',
-        "BucketNotEmpty": f'bucket "{bucket}" is not empty',
-        "SignatureDoesNotMatch": "the secret key does not match the access key",
-        "InvalidAccessKeyId": "the access key is not known to the cluster",
-    }
-    text = known.get(exc.code, exc.message)
-    return f"{text} ({exc.code})"
+def make_client(endpoint: Endpoint, *, timeout: float = READ_TIMEOUT,
+                attempts: int = ATTEMPTS) -> Any:  # fmt: skip
+    """A botocore S3 client for ``endpoint``: path-style, SigV4, standard retries."""
+    if endpoint.ca is not None and not Path(endpoint.ca).is_file():
+        raise S3ClientError("BadCA", f"the CA bundle {endpoint.ca} does not exist; "
+                                     f"give the cluster's CA file with --tls-ca")  # fmt: skip
+    session = boto3.session.Session()
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+        retries={"mode": "standard", "max_attempts": attempts},
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=timeout,
+        max_pool_connections=CONCURRENCY,
+        user_agent_extra="minigrid-cli",
+    )
+    try:
+        return session.client(
+            "s3",
+            endpoint_url=endpoint.url,
+            region_name=endpoint.region,
+            aws_access_key_id=endpoint.access_key,
+            aws_secret_access_key=endpoint.secret_key,
+            verify=endpoint.ca if endpoint.ca is not None else True,
+            config=config,
+        )
+    except ValueError as exc:  # botocore's "Invalid endpoint: ..."
+        raise S3ClientError("BadEndpoint", f"{exc}: write it as http(s)://host:port") from exc
 
 
-def response_headers(response: http.client.HTTPResponse) -> dict[str, Any]:
-    return {name.lower(): value for name, value in response.getheaders()}
+class S3:
+    """The S3 calls the object commands make, through one botocore client."""
+
+    def __init__(self, endpoint: Endpoint, *, timeout: float = READ_TIMEOUT,
+                 attempts: int = ATTEMPTS) -> None:  # fmt: skip
+        self.endpoint = endpoint
+        self._timeout = timeout
+        self._attempts = attempts
+        self._client: Any = None
+        self._etags: dict[tuple[str, str], str] = {}
+        self._etags_lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """The botocore client, made on first use: loading it costs a few hundred ms that a
+        command refused for its arguments should not pay."""
+        if self._client is None:
+            self._client = make_client(self.endpoint, timeout=self._timeout,
+                                       attempts=self._attempts)  # fmt: skip
+            self._watch_etags()
+        return self._client
+
+    # --- errors -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Raise whatever boto3 raises inside as :class:`S3ClientError`."""
+        try:
+            yield
+        except Exception as exc:
+            translated = translate(exc, self.endpoint.url)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    def not_found(self, bucket: str, key: str) -> S3ClientError:
+        """The error for an object a HEAD did not find: its bucket, or the key, is missing."""
+        try:
+            with self.errors():
+                self.client.head_bucket(Bucket=bucket)
+        except S3ClientError as exc:
+            if exc.status == 404:
+                return S3ClientError("NoSuchBucket", "The specified bucket does not exist.", 404)
+            return exc
+        return S3ClientError("NoSuchKey", "The specified key does not exist.", 404)
+
+    def named(self, exc: S3ClientError, bucket: str, key: str) -> S3ClientError:
+        """``exc``, with a bare 404 about ``bucket/key`` resolved to S3's own code."""
+        if exc.code == "NotFound" and key:
+            return self.not_found(bucket, key)
+        if exc.code == "NotFound":
+            return S3ClientError("NoSuchBucket", "The specified bucket does not exist.", 404)
+        return exc
+
+    # --- buckets ------------------------------------------------------------------------------
+
+    def list_buckets(self) -> list[Bucket]:
+        """Every bucket, following ListBuckets' continuation tokens."""
+        buckets: list[Bucket] = []
+        token: str | None = None
+        with self.errors():
+            while True:
+                page = self.client.list_buckets(**({"ContinuationToken": token} if token else {}))
+                buckets += [Bucket(b["Name"], timestamp(b.get("CreationDate")))
+                            for b in page.get("Buckets", [])]  # fmt: skip
+                token = page.get("ContinuationToken")
+                if not token:
+                    return buckets
+
+    def make_bucket(self, bucket: str) -> None:
+        """Create ``bucket``; ``BucketAlreadyOwnedByYou`` if it exists. S3 answers 200 to an
+        owner re-creating a bucket in us-east-1, so the CLI asks first to be able to say so."""
+        if self.bucket_exists(bucket):
+            raise S3ClientError("BucketAlreadyOwnedByYou", f"bucket {bucket} already exists", 409)
+        with self.errors():
+            self.client.create_bucket(Bucket=bucket)
+
+    def bucket_exists(self, bucket: str) -> bool:
+        try:
+            with self.errors():
+                self.client.head_bucket(Bucket=bucket)
+        except S3ClientError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def remove_bucket(self, bucket: str) -> None:
+        with self.errors():
+            self.client.delete_bucket(Bucket=bucket)
+
+    # --- objects ------------------------------------------------------------------------------
+
+    def head(self, bucket: str, key: str) -> ObjectStat:
+        """The object's size, ETag, dates and metadata (``NoSuchKey``/``NoSuchBucket``)."""
+        try:
+            with self.errors():
+                answer = self.client.head_object(Bucket=bucket, Key=key)
+        except S3ClientError as exc:
+            raise self.named(exc, bucket, key) from exc
+        headers = {name: str(answer[field_]) for field_, name in _SYSTEM_HEADERS.items()
+                   if answer.get(field_)}  # fmt: skip
+        return ObjectStat(
+            key=key,
+            size=int(answer.get("ContentLength", 0)),
+            etag=str(answer.get("ETag", "")).strip('"'),
+            last_modified=timestamp(answer.get("LastModified")),
+            content_type=str(answer.get("ContentType", "")),
+            metadata=dict(answer.get("Metadata", {})),
+            headers=headers,
+        )
+
+    def exists(self, bucket: str, key: str) -> bool:
+        try:
+            self.head(bucket, key)
+        except S3ClientError as exc:
+            if exc.code == "NoSuchKey":
+                return False
+            raise
+        return True
+
+    def listing(self, bucket: str, prefix: str = "", delimiter: str = ""
+                ) -> Iterator[ObjectStat | Prefix]:  # fmt: skip
+        """Every object (and, with a delimiter, every common prefix) under ``prefix``, in
+        pages of ListObjectsV2; within a page, prefixes come before objects."""
+        args: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if delimiter:
+            args["Delimiter"] = delimiter
+        with self.errors():
+            for page in self.client.get_paginator("list_objects_v2").paginate(**args):
+                for common in page.get("CommonPrefixes", []):
+                    yield Prefix(common["Prefix"])
+                for item in page.get("Contents", []):
+                    yield ObjectStat(
+                        key=item["Key"],
+                        size=int(item.get("Size", 0)),
+                        etag=str(item.get("ETag", "")).strip('"'),
+                        last_modified=timestamp(item.get("LastModified")),
+                    )
+
+    def objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectStat]:
+        """Every object under ``prefix``, at any depth."""
+        for entry in self.listing(bucket, prefix):
+            if isinstance(entry, ObjectStat):
+                yield entry
+
+    def delete(self, bucket: str, key: str) -> None:
+        with self.errors():
+            self.client.delete_object(Bucket=bucket, Key=key)
+
+    def delete_many(self, bucket: str, keys: Iterable[str]) -> Iterator[tuple[str, str | None]]:
+        """Delete ``keys`` in DeleteObjects batches; yields ``(key, None)`` for each deleted
+        key and ``(key, "reason (Code)")`` for each the server refused."""
+        batch: list[str] = []
+        for key in keys:
+            batch.append(key)
+            if len(batch) == DELETE_BATCH:
+                yield from self._delete_batch(bucket, batch)
+                batch = []
+        if batch:
+            yield from self._delete_batch(bucket, batch)
+
+    def _delete_batch(self, bucket: str, keys: list[str]) -> Iterator[tuple[str, str | None]]:
+        with self.errors():
+            answer = self.client.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
+            )
+        refused = {
+            str(e.get("Key")): describe(
+                S3ClientError(str(e.get("Code")), str(e.get("Message"))), bucket, str(e.get("Key"))
+            )
+            for e in answer.get("Errors", [])
+        }
+        for key in keys:
+            yield key, refused.get(key)
+
+    def presign_get(self, bucket: str, key: str, seconds: int) -> str:
+        """A URL anyone can GET the object with, for ``seconds`` (query-string SigV4)."""
+        with self.errors():
+            url: str = self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds
+            )
+        return url
+
+    def abort_uploads(self, bucket: str) -> int:
+        """Abort every multipart upload in progress in ``bucket``; how many there were."""
+        aborted = 0
+        with self.errors():
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=bucket
+            ):
+                for upload in page.get("Uploads", []):
+                    self.client.abort_multipart_upload(
+                        Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        return aborted
+
+    # --- transfers ----------------------------------------------------------------------------
+
+    def transfer_config(self) -> TransferConfig:
+        return TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=PART_SIZE,
+            max_concurrency=CONCURRENCY,
+            use_threads=True,
+        )
+
+    def transfer_manager(self) -> TransferManager:
+        """s3transfer's manager over this client (multipart, ranged GETs, retries)."""
+        manager: TransferManager = create_transfer_manager(self.client, self.transfer_config())
+        return manager
+
+    def stored_etag(self, bucket: str, key: str) -> str:
+        """The ETag the server answered when this client last wrote ``bucket/key`` ("" if
+        none was seen)."""
+        with self._etags_lock:
+            return self._etags.get((bucket, key), "")
+
+    def _watch_etags(self) -> None:
+        """Keep the ETag of every object this client writes, from the answers themselves, so
+        an upload can report it without another request."""
+        events = self.client.meta.events
+        for operation in ("PutObject", "CompleteMultipartUpload", "CopyObject"):
+            events.register(f"before-parameter-build.s3.{operation}", _remember_target)
+            events.register(f"after-call.s3.{operation}", self._remember_etag)
+
+    def _remember_etag(self, parsed: dict[str, Any], context: dict[str, Any],
+                       **_: Any) -> None:  # fmt: skip
+        target = context.get("minigrid_target")
+        etag = parsed.get("ETag") or parsed.get("CopyObjectResult", {}).get("ETag")
+        if target is not None and etag:
+            with self._etags_lock:
+                self._etags[target] = str(etag).strip('"')
+
+
+def _remember_target(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    context["minigrid_target"] = (params.get("Bucket"), params.get("Key"))
 
 
 __all__ = [
-    "CHUNK",
-    "Listing",
+    "CONCURRENCY",
+    "MULTIPART_THRESHOLD",
+    "S3",
+    "Bucket",
+    "Endpoint",
     "ObjectStat",
-    "S3Client",
+    "Prefix",
     "S3ClientError",
     "describe",
-    "object_path",
+    "make_client",
+    "timestamp",
+    "translate",
 ]

@@ -211,25 +211,31 @@ class ObjectHealer:
                     assert isinstance(copy, ObjectMeta)
                     states[position] = await self._check_inline(meta, copy)
             return states
-        info = meta.erasure
         checks = await asyncio.gather(
-            *(
-                _attempt(
-                    eset.drives[position].verify_shard(
-                        bucket,
-                        key,
-                        meta.data_dir,
-                        chunk_size=info.shard_chunk_size(),
-                        shard_size=info.shard_size(meta.size),
-                        deep=deep,
-                    )
-                )
-                for position in holders
-            )
-        )
+            *(self._check_shards(eset.drives[position], bucket, key, meta, deep)
+              for position in holders)
+        )  # fmt: skip
         for position, error in zip(holders, checks, strict=True):
             states[position] = _shard_state(error)
         return states
+
+    @staticmethod
+    async def _check_shards(
+        drive: Drive, bucket: str, key: str, meta: ObjectMeta, deep: bool
+    ) -> StorageError | None:
+        """Check a drive's shard files (one per part of a multipart object); the first
+        fault found, or None."""
+        info = meta.erasure
+        for part, size in meta.segments():
+            error = await _attempt(
+                drive.verify_shard(
+                    bucket, key, meta.data_dir, chunk_size=info.shard_chunk_size(),
+                    shard_size=info.shard_size(size), deep=deep, part=part,
+                )
+            )  # fmt: skip
+            if error is not None:
+                return error
+        return None
 
     async def _check_inline(self, meta: ObjectMeta, copy: ObjectMeta) -> DriveState:
         info = meta.erasure
@@ -337,10 +343,39 @@ class ObjectHealer:
             }
             result.bytes_written += sum(len(shard or b"") for _, shard in staged.values())
             return staged
-        writers = await self._open_writers(eset, targets, upload_id)
+        alive = list(targets)
+        # Each part of a multipart object is its own coded shard file: rebuild them one by
+        # one into the same write in progress; a drive that fails one part is dropped.
+        for part, size in meta.segments():
+            alive = await self._rebuild_segment(
+                eset, bucket, key, meta, good, alive, upload_id, part, size, wanted, result
+            )
+            if not alive:
+                return {}
+        return {position: (upload_id, None) for position in alive}
+
+    async def _rebuild_segment(
+        self,
+        eset: ErasureSet,
+        bucket: str,
+        key: str,
+        meta: ObjectMeta,
+        good: list[int],
+        targets: list[int],
+        upload_id: str,
+        part: int,
+        size: int,
+        wanted: list[int],
+        result: ObjectHealResult,
+    ) -> list[int]:
+        """Rebuild one shard file (``part``, ``size`` bytes of the object) onto ``targets``;
+        returns the positions that now hold it staged."""
+        info = meta.erasure
+        erasure = Erasure(info.data, info.parity, info.block_size)
+        writers = await self._open_writers(eset, targets, upload_id, part)
         if not writers:
-            return {}
-        blocks = -(-meta.size // info.block_size)
+            return []
+        blocks = -(-size // info.block_size)
         fetcher = ShardFetcher(
             bucket=bucket,
             key=key,
@@ -353,6 +388,8 @@ class ObjectHealer:
             report=lambda source, reason: self.layer.report(
                 eset, bucket, key, source.position, reason
             ),
+            part=part,
+            size=size,
         )
         try:
             batch: list[bytes] = []
@@ -365,18 +402,16 @@ class ObjectHealer:
                 for shards in encoded:
                     await self._write(writers, shards, info.distribution, result)
                 if not writers:
-                    return {}
+                    return []
         except BaseException:
             await asyncio.gather(*(_attempt(w.abort()) for w in writers.values()))
             raise
         finally:
             await fetcher.close()
         finished = await asyncio.gather(*(_attempt(writer.commit()) for writer in writers.values()))
-        return {
-            position: (upload_id, None)
-            for position, error in zip(writers, finished, strict=True)
-            if error is None
-        }
+        return [
+            position for position, error in zip(writers, finished, strict=True) if error is None
+        ]
 
     async def _rebuild_inline(
         self, meta: ObjectMeta, erasure: Erasure, held: list[ObjectMeta], wanted: list[int]
@@ -416,9 +451,11 @@ class ObjectHealer:
         return out
 
     async def _open_writers(
-        self, eset: ErasureSet, targets: list[int], upload_id: str
+        self, eset: ErasureSet, targets: list[int], upload_id: str, part: int = 0
     ) -> dict[int, ShardWriter]:
-        opened = await asyncio.gather(*(_open_writer(eset.drives[p], upload_id) for p in targets))
+        opened = await asyncio.gather(
+            *(_open_writer(eset.drives[p], upload_id, part) for p in targets)
+        )
         return {p: w for p, w in zip(targets, opened, strict=True) if w is not None}
 
     @staticmethod
@@ -470,11 +507,11 @@ class ObjectHealer:
         return [p for p, ok in zip(written, done, strict=True) if ok]
 
 
-async def _open_writer(drive: Drive, upload_id: str) -> ShardWriter | None:
+async def _open_writer(drive: Drive, upload_id: str, part: int = 0) -> ShardWriter | None:
     if not drive.is_online():
         return None
     try:
-        return await drive.create_shard(upload_id)
+        return await drive.create_shard(upload_id, part)
     except StorageError:
         return None
 

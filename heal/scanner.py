@@ -32,6 +32,7 @@ import xxhash
 from heal.buckets import BucketHealer
 from heal.object import ObjectHealer, Outcome
 from heal.pace import DynamicSleeper, Foreground, Speed, no_foreground
+from heal.uploads import remove_stale_uploads
 from heal.walk import set_buckets, walk_set
 from storage.drive import Drive
 from storage.erasure_set import ErasureSet
@@ -75,6 +76,7 @@ class CycleStats:
     checked: int = 0  # objects this node checked
     healed: int = 0
     failed: int = 0
+    stale_uploads: int = 0  # unfinished multipart uploads aborted for their age
     position: str = ""  # bucket/key reached
     usage: dict[str, BucketUsage] = field(default_factory=dict)
 
@@ -86,6 +88,7 @@ class CycleStats:
             "checked": self.checked,
             "healed": self.healed,
             "failed": self.failed,
+            "stale_uploads": self.stale_uploads,
             "position": self.position,
             "seconds": round(elapsed, 3),
             "objects_per_s": round(self.scanned / elapsed, 1) if elapsed > 0 else 0.0,
@@ -107,6 +110,7 @@ class Scanner:
         share: int = SHARE,
         foreground: Foreground | None = None,
         pause_between_cycles: float = 1.0,
+        stale_upload_age: float | None = None,
     ) -> None:
         self.layer = layer
         self.healer = healer
@@ -117,6 +121,8 @@ class Scanner:
         self.foreground = foreground or Foreground(no_foreground)
         self.pause_between_cycles = pause_between_cycles
         self.buckets = BucketHealer()
+        #: Seconds after which an unfinished multipart upload is aborted (None: never).
+        self.stale_upload_age = stale_upload_age
         self.current: CycleStats | None = None
         self.last: CycleStats | None = None
         self._cycles = 0
@@ -152,6 +158,10 @@ class Scanner:
             except StorageError as exc:
                 # Too few drives answered to walk this set: nothing to check until they are back.
                 log.debug("scanner: set %d skipped this cycle: %s", eset.index, exc)
+        if self.stale_upload_age is not None:
+            stats.stale_uploads = await remove_stale_uploads(
+                self.layer, self.sets(), self.stale_upload_age, self.is_local
+            )
         stats.finished = time.monotonic()
         self.last = stats
         return stats

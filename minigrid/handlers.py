@@ -42,6 +42,13 @@ class HandlerID(enum.IntEnum):
     READ_SHARD = 24  # stream: verified chunks out
     VERIFY_SHARD = 25
     LIST_OBJECTS_PAGE = 26
+    WRITE_UPLOAD = 27
+    READ_UPLOAD = 28
+    LIST_UPLOADS = 29
+    DELETE_UPLOAD = 30
+    COMMIT_PART = 31
+    LIST_PARTS = 32
+    ASSEMBLE_PARTS = 33
     # Node-level calls (admin info, faults): 40–59.
     NODE_INFO = 40
     NODE_TOP = 41  # single: this node's live figures for `minigrid admin top`

@@ -137,6 +137,11 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("drive_check_interval", "float", "seconds between checks for blank drives (10)"),
     Option("mrf_delay", "float", "seconds MRF waits after a failure before it heals (1)"),
     Option(
+        "stale_upload_age",
+        "float",
+        "seconds after which the scanner aborts an unfinished multipart upload (86400: a day)",
+    ),
+    Option(
         "unsafe_inline_heal",
         "bool",
         "UNSAFE: hash and erasure-code ON THE EVENT LOOP to starve grid pings on purpose "
@@ -189,6 +194,7 @@ class NodeConfig:
     scanner_interval: float = 1.0
     drive_check_interval: float = 10.0
     mrf_delay: float = 1.0
+    stale_upload_age: float = 86_400.0
     unsafe_inline_heal: bool = False
     unsafe_heal_slice_mib: int = 256
     tls_cert: str = ""
@@ -384,6 +390,7 @@ def _check_limits(values: dict[str, object]) -> None:
         "body_timeout",
         "scanner_interval",
         "drive_check_interval",
+        "stale_upload_age",
         "liveness_scale",
         "unsafe_heal_slice_mib",
     ):

@@ -82,6 +82,7 @@ class HealingService:
         drive_check_every: float = 10.0,
         scanner_pause: float = 1.0,
         mrf_delay: float = 1.0,
+        stale_upload_age: float = 86_400.0,
     ) -> None:
         self.layer = layer
         self.peers = peers
@@ -104,6 +105,7 @@ class HealingService:
             deep=deep,
             foreground=self.foreground,
             pause_between_cycles=scanner_pause,
+            stale_upload_age=stale_upload_age,
         )
         self.drives = DriveHealer(
             layer,

@@ -227,6 +227,7 @@ class Node:
             unsafe_slice_mib=config.unsafe_heal_slice_mib,
             drive_check_every=config.drive_check_interval,
             scanner_pause=config.scanner_interval, mrf_delay=config.mrf_delay,
+            stale_upload_age=config.stale_upload_age,
         )  # fmt: skip
         for path in self._blank:
             healing.replaced(path)

@@ -15,6 +15,12 @@ Writing an object on one drive:
    then replaces the metadata file, keeping the previous version aside.
 3. ``await drive.commit_rename(upload_id, volume, key)`` once write quorum is reached (drops
    the previous version), or ``await drive.undo_rename(upload_id, volume, key)`` to roll back.
+
+A multipart upload is staged on the drives of the object's set, outside the temporary area
+(it survives a restart): ``write_upload`` records it; each part is written with
+``create_shard`` and moved into the upload by ``commit_part``; completing it links the chosen
+parts' shards into a write in progress (``assemble_parts``, no copy) that ``rename_data``
+installs like any other; ``delete_upload`` removes what is left (or aborts it).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 import msgpack
 
 from storage.format import FormatInfo
-from storage.meta import ObjectMeta
+from storage.meta import ObjectMeta, PartInfo, UploadRecord
 
 
 def _pack(value: dict[str, Any]) -> bytes:
@@ -228,8 +234,9 @@ class Drive(Protocol):
     async def delete_object(self, volume: str, key: str) -> None:
         """Remove the object's metadata and its data directory."""
 
-    async def create_shard(self, upload_id: str) -> ShardWriter:
-        """Start streaming a shard into the temporary area under ``upload_id``."""
+    async def create_shard(self, upload_id: str, part: int = 0) -> ShardWriter:
+        """Start streaming a shard into the temporary area under ``upload_id`` (the shard file
+        of ``part`` when it is not 0: a healer rebuilding a multipart object)."""
 
     async def rename_data(self, upload_id: str, volume: str, key: str, meta: ObjectMeta) -> None:
         """Move the uploaded shard into place, then replace the metadata (last)."""
@@ -250,8 +257,10 @@ class Drive(Protocol):
         shard_size: int,
         offset: int,
         length: int,
+        part: int = 0,
     ) -> AsyncIterator[bytes]:
-        """Stream verified shard bytes ``[offset, offset + length)``.
+        """Stream verified shard bytes ``[offset, offset + length)`` (of part ``part``'s shard
+        file when it is not 0).
 
         Chunks come out one per bitrot frame (trimmed at the ends of the range). A damaged
         frame raises FileCorrupt at that point in the stream.
@@ -266,8 +275,10 @@ class Drive(Protocol):
         chunk_size: int,
         shard_size: int,
         deep: bool = True,
+        part: int = 0,
     ) -> None:
-        """Check a shard: FileNotFound when it is missing, FileCorrupt when it is bad.
+        """Check a shard (of part ``part`` when not 0): FileNotFound when it is missing,
+        FileCorrupt when it is bad.
 
         ``deep`` checks the hash of every frame; otherwise only that the file exists with the
         right size (what the scanner's normal mode and the healer's quick check need)."""
@@ -276,3 +287,28 @@ class Drive(Protocol):
         self, volume: str, prefix: str, delimiter: str, start_after: str, limit: int
     ) -> ListPage:
         """Up to ``limit`` entries after ``start_after``, with keys collapsed at ``delimiter``."""
+
+    async def write_upload(self, volume: str, record: UploadRecord) -> None:
+        """Record a multipart upload (durably; it survives a restart)."""
+
+    async def read_upload(self, volume: str, upload_id: str) -> UploadRecord:
+        """The upload's record; FileNotFound when there is no such upload."""
+
+    async def list_uploads(self, volume: str) -> list[UploadRecord]:
+        """The uploads in progress into ``volume`` (at most 10,000)."""
+
+    async def delete_upload(self, volume: str, upload_id: str) -> None:
+        """Remove an upload and every part staged for it; FileNotFound when there is none."""
+
+    async def commit_part(self, upload_id: str, volume: str, mpu: str, part: PartInfo) -> None:
+        """Move the shard written under ``upload_id`` into upload ``mpu`` as ``part``,
+        replacing an earlier upload of the same part number."""
+
+    async def list_parts(self, volume: str, mpu: str) -> list[PartInfo]:
+        """The parts staged for upload ``mpu``, in part order."""
+
+    async def assemble_parts(
+        self, upload_id: str, volume: str, mpu: str, parts: list[tuple[int, str]]
+    ) -> None:
+        """Link the staged parts ``(number, data dir)`` of ``mpu`` into the write in progress
+        ``upload_id`` as its shard files, ready for ``rename_data``."""

@@ -131,6 +131,7 @@ async def _verify_shard(drive: Drive, req: Request) -> bytes:
         chunk_size=req["chunk"],
         shard_size=req["size"],
         deep=req["deep"],
+        part=req["part"],
     )
     return b""
 
@@ -140,6 +141,38 @@ async def _list_objects_page(drive: Drive, req: Request) -> bytes:
         req["vol"], req["prefix"], req["delim"], req["after"], req["limit"]
     )
     return page.to_msgpack()
+
+
+async def _write_upload(drive: Drive, req: Request) -> bytes:
+    await drive.write_upload(req["vol"], req["record"])
+    return b""
+
+
+async def _read_upload(drive: Drive, req: Request) -> bytes:
+    return (await drive.read_upload(req["vol"], req["mpu"])).to_msgpack()
+
+
+async def _list_uploads(drive: Drive, req: Request) -> bytes:
+    return pack([record.to_dict() for record in await drive.list_uploads(req["vol"])])
+
+
+async def _delete_upload(drive: Drive, req: Request) -> bytes:
+    await drive.delete_upload(req["vol"], req["mpu"])
+    return b""
+
+
+async def _commit_part(drive: Drive, req: Request) -> bytes:
+    await drive.commit_part(req["upload"], req["vol"], req["mpu"], req["pinfo"])
+    return b""
+
+
+async def _list_parts(drive: Drive, req: Request) -> bytes:
+    return pack([part.to_dict() for part in await drive.list_parts(req["vol"], req["mpu"])])
+
+
+async def _assemble_parts(drive: Drive, req: Request) -> bytes:
+    await drive.assemble_parts(req["upload"], req["vol"], req["mpu"], req["plist"])
+    return b""
 
 
 def _unexpected(what: str, exc: Exception) -> StorageError:
@@ -178,6 +211,7 @@ async def _read_shard(drive: Drive, req: Request, stream: ServerStream) -> None:
         shard_size=req["size"],
         offset=req["off"],
         length=req["len"],
+        part=req["part"],
     )
     try:
         async for chunk in chunks:
@@ -224,7 +258,7 @@ async def _abort_shielded(writer: ShardWriter, where: str) -> None:
 
 async def _create_shard(drive: Drive, req: Request, stream: ServerStream) -> None:
     where = req.what
-    writer = await drive.create_shard(req["upload"])
+    writer = await drive.create_shard(req["upload"], req["part"])
     acknowledged = False
     try:
         await stream.send(SHARD_READY)
@@ -287,6 +321,13 @@ DRIVE_HANDLERS: Final[dict[HandlerID, DriveHandler]] = {
     HandlerID.UNDO_RENAME: DriveHandler(call=_undo_rename),
     HandlerID.VERIFY_SHARD: DriveHandler(call=_verify_shard),
     HandlerID.LIST_OBJECTS_PAGE: DriveHandler(call=_list_objects_page),
+    HandlerID.WRITE_UPLOAD: DriveHandler(call=_write_upload),
+    HandlerID.READ_UPLOAD: DriveHandler(call=_read_upload),
+    HandlerID.LIST_UPLOADS: DriveHandler(call=_list_uploads),
+    HandlerID.DELETE_UPLOAD: DriveHandler(call=_delete_upload),
+    HandlerID.COMMIT_PART: DriveHandler(call=_commit_part),
+    HandlerID.LIST_PARTS: DriveHandler(call=_list_parts),
+    HandlerID.ASSEMBLE_PARTS: DriveHandler(call=_assemble_parts),
     HandlerID.READ_SHARD: DriveHandler(stream=_read_shard, out_capacity=READ_SHARD_OUT_CAPACITY),
     HandlerID.CREATE_SHARD: DriveHandler(
         stream=_create_shard, in_capacity=CREATE_SHARD_IN_CAPACITY, out_capacity=2

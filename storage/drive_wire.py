@@ -32,7 +32,7 @@ from storage.errors import (
     error_from_code,
 )
 from storage.format import FORMAT_VERSION, FormatInfo
-from storage.meta import MAX_BLOCK_SIZE, ObjectMeta
+from storage.meta import MAX_BLOCK_SIZE, MAX_PARTS, ObjectMeta, PartInfo, UploadRecord
 from storage.names import (
     shown,
     validate_bucket,
@@ -115,6 +115,45 @@ def _meta(value: object) -> ObjectMeta:
         raise InvalidArgument(f"malformed object metadata: {exc}") from exc
 
 
+def _record(value: object) -> UploadRecord:
+    if isinstance(value, UploadRecord):
+        value = value.to_dict()
+    if not isinstance(value, dict):
+        raise InvalidArgument("field 'record' must be a map")
+    try:
+        return UploadRecord.from_dict(value)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidArgument(f"malformed upload record: {exc}") from exc
+
+
+def _part_info(value: object) -> PartInfo:
+    if isinstance(value, PartInfo):
+        value = value.to_dict()
+    if not isinstance(value, dict):
+        raise InvalidArgument("field 'pinfo' must be a map")
+    try:
+        return PartInfo.from_dict(value)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidArgument(f"malformed part record: {exc}") from exc
+
+
+def _part_list(value: object) -> list[tuple[int, str]]:
+    """``[[number, data dir], ...]``: ascending part numbers, each data dir a UUID hex."""
+    if not isinstance(value, list | tuple) or not 1 <= len(value) <= MAX_PARTS:
+        raise InvalidArgument(f"field 'plist' must list 1-{MAX_PARTS} parts")
+    parts: list[tuple[int, str]] = []
+    previous = 0
+    for item in value:
+        if not isinstance(item, list | tuple) or len(item) != 2:
+            raise InvalidArgument("field 'plist' must hold [number, data dir] pairs")
+        number = _integer(item[0], "plist", 1, MAX_PARTS)
+        if number <= previous:
+            raise InvalidArgument("field 'plist' must be in ascending part order")
+        previous = number
+        parts.append((number, _string(validate_data_dir)(item[1])))
+    return parts
+
+
 def _drive_uuid(value: object, what: str) -> str:
     """A drive ID: a UUID in its canonical text form, as plan_format and the node write it."""
     try:
@@ -183,6 +222,11 @@ FIELDS: Final[dict[str, Callable[[Any], Any]]] = {
     "vol": _string(validate_bucket),
     "key": _string(validate_object),
     "upload": _string(validate_upload_id),
+    "mpu": _string(validate_upload_id),
+    "part": lambda value: _integer(value, "part", 0, MAX_PARTS),
+    "record": _record,
+    "pinfo": _part_info,
+    "plist": _part_list,
     "ddir": _string(validate_data_dir),
     "prefix": _string(lambda value: validate_list_text(value, "listing prefix")),
     "delim": _string(lambda value: validate_list_text(value, "listing delimiter")),
@@ -237,10 +281,9 @@ class Request:
         return self._fields[name]
 
 
-
 # --- the schema -----------------------------------------------------------------------------
 
-_SHARD_AT: Final = ("vol", "key", "ddir", "chunk", "size")
+_SHARD_AT: Final = ("vol", "key", "ddir", "chunk", "size", "part")
 _COMMIT: Final = ("upload", "vol", "key")
 
 #: Every drive operation on the grid and the fields of its request, declared once for both
@@ -264,7 +307,14 @@ SCHEMA: Final[dict[HandlerID, tuple[str, ...]]] = {
     HandlerID.VERIFY_SHARD: (*_SHARD_AT, "deep"),
     HandlerID.LIST_OBJECTS_PAGE: ("vol", "prefix", "delim", "after", "limit"),
     HandlerID.READ_SHARD: (*_SHARD_AT, "off", "len"),
-    HandlerID.CREATE_SHARD: ("upload",),
+    HandlerID.CREATE_SHARD: ("upload", "part"),
+    HandlerID.WRITE_UPLOAD: ("vol", "record"),
+    HandlerID.READ_UPLOAD: ("vol", "mpu"),
+    HandlerID.LIST_UPLOADS: ("vol",),
+    HandlerID.DELETE_UPLOAD: ("vol", "mpu"),
+    HandlerID.COMMIT_PART: ("upload", "vol", "mpu", "pinfo"),
+    HandlerID.LIST_PARTS: ("vol", "mpu"),
+    HandlerID.ASSEMBLE_PARTS: ("upload", "vol", "mpu", "plist"),
 }
 
 
@@ -275,7 +325,9 @@ def encode_request(handler_id: HandlerID, fields: Mapping[str, Any], endpoint: s
     """
     check_fields(fields, SCHEMA[handler_id], f"{handler_id.name} {endpoint}")
     wire = {
-        name: value.to_dict() if isinstance(value, ObjectMeta | FormatInfo) else value
+        name: value.to_dict()
+        if isinstance(value, ObjectMeta | FormatInfo | UploadRecord | PartInfo)
+        else value
         for name, value in fields.items()
     }
     return pack(wire) if wire else b""

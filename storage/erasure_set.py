@@ -76,6 +76,14 @@ class ErasureSet:
         for background work that would rather wait than skip a drive); a drive still silent
         then counts as failed for this call (its call is cancelled), as if it were offline.
         """
+        return await self.fan_out_positions(
+            lambda position: call(self.drives[position]), patience=patience
+        )
+
+    async def fan_out_positions(
+        self, call: Callable[[int], Awaitable[T]], *, patience: float | None = None
+    ) -> Results[T]:
+        """:meth:`fan_out`, for a call that needs the drive's position in the set."""
         loop = asyncio.get_running_loop()
         missing = object()  # "no answer yet" (None is a valid answer)
         results: list[Any] = [missing] * len(self.drives)
@@ -85,7 +93,7 @@ class ErasureSet:
                 results[position] = DriveNotFound(f"drive {drive.endpoint} is offline")
                 return
             try:
-                results[position] = await call(drive)
+                results[position] = await call(position)
             except StorageError as exc:
                 results[position] = exc
 
@@ -102,6 +110,22 @@ class ErasureSet:
             DriveNotFound(f"drive {drive.endpoint}: {late}") if result is missing else result
             for drive, result in zip(self.drives, results, strict=True)
         ]
+
+    async def every_drive(self, call: Callable[[int], Awaitable[T]]) -> Results[T]:
+        """Run ``call(position)`` on every online drive and wait for every answer (each drive
+        call is bounded by its own timeout): for steps whose every drive counts later, such
+        as staging a multipart upload's parts, where a drive cut off as a straggler would miss
+        a part and could not take the object when it completes."""
+
+        async def one(position: int, drive: Drive) -> T | StorageError:
+            if not drive.is_online():
+                return DriveNotFound(f"drive {drive.endpoint} is offline")
+            try:
+                return await call(position)
+            except StorageError as exc:
+                return exc
+
+        return list(await asyncio.gather(*(one(p, d) for p, d in enumerate(self.drives))))
 
     async def _wait_quorum_then_stragglers(
         self, tasks: Sequence[asyncio.Task[None]], wait: float
@@ -125,9 +149,7 @@ class ErasureSet:
         self, bucket: str, key: str, *, patience: float | None = None
     ) -> Results[ObjectMeta]:
         """Every drive's copy of an object's metadata (or why it has none)."""
-        return await self.fan_out(
-            lambda drive: drive.read_metadata(bucket, key), patience=patience
-        )
+        return await self.fan_out(lambda drive: drive.read_metadata(bucket, key), patience=patience)
 
     def pick_metadata(
         self, bucket: str, key: str, copies: Sequence[ObjectMeta | StorageError]

@@ -126,6 +126,29 @@ class IncompleteBody(StorageError):
     """The byte source ended before (or ran past) the declared size."""
 
 
+class PreconditionFailed(StorageError):
+    """A conditional write found the object in a state it was told not to overwrite."""
+
+
+# --- multipart uploads ----------------------------------------------------------------------
+
+
+class UploadNotFound(StorageError):
+    """The multipart upload does not exist (never started, completed or aborted)."""
+
+
+class InvalidPart(StorageError):
+    """A part named to complete an upload was not uploaded, or its ETag does not match."""
+
+
+class InvalidPartOrder(StorageError):
+    """The parts named to complete an upload are not in ascending order."""
+
+
+class PartTooSmall(StorageError):
+    """A part other than the last is smaller than the minimum part size."""
+
+
 def _all_subclasses(cls: type[StorageError]) -> list[type[StorageError]]:
     found: list[type[StorageError]] = []
     for sub in cls.__subclasses__():

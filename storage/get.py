@@ -10,7 +10,7 @@ prefers data shards, replaces failed shards at once and hedges slow ones.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -130,19 +130,50 @@ def open_reader(
             if isinstance(copy := chosen.copies[position], ObjectMeta)
             and eset.drives[position].is_online()
         ]
-        fetcher = ShardFetcher(
-            bucket=bucket,
-            key=key,
-            meta=meta,
-            sources=sources,
-            first_block=offset // meta.erasure.block_size,
-            last_block=(offset + length - 1) // meta.erasure.block_size,
-            hedge=hedge,
-            stats=stats,
-            report=lambda source, reason: report(source.position, reason),
-        )
-        chunks = _stream_chunks(fetcher, meta.erasure.block_size, offset, length)
+
+        def fetcher(part: int, size: int, first: int, last: int) -> ShardFetcher:
+            return ShardFetcher(
+                bucket=bucket,
+                key=key,
+                meta=meta,
+                sources=list(sources),
+                first_block=first,
+                last_block=last,
+                hedge=hedge,
+                stats=stats,
+                report=lambda source, reason: report(source.position, reason),
+                part=part,
+                size=size,
+            )
+
+        chunks = _segment_chunks(fetcher, meta, offset, length)
     return ObjectReader(info, offset, length, chunks)
+
+
+FetcherFactory = Callable[[int, int, int, int], ShardFetcher]
+
+
+async def _segment_chunks(
+    make: FetcherFactory, meta: ObjectMeta, offset: int, length: int
+) -> AsyncIterator[bytes]:
+    """The bytes ``[offset, offset + length)`` of an object, across its parts: each part is
+    coded on its own, so a range that crosses a part boundary reads from one fetcher per part."""
+    block_size = meta.erasure.block_size
+    start = 0
+    end = offset + length
+    for part, size in meta.segments():
+        lo, hi = max(offset, start), min(end, start + size)
+        if lo < hi:
+            first, last = (lo - start) // block_size, (hi - start - 1) // block_size
+            chunks = _stream_chunks(make(part, size, first, last), block_size, lo - start, hi - lo)
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                await chunks.aclose()  # closes the part's fetcher even when the reader stops
+        start += size
+        if start >= end:
+            return
 
 
 async def _inline_chunks(
@@ -176,7 +207,7 @@ async def _inline_chunks(
 
 async def _stream_chunks(
     fetcher: ShardFetcher, block_size: int, offset: int, length: int
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     try:
         end = offset + length
         for number in range(offset // block_size, (end - 1) // block_size + 1):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from storage.meta import ObjectMeta
+from storage.meta import ObjectMeta, PartInfo
 from storage.reader import ReadStats
 
 
@@ -36,6 +36,11 @@ class ObjectInfo:
     mod_time_ns: int
     content_type: str = "application/octet-stream"
     user_meta: dict[str, str] = field(default_factory=dict)
+    sys_meta: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    checksums: dict[str, str] = field(default_factory=dict)
+    checksum_type: str = ""
+    parts: tuple[PartInfo, ...] = ()
 
     @classmethod
     def from_meta(cls, bucket: str, key: str, meta: ObjectMeta) -> ObjectInfo:
@@ -47,7 +52,26 @@ class ObjectInfo:
             mod_time_ns=meta.mod_time_ns,
             content_type=meta.content_type,
             user_meta=dict(meta.user_meta),
+            sys_meta=dict(meta.sys_meta),
+            tags=dict(meta.tags),
+            checksums=dict(meta.checksums),
+            checksum_type=meta.checksum_type,
+            parts=meta.parts,
         )
+
+    def part_span(self, number: int) -> tuple[int, int] | None:
+        """``(offset, length)`` of the ``number``-th part, counted from 1 as GetObject's
+        ``partNumber`` counts (an object stored by one PUT is one part); None past the end."""
+        if not self.parts:
+            return (0, self.size) if number == 1 else None
+        if not 1 <= number <= len(self.parts):
+            return None
+        offset = sum(part.size for part in self.parts[: number - 1])
+        return offset, self.parts[number - 1].size
+
+    @property
+    def parts_count(self) -> int:
+        return len(self.parts)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def collapse(key: str, prefix: str, delimiter: str) -> tuple[str, bool]:
 def _read_meta(path: str) -> ObjectMeta | None:
     try:
         with open(path, "rb") as handle:
-            return decode_meta(handle.read()).without_inline()
+            return decode_meta(handle.read()).for_listing()
     except (OSError, FileCorrupt):
         return None
 

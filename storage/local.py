@@ -5,8 +5,12 @@ Layout under the drive root::
     format.mgp                              the format file
     .minigrid.sys/tmp/<upload id>/          writes in progress (emptied when the drive opens)
     .minigrid.sys/trash/                    volumes being deleted
+    .minigrid.sys/multipart/<bucket>/<upload id>/   a multipart upload in progress (kept
+                                            across restarts): upload.meta, and for each part
+                                            part.<n>.meta and its shard part.<n>.<data dir>
     <bucket>/<key>/__mg.meta                the object's metadata (msgpack + checksum)
-    <bucket>/<key>/__mg.data.<data dir>/shard   the shard, bitrot-framed
+    <bucket>/<key>/__mg.data.<data dir>/shard   the shard, bitrot-framed (part.<n> for
+                                            each part of an object made by multipart upload)
 
 Every filesystem call runs in the loop's default thread pool, so the event loop never blocks on
 the disk.
@@ -58,7 +62,19 @@ from storage.errors import (
 )
 from storage.format import FORMAT_FILE, FormatInfo, decode_format, encode_format
 from storage.latency import LatencyWindow
-from storage.meta import MAX_BLOCK_SIZE, MetaError, ObjectMeta, decode_meta, encode_meta
+from storage.meta import (
+    MAX_BLOCK_SIZE,
+    MAX_PARTS,
+    MetaError,
+    ObjectMeta,
+    PartInfo,
+    UploadRecord,
+    decode_meta,
+    decode_part,
+    decode_upload,
+    encode_meta,
+    encode_record,
+)
 from storage.names import (
     SHARD_FILE,
     SYSTEM_VOLUME,
@@ -90,6 +106,16 @@ _NEW_DATA_DIR = "new.ddir"
 _REPLACED_DATA = "replaced.data"
 _NEW_META = "new.meta"
 _STAGED_DATA = "data"
+_UPLOAD_META = "upload.meta"
+#: The most uploads one listing of a bucket returns (the layer pages through them).
+MAX_LIST_UPLOADS = 10_000
+
+
+def shard_name(part: int) -> str:
+    """The shard file of a data directory: ``shard``, or ``part.<n>`` for part ``n``."""
+    if not isinstance(part, int) or isinstance(part, bool) or not 0 <= part <= MAX_PARTS:
+        raise InvalidArgument(f"part number {shown(part)} is outside 0..{MAX_PARTS}")
+    return SHARD_FILE if part == 0 else f"part.{part}"
 
 
 def _os_error(exc: OSError, what: str) -> StorageError:
@@ -169,6 +195,20 @@ def _checked(meta: ObjectMeta) -> ObjectMeta:
         raise InvalidArgument(f"object metadata: {exc}") from exc
 
 
+def _checked_record(record: UploadRecord) -> UploadRecord:
+    try:
+        return record.check()
+    except MetaError as exc:
+        raise InvalidArgument(f"upload record: {exc}") from exc
+
+
+def _checked_part(part: PartInfo) -> PartInfo:
+    try:
+        return part.check()
+    except MetaError as exc:
+        raise InvalidArgument(f"part record: {exc}") from exc
+
+
 def _check_shard_geometry(chunk_size: int, shard_size: int) -> None:
     if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise InvalidArgument(f"shard chunk size {chunk_size} is outside 1..{MAX_CHUNK_SIZE}")
@@ -243,6 +283,7 @@ class LocalDrive:
         self.observers: list[Callable[[str, float, str], None]] = []
         self._tmp_root = os.path.join(self.root, SYSTEM_VOLUME, "tmp")
         self._trash_root = os.path.join(self.root, SYSTEM_VOLUME, "trash")
+        self._multipart_root = os.path.join(self.root, SYSTEM_VOLUME, "multipart")
 
     @classmethod
     async def open(
@@ -433,6 +474,8 @@ class LocalDrive:
         os.rename(path, trash)
         self._sync_dirs(self.root)
         shutil.rmtree(trash, ignore_errors=True)
+        # Uploads in progress into the bucket go with it.
+        shutil.rmtree(safe_join(self._multipart_root, volume), ignore_errors=True)
 
     async def delete_volume(self, volume: str, force: bool = False) -> None:
         await self.run("delete_volume", self._delete_volume_sync, volume, force)
@@ -485,15 +528,16 @@ class LocalDrive:
 
     # --- writing shards and committing ------------------------------------------------------
 
-    def _create_shard_sync(self, upload_id: str) -> tuple[int, str]:
+    def _create_shard_sync(self, upload_id: str, part: int) -> tuple[int, str]:
         staged = os.path.join(self._upload_dir(upload_id), _STAGED_DATA)
+        name = shard_name(part)
         make_dirs(staged)
-        path = os.path.join(staged, SHARD_FILE)
+        path = os.path.join(staged, name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         return os.open(path, flags, FILE_MODE), path
 
-    async def create_shard(self, upload_id: str) -> ShardWriter:
-        fd, path = await self.run("create_shard", self._create_shard_sync, upload_id)
+    async def create_shard(self, upload_id: str, part: int = 0) -> ShardWriter:
+        fd, path = await self.run("create_shard", self._create_shard_sync, upload_id, part)
         return LocalShardWriter(self, fd, path)
 
     def _rename_data_sync(self, upload_id: str, volume: str, key: str, meta: ObjectMeta) -> None:
@@ -588,12 +632,14 @@ class LocalDrive:
 
     # --- reading shards ---------------------------------------------------------------------
 
-    def _shard_path(self, volume: str, key: str, data_dir: str) -> str:
+    def _shard_path(self, volume: str, key: str, data_dir: str, part: int) -> str:
         obj_dir, _ = self._object_paths(volume, key)
-        return os.path.join(data_dir_path(obj_dir, data_dir), SHARD_FILE)
+        return os.path.join(data_dir_path(obj_dir, data_dir), shard_name(part))
 
-    def _open_shard_sync(self, volume: str, key: str, data_dir: str, framed_size: int) -> int:
-        path = self._shard_path(volume, key, data_dir)
+    def _open_shard_sync(
+        self, volume: str, key: str, data_dir: str, framed_size: int, part: int = 0
+    ) -> int:
+        path = self._shard_path(volume, key, data_dir, part)
         try:
             fd = os.open(path, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError) as exc:
@@ -625,12 +671,15 @@ class LocalDrive:
         shard_size: int,
         offset: int,
         length: int,
+        part: int = 0,
     ) -> AsyncIterator[bytes]:
         _check_shard_geometry(chunk_size, shard_size)
         if offset < 0 or length < 0 or offset + length > shard_size:
             raise InvalidArgument(f"shard range {offset}+{length} outside {shard_size} bytes")
         framed = bitrot.framed_size(shard_size, chunk_size)
-        fd = await self.run("open_shard", self._open_shard_sync, volume, key, data_dir, framed)
+        fd = await self.run(
+            "open_shard", self._open_shard_sync, volume, key, data_dir, framed, part
+        )
         where = f"{volume}/{key} on {self._endpoint}"
         try:
             first, count = bitrot.chunk_span(offset, length, chunk_size)
@@ -649,11 +698,11 @@ class LocalDrive:
             os.close(fd)
 
     def _verify_shard_sync(
-        self, volume: str, key: str, data_dir: str, chunk_size: int, shard_size: int
+        self, volume: str, key: str, data_dir: str, chunk_size: int, shard_size: int, part: int
     ) -> None:
         _check_shard_geometry(chunk_size, shard_size)
         framed = bitrot.framed_size(shard_size, chunk_size)
-        fd = self._open_shard_sync(volume, key, data_dir, framed)
+        fd = self._open_shard_sync(volume, key, data_dir, framed, part)
         where = f"{volume}/{key} on {self._endpoint}"
         try:
             for index in range(bitrot.chunk_count(shard_size, chunk_size)):
@@ -663,11 +712,10 @@ class LocalDrive:
             os.close(fd)
 
     def _stat_shard_sync(
-        self, volume: str, key: str, data_dir: str, chunk_size: int, shard_size: int
+        self, volume: str, key: str, data_dir: str, chunk_size: int, shard_size: int, part: int
     ) -> None:
-        os.close(
-            self._open_shard_sync(volume, key, data_dir, bitrot.framed_size(shard_size, chunk_size))
-        )
+        framed = bitrot.framed_size(shard_size, chunk_size)
+        os.close(self._open_shard_sync(volume, key, data_dir, framed, part))
 
     async def verify_shard(
         self,
@@ -678,9 +726,170 @@ class LocalDrive:
         chunk_size: int,
         shard_size: int,
         deep: bool = True,
+        part: int = 0,
     ) -> None:
         check = self._verify_shard_sync if deep else self._stat_shard_sync
-        await self.run("verify_shard", check, volume, key, data_dir, chunk_size, shard_size)
+        await self.run("verify_shard", check, volume, key, data_dir, chunk_size, shard_size, part)
+
+    # --- multipart uploads ------------------------------------------------------------------
+
+    def _multipart_dir(self, volume: str, upload_id: str) -> str:
+        return safe_join(
+            self._multipart_root, validate_bucket(volume), validate_upload_id(upload_id)
+        )
+
+    def _require_upload(self, volume: str, upload_id: str) -> str:
+        path = self._multipart_dir(volume, upload_id)
+        if not os.path.exists(os.path.join(path, _UPLOAD_META)):
+            self._require_volume(volume)
+            raise FileNotFound(f"upload {upload_id} of {volume} not found on {self._endpoint}")
+        return path
+
+    def _replace_file(self, directory: str, name: str, blob: bytes) -> None:
+        """Write ``directory/name`` atomically (and durably when this drive syncs)."""
+        tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}")
+        _write_file(tmp, blob, self.fsync)
+        os.replace(tmp, os.path.join(directory, name))
+        self._sync_dirs(directory)
+
+    def _write_upload_sync(self, volume: str, record: UploadRecord) -> None:
+        blob = encode_record(_checked_record(record))
+        self._require_volume(volume)
+        path = self._multipart_dir(volume, record.upload_id)
+        self._sync_dirs(*make_dirs(path))
+        self._replace_file(path, _UPLOAD_META, blob)
+
+    async def write_upload(self, volume: str, record: UploadRecord) -> None:
+        await self.run("write_upload", self._write_upload_sync, volume, record)
+
+    def _read_upload_sync(self, volume: str, upload_id: str) -> UploadRecord:
+        path = os.path.join(self._require_upload(volume, upload_id), _UPLOAD_META)
+        with open(path, "rb") as handle:
+            record = decode_upload(handle.read(), f"upload {upload_id} on {self._endpoint}")
+        if record.upload_id != upload_id:
+            raise FileCorrupt(f"upload {upload_id} on {self._endpoint} holds another upload")
+        return record
+
+    async def read_upload(self, volume: str, upload_id: str) -> UploadRecord:
+        return await self.run("read_upload", self._read_upload_sync, volume, upload_id)
+
+    def _list_uploads_sync(self, volume: str) -> list[UploadRecord]:
+        self._require_volume(volume)
+        folder = safe_join(self._multipart_root, validate_bucket(volume))
+        try:
+            names = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            return []
+        records: list[UploadRecord] = []
+        for name in names:
+            try:
+                records.append(self._read_upload_sync(volume, validate_upload_id(name)))
+            except StorageError:
+                continue  # a stray or damaged entry: not an upload anyone can use
+            if len(records) >= MAX_LIST_UPLOADS:
+                break
+        return records
+
+    async def list_uploads(self, volume: str) -> list[UploadRecord]:
+        return await self.run("list_uploads", self._list_uploads_sync, volume)
+
+    def _delete_upload_sync(self, volume: str, upload_id: str) -> None:
+        path = self._require_upload(volume, upload_id)
+        trash = os.path.join(self._trash_root, uuid.uuid4().hex)
+        make_dirs(self._trash_root)
+        os.rename(path, trash)  # the upload is gone from here on; the rest is cleanup
+        self._sync_dirs(os.path.dirname(path))
+        shutil.rmtree(trash, ignore_errors=True)
+
+    async def delete_upload(self, volume: str, upload_id: str) -> None:
+        await self.run("delete_upload", self._delete_upload_sync, volume, upload_id)
+
+    def _read_part_sync(self, upload_dir: str, number: int) -> PartInfo | None:
+        path = os.path.join(upload_dir, f"part.{number}.meta")
+        try:
+            with open(path, "rb") as handle:
+                blob = handle.read()
+        except FileNotFoundError:
+            return None
+        part = decode_part(blob, f"{path} on {self._endpoint}")
+        return part if part.number == number else None
+
+    def _commit_part_sync(self, upload_id: str, volume: str, mpu: str, part: PartInfo) -> None:
+        up_dir = self._upload_dir(upload_id)
+        part = _checked_part(part)  # names are checked before anything is touched
+        self._multipart_dir(volume, mpu)
+        try:
+            upload_dir = self._require_upload(volume, mpu)
+            staged = os.path.join(up_dir, _STAGED_DATA, SHARD_FILE)
+            if not os.path.exists(staged):
+                raise FileNotFound(f"no staged shard for part {part.number} of {mpu}")
+            try:
+                previous = self._read_part_sync(upload_dir, part.number)
+            except FileCorrupt:
+                previous = None
+            data_name = f"part.{part.number}.{part.data_dir}"
+            os.rename(staged, os.path.join(upload_dir, data_name))
+            # The part's data is in place (and durable) before the record that names it.
+            self._sync_dirs(upload_dir)
+            self._replace_file(upload_dir, f"part.{part.number}.meta", encode_record(part))
+            if previous is not None and previous.data_dir != part.data_dir:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(upload_dir, f"part.{part.number}.{previous.data_dir}"))
+        finally:
+            shutil.rmtree(up_dir, ignore_errors=True)
+
+    async def commit_part(self, upload_id: str, volume: str, mpu: str, part: PartInfo) -> None:
+        await self.run("commit_part", self._commit_part_sync, upload_id, volume, mpu, part)
+
+    def _list_parts_sync(self, volume: str, mpu: str) -> list[PartInfo]:
+        upload_dir = self._require_upload(volume, mpu)
+        parts: list[PartInfo] = []
+        for name in os.listdir(upload_dir):
+            number_text, dot, rest = name.removeprefix("part.").partition(".")
+            if not name.startswith("part.") or rest != "meta" or not dot:
+                continue
+            if not number_text.isdigit() or not 1 <= int(number_text) <= MAX_PARTS:
+                continue
+            with contextlib.suppress(FileCorrupt):
+                part = self._read_part_sync(upload_dir, int(number_text))
+                if part is not None:
+                    parts.append(part)
+        return sorted(parts, key=lambda p: p.number)
+
+    async def list_parts(self, volume: str, mpu: str) -> list[PartInfo]:
+        return await self.run("list_parts", self._list_parts_sync, volume, mpu)
+
+    def _assemble_parts_sync(
+        self, upload_id: str, volume: str, mpu: str, parts: list[tuple[int, str]]
+    ) -> None:
+        links: list[tuple[str, str]] = []
+        for number, data_dir in parts:  # every name is checked before anything is touched
+            if shard_name(number) == SHARD_FILE:
+                raise InvalidArgument("part numbers start at 1")
+            links.append((f"part.{number}.{validate_data_dir(data_dir)}", shard_name(number)))
+        upload_dir = self._require_upload(volume, mpu)
+        staged = os.path.join(self._upload_dir(upload_id), _STAGED_DATA)
+        try:
+            make_dirs(staged)
+            for name, target in links:
+                source = os.path.join(upload_dir, name)
+                part_text = target.partition(".")[2]
+                # A hard link: the object takes the part's data without a copy, and the
+                # upload keeps it until the object is committed.
+                try:
+                    os.link(source, os.path.join(staged, target))
+                except FileNotFoundError as exc:
+                    where = f"{mpu} on {self._endpoint}"
+                    raise FileNotFound(f"part {part_text} of {where} is missing") from exc
+            self._sync_dirs(staged)
+        except BaseException:
+            shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
+            raise
+
+    async def assemble_parts(
+        self, upload_id: str, volume: str, mpu: str, parts: list[tuple[int, str]]
+    ) -> None:
+        await self.run("assemble_parts", self._assemble_parts_sync, upload_id, volume, mpu, parts)
 
     # --- listing ----------------------------------------------------------------------------
 

@@ -34,7 +34,9 @@ from storage.erasure_set import ErasureSet, Results
 from storage.errors import (
     BucketNotFound,
     DriveNotFound,
+    FileNotFound,
     IncompleteBody,
+    ObjectNotFound,
     StorageError,
     VolumeNotFound,
     WriteQuorum,
@@ -50,6 +52,23 @@ ENCODE_AHEAD = 2  # blocks encoding in the thread pool ahead of the one being wr
 
 #: ``report(position, reason)``: tell the healer about a drive that missed a write.
 Report = Callable[[int, str], None]
+#: Checked under the key's write lock just before the commit, with the version a read quorum
+#: holds now (None when there is none): raises (PreconditionFailed) to refuse the write.
+Precondition = Callable[[ObjectMeta | None], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class PutOptions:
+    """What a put stores besides the data and the content type.
+
+    ``checksums`` is called once the source has ended (a checksum sent in a trailer is known
+    only then); ``precondition`` makes the put conditional (see :data:`Precondition`)."""
+
+    sys_meta: dict[str, str] = dataclasses.field(default_factory=dict)
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    checksums: Callable[[], dict[str, str]] | None = None
+    checksum_type: str = ""
+    precondition: Precondition | None = None
 
 
 async def _attempt(coro: Awaitable[object]) -> StorageError | None:
@@ -178,10 +197,12 @@ async def put_object(
     inline_limit: int,
     report: Report,
     on_rollback: Callable[[], None],
+    options: PutOptions | None = None,
 ) -> ObjectMeta:
     """Store an object in ``eset`` and return its metadata (see the module docstring)."""
     validate_bucket(bucket)
     validate_object(key)
+    options = options or PutOptions()
     await check_bucket(eset, bucket)
     blocks = BlockSource(one_chunk(source) if isinstance(source, bytes) else source, block_size)
     erasure = Erasure(eset.data, eset.parity, block_size)
@@ -198,6 +219,9 @@ async def put_object(
         ),
         content_type=content_type,
         user_meta=dict(user_meta or {}),
+        sys_meta=dict(options.sys_meta),
+        tags=dict(options.tags),
+        checksum_type=options.checksum_type,
     )
     upload_id = uuid.uuid4().hex
     md5 = hashlib.md5()
@@ -207,14 +231,25 @@ async def put_object(
     if first is None or (len(first) < block_size and erasure.shard_len(len(first)) <= inline_limit):
         inline = await _encode_inline(erasure, template, first or b"", md5)
     else:
-        writers = await _stream_shards(eset, erasure, template, upload_id, first, blocks, md5)
-    if size is not None and blocks.total != size:
+        writers = await stream_shards(
+            eset, erasure, template.erasure.distribution, upload_id, first, blocks, md5
+        )
+    try:
+        if size is not None and blocks.total != size:
+            raise IncompleteBody(f"expected {size} bytes, got {blocks.total}")
+        checksums = options.checksums() if options.checksums is not None else {}
+    except BaseException:
         if writers is not None:
             await writers.abort_all()
-        raise IncompleteBody(f"expected {size} bytes, got {blocks.total}")
-    meta = dataclasses.replace(template, size=blocks.total, etag=md5.hexdigest())
+        raise
+    meta = dataclasses.replace(
+        template, size=blocks.total, etag=md5.hexdigest(), checksums=dict(checksums)
+    )
     usable = [True] * len(eset.drives) if writers is None else await writers.finish()
-    await commit(eset, locks, bucket, key, upload_id, meta, usable, inline, report, on_rollback)
+    await commit(
+        eset, locks, bucket, key, upload_id, meta, usable, inline, report, on_rollback,
+        precondition=options.precondition,
+    )  # fmt: skip
     return meta
 
 
@@ -231,18 +266,20 @@ async def _encode_inline(
     return [bitrot.frame_all(shard, chunk_size) for shard in shards]
 
 
-async def _stream_shards(
+async def stream_shards(
     eset: ErasureSet,
     erasure: Erasure,
-    template: ObjectMeta,
+    distribution: Sequence[int],
     upload_id: str,
-    first: bytes,
+    first: bytes | None,
     blocks: BlockSource,
     md5: Any,
 ) -> ShardWriters:
-    """Encode and write every block, ``ENCODE_AHEAD`` blocks encoding ahead of the writes."""
+    """Encode and write every block, ``ENCODE_AHEAD`` blocks encoding ahead of the writes.
+
+    ``first`` is the first block, already taken from ``blocks`` (None: the source is empty,
+    and every drive gets an empty shard)."""
     writers = await ShardWriters.open(eset, upload_id)
-    distribution = template.erasure.distribution
     loop = asyncio.get_running_loop()
     encoding: deque[tuple[bytes, asyncio.Future[list[bytes]]]] = deque()
     writing: asyncio.Future[Any] | None = None
@@ -258,8 +295,9 @@ async def _stream_shards(
             encoding.append((block, loop.run_in_executor(None, erasure.encode, block)))
 
     try:
-        encoding.append((first, loop.run_in_executor(None, erasure.encode, first)))
-        await refill()
+        if first is not None:
+            encoding.append((first, loop.run_in_executor(None, erasure.encode, first)))
+            await refill()
         while encoding:
             block, future = encoding.popleft()
             shards = await future
@@ -295,8 +333,13 @@ async def commit(
     inline: list[bytes] | None,
     report: Report,
     on_rollback: Callable[[], None],
+    *,
+    precondition: Precondition | None = None,
 ) -> None:
-    """Rename the staged data into place on each usable drive; keep it or roll it back."""
+    """Rename the staged data into place on each usable drive; keep it or roll it back.
+
+    ``precondition`` is checked under the key's write lock before anything is renamed; when it
+    raises, the staged data is dropped and nothing changes."""
     distribution = meta.erasure.distribution
 
     async def rename(position: int) -> None:
@@ -310,6 +353,12 @@ async def commit(
         await drive.rename_data(upload_id, bucket, key, copy)
 
     async with locks.write((bucket, key)):
+        if precondition is not None:
+            try:
+                precondition(await current_version(eset, bucket, key))
+            except BaseException:
+                await _undo(eset, upload_id, bucket, key, range(len(eset.drives)))
+                raise
         results: Results[None] = list(
             await asyncio.gather(*(_attempt(rename(p)) for p in range(len(eset.drives))))
         )
@@ -337,6 +386,16 @@ async def commit(
     for position in missed:
         report(position, "write-missed")
     await _undo(eset, upload_id, bucket, key, missed)
+
+
+async def current_version(eset: ErasureSet, bucket: str, key: str) -> ObjectMeta | None:
+    """The version a read quorum holds now, or None when there is none (no lock taken: the
+    caller holds the key's write lock)."""
+    copies = await eset.read_metadata(bucket, key)
+    try:
+        return eset.pick_metadata(bucket, key, copies).require()
+    except (ObjectNotFound, FileNotFound):
+        return None
 
 
 async def _undo(

@@ -58,7 +58,8 @@ _Item = tuple[_Stream, int, bytes | Exception]
 
 
 class ShardFetcher:
-    """Delivers decoded blocks ``first_block..last_block`` of one object version."""
+    """Delivers decoded blocks ``first_block..last_block`` of one object version (of one part
+    of it, ``size`` bytes, for an object made by multipart upload)."""
 
     def __init__(
         self,
@@ -72,13 +73,18 @@ class ShardFetcher:
         hedge: HedgeDelay,
         stats: ReadStats,
         report: Callable[[ShardSource, str], None],
+        part: int = 0,
+        size: int | None = None,
     ) -> None:
         self._bucket = bucket
         self._key = key
         self._meta = meta
+        #: The shard file read (a part's, for a multipart object) and the bytes it encodes.
+        self._part = part
+        self._size = meta.size if size is None else size
         self._erasure = Erasure(meta.erasure.data, meta.erasure.parity, meta.erasure.block_size)
         self._chunk_size = meta.erasure.shard_chunk_size()
-        self._shard_size = meta.erasure.shard_size(meta.size)
+        self._shard_size = meta.erasure.shard_size(self._size)
         self._spares = sorted(sources, key=lambda s: s.index)  # data shards first
         self._first = first_block
         self._last = last_block
@@ -117,6 +123,7 @@ class ShardFetcher:
                 shard_size=self._shard_size,
                 offset=offset,
                 length=min(self._shard_size, (self._last + 1) * self._chunk_size) - offset,
+                part=self._part,
             )
             try:
                 while True:
@@ -157,7 +164,7 @@ class ShardFetcher:
 
     def _block_len(self, block: int) -> int:
         block_size = self._meta.erasure.block_size
-        return min(block_size, self._meta.size - block * block_size)
+        return min(block_size, self._size - block * block_size)
 
     async def block(self, block: int) -> bytes:
         """The decoded bytes of one block; blocks must be asked for in order."""

@@ -53,7 +53,7 @@ from storage.errors import (
     StorageError,
 )
 from storage.format import FormatInfo
-from storage.meta import ObjectMeta
+from storage.meta import ObjectMeta, PartInfo, UploadRecord
 
 T = TypeVar("T")
 
@@ -87,6 +87,20 @@ def _unpack_volumes(payload: bytes) -> list[VolumeInfo]:
     if not isinstance(value, list):
         raise ValueError("expected a list of volumes")
     return [VolumeInfo.from_dict(item) for item in value]
+
+
+def _unpack_uploads(payload: bytes) -> list[UploadRecord]:
+    value = msgpack.unpackb(payload, raw=False)
+    if not isinstance(value, list):
+        raise ValueError("expected a list of uploads")
+    return [UploadRecord.from_dict(item) for item in value]
+
+
+def _unpack_parts(payload: bytes) -> list[PartInfo]:
+    value = msgpack.unpackb(payload, raw=False)
+    if not isinstance(value, list):
+        raise ValueError("expected a list of parts")
+    return [PartInfo.from_dict(item) for item in value]
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -240,9 +254,11 @@ class RemoteDrive:
 
     # --- writing shards and committing --------------------------------------------------------
 
-    async def create_shard(self, upload_id: str) -> ShardWriter:
+    async def create_shard(self, upload_id: str, part: int = 0) -> ShardWriter:
         """Open a CREATE_SHARD stream; returns once the remote shard file exists."""
-        stream = await self._open_stream(HandlerID.CREATE_SHARD, {"upload": upload_id})
+        stream = await self._open_stream(
+            HandlerID.CREATE_SHARD, {"upload": upload_id, "part": part}
+        )
         writer = RemoteShardWriter(self, stream)
         try:
             await writer.wait_ready()
@@ -283,6 +299,7 @@ class RemoteDrive:
         shard_size: int,
         offset: int,
         length: int,
+        part: int = 0,
     ) -> AsyncIterator[bytes]:
         """Stream verified shard bytes over a READ_SHARD stream (see :class:`RemoteShardReader`)."""
         request = {
@@ -291,6 +308,7 @@ class RemoteDrive:
             "ddir": data_dir,
             "chunk": chunk_size,
             "size": shard_size,
+            "part": part,
             "off": offset,
             "len": length,
         }
@@ -305,6 +323,7 @@ class RemoteDrive:
         chunk_size: int,
         shard_size: int,
         deep: bool = True,
+        part: int = 0,
     ) -> None:
         await self._call(
             HandlerID.VERIFY_SHARD,
@@ -314,6 +333,7 @@ class RemoteDrive:
                 "ddir": data_dir,
                 "chunk": chunk_size,
                 "size": shard_size,
+                "part": part,
                 "deep": deep,
             },
         )
@@ -335,6 +355,39 @@ class RemoteDrive:
         )
         page = self._decode("listing", ListPage.from_msgpack, payload)
         return page
+
+    # --- multipart uploads --------------------------------------------------------------------
+
+    async def write_upload(self, volume: str, record: UploadRecord) -> None:
+        await self._call(HandlerID.WRITE_UPLOAD, {"vol": volume, "record": record})
+
+    async def read_upload(self, volume: str, upload_id: str) -> UploadRecord:
+        payload = await self._call(HandlerID.READ_UPLOAD, {"vol": volume, "mpu": upload_id})
+        return self._decode("upload record", UploadRecord.from_msgpack, payload)
+
+    async def list_uploads(self, volume: str) -> list[UploadRecord]:
+        payload = await self._call(HandlerID.LIST_UPLOADS, {"vol": volume})
+        return self._decode("upload list", _unpack_uploads, payload)
+
+    async def delete_upload(self, volume: str, upload_id: str) -> None:
+        await self._call(HandlerID.DELETE_UPLOAD, {"vol": volume, "mpu": upload_id})
+
+    async def commit_part(self, upload_id: str, volume: str, mpu: str, part: PartInfo) -> None:
+        await self._call(
+            HandlerID.COMMIT_PART, {"upload": upload_id, "vol": volume, "mpu": mpu, "pinfo": part}
+        )
+
+    async def list_parts(self, volume: str, mpu: str) -> list[PartInfo]:
+        payload = await self._call(HandlerID.LIST_PARTS, {"vol": volume, "mpu": mpu})
+        return self._decode("part list", _unpack_parts, payload)
+
+    async def assemble_parts(
+        self, upload_id: str, volume: str, mpu: str, parts: list[tuple[int, str]]
+    ) -> None:
+        await self._call(
+            HandlerID.ASSEMBLE_PARTS,
+            {"upload": upload_id, "vol": volume, "mpu": mpu, "plist": [list(p) for p in parts]},
+        )
 
 
 class RemoteShardReader:

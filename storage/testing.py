@@ -20,7 +20,7 @@ from storage.drive import DiskInfo, Drive, ListPage, ShardWriter, VolumeInfo
 from storage.errors import DriveFull, DriveOffline, StorageError
 from storage.format import FormatInfo
 from storage.local import LocalDrive
-from storage.meta import ObjectMeta
+from storage.meta import ObjectMeta, PartInfo, UploadRecord
 from storage.objects import ObjectLayer
 
 
@@ -121,9 +121,9 @@ class FaultyDrive:
         await self._enter("delete_object")
         await self.inner.delete_object(volume, key)
 
-    async def create_shard(self, upload_id: str) -> ShardWriter:
+    async def create_shard(self, upload_id: str, part: int = 0) -> ShardWriter:
         await self._enter("create_shard")
-        writer = await self.inner.create_shard(upload_id)
+        writer = await self.inner.create_shard(upload_id, part)
         if self.fail_writes_after is not None:
             return _FailingWriter(writer, self.fail_writes_after)
         return writer
@@ -152,6 +152,7 @@ class FaultyDrive:
         shard_size: int,
         offset: int,
         length: int,
+        part: int = 0,
     ) -> AsyncIterator[bytes]:
         await self._enter("read_shard")
         chunks = self.inner.read_shard(
@@ -162,6 +163,7 @@ class FaultyDrive:
             shard_size=shard_size,
             offset=offset,
             length=length,
+            part=part,
         )
         try:
             async for chunk in chunks:
@@ -183,17 +185,49 @@ class FaultyDrive:
         chunk_size: int,
         shard_size: int,
         deep: bool = True,
+        part: int = 0,
     ) -> None:
         await self._enter("verify_shard")
         await self.inner.verify_shard(
-            volume, key, data_dir, chunk_size=chunk_size, shard_size=shard_size, deep=deep
-        )
+            volume, key, data_dir, chunk_size=chunk_size, shard_size=shard_size, deep=deep,
+            part=part,
+        )  # fmt: skip
 
     async def list_objects_page(
         self, volume: str, prefix: str, delimiter: str, start_after: str, limit: int
     ) -> ListPage:
         await self._enter("list_objects_page")
         return await self.inner.list_objects_page(volume, prefix, delimiter, start_after, limit)
+
+    async def write_upload(self, volume: str, record: UploadRecord) -> None:
+        await self._enter("write_upload")
+        await self.inner.write_upload(volume, record)
+
+    async def read_upload(self, volume: str, upload_id: str) -> UploadRecord:
+        await self._enter("read_upload")
+        return await self.inner.read_upload(volume, upload_id)
+
+    async def list_uploads(self, volume: str) -> list[UploadRecord]:
+        await self._enter("list_uploads")
+        return await self.inner.list_uploads(volume)
+
+    async def delete_upload(self, volume: str, upload_id: str) -> None:
+        await self._enter("delete_upload")
+        await self.inner.delete_upload(volume, upload_id)
+
+    async def commit_part(self, upload_id: str, volume: str, mpu: str, part: PartInfo) -> None:
+        await self._enter("commit_part")
+        await self.inner.commit_part(upload_id, volume, mpu, part)
+
+    async def list_parts(self, volume: str, mpu: str) -> list[PartInfo]:
+        await self._enter("list_parts")
+        return await self.inner.list_parts(volume, mpu)
+
+    async def assemble_parts(
+        self, upload_id: str, volume: str, mpu: str, parts: list[tuple[int, str]]
+    ) -> None:
+        await self._enter("assemble_parts")
+        await self.inner.assemble_parts(upload_id, volume, mpu, parts)
 
 
 async def open_local_drives(root: str, count: int) -> list[LocalDrive]:

@@ -7,7 +7,7 @@ clock, and returns the verified :class:`Authenticated` context the body readers 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -44,10 +44,17 @@ class Authenticator:
     """Checks SigV4 signatures against a fixed set of access key -> secret key pairs."""
 
     def __init__(
-        self, credentials: Mapping[str, str], region: str, clock: Callable[[], float]
+        self,
+        credentials: Mapping[str, str],
+        region: str,
+        clock: Callable[[], float],
+        *,
+        aliases: Collection[str] = (),
     ) -> None:
         self._credentials = dict(credentials)
         self._region = region
+        #: Other names a signature may give the region (``US`` for us-east-1, as MinIO takes).
+        self._regions = frozenset({region, *aliases})
         self._clock = clock
 
     def authenticate(self, request: web.Request) -> Authenticated:
@@ -98,8 +105,11 @@ class Authenticator:
                 "a presigned URL needs X-Amz-Credential, X-Amz-Date, X-Amz-Expires, "
                 "X-Amz-SignedHeaders and X-Amz-Signature"
             ) from exc
-        if not 0 <= expires <= MAX_PRESIGN_EXPIRES:
-            raise errors.auth_malformed(f"X-Amz-Expires must be 0-{MAX_PRESIGN_EXPIRES} seconds")
+        if expires < 0:
+            raise errors.auth_query_error("X-Amz-Expires must be non-negative")
+        if expires > MAX_PRESIGN_EXPIRES:
+            raise errors.auth_query_error("X-Amz-Expires must be less than a week (in seconds) "
+                                          "that is 604800")  # fmt: skip
         secret = self._check_credential(credential, amz_date)
         signed_at = sigv4.parse_amz_date(amz_date).timestamp()
         now = self._clock()
@@ -119,9 +129,11 @@ class Authenticator:
         scope = credential.scope
         if scope.service != "s3":
             raise errors.auth_malformed(f"the service {scope.service!r} is wrong; expecting 's3'")
-        if scope.region != self._region:
+        if scope.region not in self._regions:
+            # S3 names the right region in <Region>, and clients (s3cmd) retry with it.
             raise errors.auth_malformed(
-                f"the region {scope.region!r} is wrong; expecting {self._region!r}"
+                f"the region {scope.region!r} is wrong; expecting {self._region!r}",
+                region=self._region,
             )
         if not amz_date.startswith(scope.date):
             raise errors.auth_malformed(

@@ -58,8 +58,13 @@ def time_skewed(message: str) -> S3Error:
     return S3Error("RequestTimeTooSkewed", message, 403)
 
 
-def auth_malformed(message: str) -> S3Error:
-    return S3Error("AuthorizationHeaderMalformed", message, 400)
+def auth_malformed(message: str, *, region: str | None = None) -> S3Error:
+    extra = {"Region": region} if region is not None else None
+    return S3Error("AuthorizationHeaderMalformed", message, 400, extra=extra)
+
+
+def auth_query_error(message: str) -> S3Error:
+    return S3Error("AuthorizationQueryParametersError", message, 400)
 
 
 def invalid_argument(message: str) -> S3Error:
@@ -177,6 +182,35 @@ def from_exception(exc: BaseException) -> S3Error:
             return incomplete_body(
                 "You did not provide the number of bytes specified by the Content-Length "
                 f"HTTP header: {text}"
+            )
+        case storage_errors.PreconditionFailed():
+            return S3Error(
+                "PreconditionFailed",
+                "At least one of the pre-conditions you specified did not hold",
+                412,
+                extra={"Condition": "If-None-Match" if "None" in text else "If-Match"},
+            )
+        case storage_errors.UploadNotFound():
+            return S3Error(
+                "NoSuchUpload",
+                "The specified multipart upload does not exist. The upload ID may be invalid, "
+                "or the upload may have been aborted or completed.",
+                404,
+            )
+        case storage_errors.InvalidPart():
+            return S3Error(
+                "InvalidPart",
+                "One or more of the specified parts could not be found. The part may not have "
+                f"been uploaded, or the specified entity tag may not match the part's: {text}",
+                400,
+            )
+        case storage_errors.InvalidPartOrder():
+            return S3Error("InvalidPartOrder", text, 400)
+        case storage_errors.PartTooSmall():
+            return S3Error(
+                "EntityTooSmall",
+                f"Your proposed upload is smaller than the minimum allowed object size: {text}",
+                400,
             )
         case storage_errors.WriteQuorum():
             return S3Error("ServiceUnavailable", f"write quorum not reached: {text}", 503)

@@ -26,87 +26,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
-from multidict import CIMultiDict
 
-from node.s3 import errors, xml
+from node.s3 import conditions, copy, errors, multipart, objects, xml
 from node.s3 import routes as s3_routes
 from node.s3.auth import Authenticated, Authenticator
 from node.s3.body import DEFAULT_IDLE_TIMEOUT, BodyPlan, VerifiedBody, plan_body
-from node.s3.ranges import ByteRange, parse_range
+from node.s3.call import Call
 from node.services import Route, Routes
-from storage.errors import InvalidName, InvalidRange, ObjectNotFound
+from storage.errors import BucketExists, InvalidName, ObjectNotFound
 from storage.names import validate_bucket
-from storage.objects import MAX_KEYS, ObjectInfo, ObjectLayer, ObjectReader
+from storage.objects import MAX_KEYS, ObjectLayer, ObjectReader
 
 log = logging.getLogger(__name__)
 
 RESERVED_BUCKET = "minigrid"
-MAX_USER_META_BYTES = 2048
 MAX_LIST_BUCKETS = 10_000
+#: Regions a client may sign for that mean the gateway's default region: s3cmd's default
+#: bucket location is ``US``, which MinIO (and S3's own history) takes as us-east-1.
+REGION_ALIASES = {"US": "us-east-1"}
 XML_TYPE = "application/xml"
 #: How long answering an error may take before the connection is dropped instead.
 ERROR_SEND_TIMEOUT = 5.0
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the request"; never sent
-
-_RESPONSE_OVERRIDES = {
-    "response-content-type": "Content-Type",
-    "response-content-language": "Content-Language",
-    "response-expires": "Expires",
-    "response-cache-control": "Cache-Control",
-    "response-content-disposition": "Content-Disposition",
-    "response-content-encoding": "Content-Encoding",
-}
-
-
-@dataclass
-class _Call:
-    """One request being served: what admission decided, and what the handler needs."""
-
-    request: web.Request
-    request_id: str
-    bucket: str
-    key: str
-    route: s3_routes.Route | None = None
-    auth: Authenticated | None = None
-    plan: BodyPlan | None = None
-    refused: Exception | None = None
-
-    def headers(self, extra: Mapping[str, str] | None = None) -> CIMultiDict[str]:
-        headers: CIMultiDict[str] = CIMultiDict()
-        headers["x-amz-request-id"] = self.request_id
-        headers["x-amz-id-2"] = self.request_id
-        headers["Server"] = "minigrid"
-        headers.update(extra or {})
-        return headers
-
-    def describe(self) -> str:
-        """``PUT /b/k?tagging`` for log lines (the query cut short)."""
-        query = self.request.rel_url.raw_query_string
-        where = self.request.rel_url.raw_path + (f"?{query[:120]}" if query else "")
-        return f"{self.request.method} {where[:300]}"
 
 
 class _ClientStalled(Exception):
     """The client stopped reading a response body."""
 
 
-_CALL = web.RequestKey("minigrid_s3_call", _Call)
-Handler = Callable[[_Call], Awaitable[web.StreamResponse]]
-
-
-def http_date(time_ns: int) -> str:
-    """RFC 7231 date, e.g. ``Wed, 21 Oct 2015 07:28:00 GMT``."""
-    return email.utils.formatdate(time_ns / 1e9, usegmt=True)
+_CALL = web.RequestKey("minigrid_s3_call", Call)
+Handler = Callable[[Call], Awaitable[web.StreamResponse]]
 
 
 def _client_went_away(exc: BaseException) -> bool:
@@ -138,7 +95,10 @@ class S3Gateway:
         self.layer = layer
         self.region = region
         self.body_timeout = body_timeout
-        self._auth = Authenticator(credentials, region, clock)
+        self._auth = Authenticator(
+            credentials, region, clock,
+            aliases={alias for alias, name in REGION_ALIASES.items() if name == region},
+        )  # fmt: skip
         #: S3 requests being served now (the healer yields to them).
         self.inflight = 0
         self._handlers: dict[str, Handler] = {
@@ -149,10 +109,22 @@ class S3Gateway:
             "ListObjects": self._list_objects,
             "GetBucketLocation": self._get_bucket_location,
             "DeleteObjects": self._delete_objects,
-            "PutObject": self._put_object,
-            "GetObject": self._get_object,
-            "HeadObject": self._head_object,
+            "PutObject": lambda call: objects.put_object(self, call),
+            "GetObject": lambda call: objects.get_object(self, call),
+            "HeadObject": lambda call: objects.head_object(self, call),
             "DeleteObject": self._delete_object,
+            "CopyObject": lambda call: copy.copy_object(self, call),
+            "UploadPartCopy": lambda call: copy.upload_part_copy(self, call),
+            "GetObjectTagging": lambda call: objects.get_tagging(self, call),
+            "PutObjectTagging": lambda call: objects.put_tagging(self, call),
+            "DeleteObjectTagging": lambda call: objects.delete_tagging(self, call),
+            "GetObjectAttributes": lambda call: objects.get_attributes(self, call),
+            "CreateMultipartUpload": lambda call: multipart.create(self, call),
+            "UploadPart": lambda call: multipart.upload_part(self, call),
+            "CompleteMultipartUpload": lambda call: multipart.complete(self, call),
+            "AbortMultipartUpload": lambda call: multipart.abort(self, call),
+            "ListParts": lambda call: multipart.list_parts(self, call),
+            "ListMultipartUploads": lambda call: multipart.list_uploads(self, call),
         }
         unmatched = set(self._handlers) ^ {route.operation for route in s3_routes.ROUTES}
         assert not unmatched, f"routes and handlers differ: {sorted(unmatched)}"
@@ -204,9 +176,9 @@ class S3Gateway:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the interim answer is not part of the response
 
-    def _admit(self, request: web.Request) -> _Call:
+    def _admit(self, request: web.Request) -> Call:
         """Decide from the request line and headers whether to serve it, and how."""
-        call = _Call(
+        call = Call(
             request=request,
             request_id=secrets.token_hex(8).upper(),
             bucket=request.match_info.get("bucket", ""),
@@ -226,7 +198,7 @@ class S3Gateway:
         return call
 
     @staticmethod
-    def _plan_body(call: _Call, route: s3_routes.Route, auth: Authenticated) -> BodyPlan | None:
+    def _plan_body(call: Call, route: s3_routes.Route, auth: Authenticated) -> BodyPlan | None:
         """The body plan for a route that takes a body, refusing one declared too large."""
         body = route.body
         if body is None or (not body.required and not call.request.body_exists):
@@ -269,7 +241,10 @@ class S3Gateway:
         finally:
             self.inflight -= 1
 
-    async def _answer_error(self, call: _Call, exc: Exception) -> web.StreamResponse:
+    async def _answer_error(self, call: Call, exc: Exception) -> web.StreamResponse:
+        if isinstance(exc, conditions.NotModified):
+            headers = call.headers(conditions.not_modified_headers(exc.info))
+            return web.Response(status=304, headers=headers)
         if _client_went_away(exc):
             reason = str(exc) or type(exc).__name__
             log.info("s3 %s: the client went away (%s)", call.describe(), reason)
@@ -287,7 +262,7 @@ class S3Gateway:
         return response
 
     @staticmethod
-    def _log_error(call: _Call, error: errors.S3Error, exc: Exception) -> None:
+    def _log_error(call: Call, error: errors.S3Error, exc: Exception) -> None:
         if error.status == 500 and not isinstance(exc, errors.S3Error):
             log.error("s3 %s: %s", call.describe(), error, exc_info=exc)
         elif error.status >= 500:
@@ -296,7 +271,7 @@ class S3Gateway:
         elif error.close:
             log.info("s3 %s: %s; closing the connection", call.describe(), error)
 
-    async def _answer_then_close(self, call: _Call, response: web.Response) -> web.Response:
+    async def _answer_then_close(self, call: Call, response: web.Response) -> web.Response:
         """Send the error, then close the connection instead of reading the rest of the body."""
         response.force_close()
         with contextlib.suppress(ConnectionError, TimeoutError):
@@ -306,7 +281,7 @@ class S3Gateway:
         call.request.protocol.force_close()
         return response
 
-    def _error_response(self, call: _Call, error: errors.S3Error) -> web.Response:
+    def _error_response(self, call: Call, error: errors.S3Error) -> web.Response:
         headers = call.headers()
         if error.code == "InvalidRange" and "size" in error.extra:
             headers["Content-Range"] = f"bytes */{error.extra.pop('size')}"
@@ -318,7 +293,7 @@ class S3Gateway:
 
     # --- service and buckets ----------------------------------------------------------------
 
-    async def _list_buckets(self, call: _Call) -> web.Response:
+    async def _list_buckets(self, call: Call) -> web.Response:
         assert call.auth is not None
         query = call.request.rel_url.query
         prefix = query.get("prefix", "")
@@ -336,30 +311,36 @@ class S3Gateway:
             buckets[:limit], call.auth.access_key,
             prefix=prefix if "prefix" in query else None, continuation_token=token,
         )  # fmt: skip
-        return self._xml(call, body)
+        return self.xml_response(call, body)
 
-    async def _create_bucket(self, call: _Call) -> web.Response:
+    async def _create_bucket(self, call: Call) -> web.Response:
         # An optional CreateBucketConfiguration body is read (and verified) but not needed:
         # the gateway serves one region.
         if call.plan is not None:
-            await self._body(call).read_small(s3_routes.MAX_CONFIG_BODY)
-        await self.layer.make_bucket(call.bucket)
+            await self.body(call).read_small(s3_routes.MAX_CONFIG_BODY)
+        try:
+            await self.layer.make_bucket(call.bucket)
+        except BucketExists:
+            # S3 answers 200 to an owner re-creating a bucket in us-east-1 (its legacy
+            # behaviour), and BucketAlreadyOwnedByYou in every other region.
+            if self.region != "us-east-1":
+                raise
         return web.Response(status=200, headers=call.headers({"Location": f"/{call.bucket}"}))
 
-    async def _head_bucket(self, call: _Call) -> web.Response:
+    async def _head_bucket(self, call: Call) -> web.Response:
         await self.layer.head_bucket(call.bucket)
         return web.Response(status=200, headers=call.headers({"x-amz-bucket-region": self.region}))
 
-    async def _delete_bucket(self, call: _Call) -> web.Response:
+    async def _delete_bucket(self, call: Call) -> web.Response:
         await self.layer.delete_bucket(call.bucket)
         return web.Response(status=204, headers=call.headers())
 
-    async def _get_bucket_location(self, call: _Call) -> web.Response:
+    async def _get_bucket_location(self, call: Call) -> web.Response:
         await self.layer.head_bucket(call.bucket)
-        return self._xml(call, xml.location(self.region))
+        return self.xml_response(call, xml.location(self.region))
 
-    async def _delete_objects(self, call: _Call) -> web.Response:
-        document = await self._body(call).read_small(s3_routes.MAX_DELETE_BODY)
+    async def _delete_objects(self, call: Call) -> web.Response:
+        document = await self.body(call).read_small(s3_routes.MAX_DELETE_BODY)
         keys, quiet = xml.parse_delete(document)
         deleted: list[str] = []
         failed: list[tuple[str, errors.S3Error]] = []
@@ -370,14 +351,14 @@ class S3Gateway:
                 deleted.append(key)
             except Exception as exc:
                 failed.append((key, errors.from_exception(exc)))
-        return self._xml(call, xml.delete_result([] if quiet else deleted, failed))
+        return self.xml_response(call, xml.delete_result([] if quiet else deleted, failed))
 
-    async def _list_objects(self, call: _Call) -> web.Response:
+    async def _list_objects(self, call: Call) -> web.Response:
         query = call.request.rel_url.query
         prefix = query.get("prefix", "")
         delimiter = query.get("delimiter", "")
         max_keys = _max_keys(query.get("max-keys"))
-        url_encode = _encoding_type(query.get("encoding-type"))
+        url_encode = xml.url_encoding(query.get("encoding-type"))
         if query.get("list-type") == "2":
             token = query.get("continuation-token")
             start_after = query.get("start-after", "")
@@ -393,6 +374,7 @@ class S3Gateway:
                 start_after=start_after,
                 continuation_token=token,
                 url_encode=url_encode,
+                owner_id=call.owner if query.get("fetch-owner") == "true" else None,
             )
         else:
             marker = query.get("marker", "")
@@ -405,78 +387,25 @@ class S3Gateway:
                 max_keys=max_keys,
                 marker=marker,
                 url_encode=url_encode,
+                owner_id=call.owner,  # ListObjects (v1) always names the owner
             )
-        return self._xml(call, body)
+        return self.xml_response(call, body)
 
     # --- objects ----------------------------------------------------------------------------
 
-    async def _put_object(self, call: _Call) -> web.Response:
-        request = call.request
-        user_meta = _user_meta(request)
-        content_type = request.headers.get("Content-Type", "application/octet-stream")
-        body = self._body(call)
-        info = await self.layer.put_object(
-            call.bucket,
-            call.key,
-            body,
-            size=body.size,
-            content_type=content_type,
-            user_meta=user_meta,
-        )
-        extra = {"ETag": f'"{info.etag}"'}
-        for algorithm, value in body.checksum_values.items():
-            extra[f"x-amz-checksum-{algorithm}"] = value
-        return web.Response(status=200, headers=call.headers(extra))
-
-    async def _head_object(self, call: _Call) -> web.Response:
-        info = await self.layer.head_object(call.bucket, call.key)
-        wanted = parse_range(call.request.headers.get("Range"))
-        span = _resolve(wanted, info.size)
-        headers = call.headers(_object_headers(call, info, span))
-        return web.Response(status=206 if span else 200, headers=headers)
-
-    async def _get_object(self, call: _Call) -> web.StreamResponse:
-        wanted = parse_range(call.request.headers.get("Range"))
-        if wanted is None:
-            reader = await self.layer.get_object(call.bucket, call.key)
-            span = None
-        elif wanted.suffix is not None:
-            info = await self.layer.head_object(call.bucket, call.key)
-            span = _resolve(wanted, info.size)
-            assert span is not None
-            reader = await self.layer.get_object(call.bucket, call.key, span[0], span[1])
-        else:
-            reader = await self._open_range(call, wanted)
-            span = (reader.offset, reader.length)
-        async with reader:
-            return await self._stream(call, reader, span)
-
-    async def _open_range(self, call: _Call, wanted: ByteRange) -> ObjectReader:
-        assert wanted.first is not None
-        length = None if wanted.last is None else wanted.last - wanted.first + 1
-        try:
-            reader = await self.layer.get_object(call.bucket, call.key, wanted.first, length)
-        except InvalidRange:
-            # The offset lies past the end; answer 416 with the object's size.
-            info = await self.layer.head_object(call.bucket, call.key)
-            _resolve(wanted, info.size)
-            raise
-        if reader.length == 0:
-            await reader.aclose()
-            _resolve(wanted, reader.info.size)
-        return reader
-
-    async def _stream(
-        self, call: _Call, reader: ObjectReader, span: tuple[int, int] | None
+    async def stream(
+        self,
+        call: Call,
+        reader: ObjectReader,
+        status: int,
+        headers: Mapping[str, str],
     ) -> web.StreamResponse:
+        """Stream a reader's bytes as the response body (headers already decided)."""
         chunks = aiter(reader)
         # Pull the first chunk before sending headers, so an early read failure is still
         # answered as an S3 error rather than a dropped connection.
         first = await anext(chunks, b"")
-        response = web.StreamResponse(
-            status=206 if span else 200,
-            headers=call.headers(_object_headers(call, reader.info, span)),
-        )
+        response = web.StreamResponse(status=status, headers=call.headers(headers))
         response.content_length = reader.length
         await response.prepare(call.request)
         sent = 0
@@ -514,69 +443,32 @@ class S3Gateway:
         except TimeoutError:
             raise _ClientStalled from None
 
-    async def _delete_object(self, call: _Call) -> web.Response:
+    async def _delete_object(self, call: Call) -> web.Response:
         with contextlib.suppress(ObjectNotFound):  # S3 answers 204 whether or not it existed
             await self.layer.delete_object(call.bucket, call.key)
         return web.Response(status=204, headers=call.headers())
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _body(self, call: _Call) -> VerifiedBody:
-        assert call.auth is not None and call.plan is not None
+    def body(self, call: Call) -> VerifiedBody:
+        """The request's verified body (the route takes one, and admission planned it)."""
+        if call.plan is None:
+            raise errors.missing_content_length()
+        assert call.auth is not None
         return VerifiedBody(call.request, call.auth, call.plan, idle_timeout=self.body_timeout)
 
+    async def drain(self, call: Call) -> None:
+        """Read (and verify) an optional body a route ignores, so the connection stays usable."""
+        if call.plan is not None:
+            await self.body(call).read_small(s3_routes.MAX_CONFIG_BODY)
+
     @staticmethod
-    def _xml(call: _Call, body: bytes) -> web.Response:
-        return web.Response(status=200, body=body, headers=call.headers({"Content-Type": XML_TYPE}))
+    def xml_response(
+        call: Call, body: bytes, extra: Mapping[str, str] | None = None
+    ) -> web.Response:
+        headers = call.headers({"Content-Type": XML_TYPE, **(extra or {})})
+        return web.Response(status=200, body=body, headers=headers)
 
-
-def _resolve(wanted: ByteRange | None, size: int) -> tuple[int, int] | None:
-    """``(offset, length)`` of a satisfiable range; None for the whole object."""
-    if wanted is None:
-        return None
-    span = wanted.resolve(size)
-    if span is None:
-        raise errors.S3Error(
-            "InvalidRange",
-            "The requested range is not satisfiable",
-            416,
-            extra={"size": str(size)},
-        )
-    return span
-
-
-def _object_headers(call: _Call, info: ObjectInfo, span: tuple[int, int] | None) -> dict[str, str]:
-    headers = {
-        "Content-Type": info.content_type,
-        "Content-Length": str(span[1] if span else info.size),
-        "ETag": f'"{info.etag}"',
-        "Last-Modified": http_date(info.mod_time_ns),
-        "Accept-Ranges": "bytes",
-    }
-    if span is not None:
-        offset, length = span
-        headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{info.size}"
-    for name, value in info.user_meta.items():
-        headers[f"x-amz-meta-{name}"] = value
-    query = call.request.rel_url.query
-    for param, header in _RESPONSE_OVERRIDES.items():
-        if param in query:
-            headers[header] = query[param]
-    return headers
-
-
-def _user_meta(request: web.Request) -> dict[str, str]:
-    meta: dict[str, str] = {}
-    for name in {n.lower() for n in request.headers if n.lower().startswith("x-amz-meta-")}:
-        meta[name[len("x-amz-meta-") :]] = ",".join(request.headers.getall(name))
-    size = sum(len(k) + len(v) for k, v in meta.items())
-    if size > MAX_USER_META_BYTES:
-        raise errors.S3Error(
-            "MetadataTooLarge",
-            f"Your metadata headers are {size} bytes; the limit is {MAX_USER_META_BYTES}.",
-            400,
-        )
-    return meta
 
 
 def _max_buckets(text: str | None) -> int:
@@ -603,11 +495,3 @@ def _max_keys(text: str | None) -> int:
     except ValueError as exc:
         raise errors.invalid_argument(f"max-keys {text[:20]!r} must be a whole number") from exc
     return min(value, MAX_KEYS)
-
-
-def _encoding_type(text: str | None) -> bool:
-    if text is None:
-        return False
-    if text.lower() != "url":
-        raise errors.invalid_argument(f"encoding-type {text[:20]!r} is not 'url'")
-    return True

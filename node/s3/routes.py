@@ -22,7 +22,7 @@ gateway is stricter than S3: every query name must be one the operation reads (o
 SDK name, :data:`ALWAYS_ALLOWED`), because a name this table does not know may be a
 subresource S3 added after it was written, and running it as a plain write could destroy data.
 
-Adding an operation (multipart upload, copy, tagging ...) means adding a row to
+Adding an operation means adding a row to
 :data:`ROUTES` (and its handler in the gateway); its line in :data:`NOT_BUILT` then stops
 being used. The module is pure: no aiohttp.
 """
@@ -41,6 +41,9 @@ GIB: Final = 1 << 30
 MAX_PUT_SIZE: Final = 5 * GIB
 MAX_CONFIG_BODY: Final = 64 * 1024
 MAX_DELETE_BODY: Final = 1024 * 1024  # S3's own limit: 1000 keys of up to 1 KiB each
+#: A CompleteMultipartUpload body: 10,000 parts of about 400 bytes each at most.
+MAX_COMPLETE_BODY: Final = 4 * 1024 * 1024
+MAX_TAGGING_BODY: Final = 64 * 1024
 
 COPY_SOURCE: Final = "x-amz-copy-source"
 #: Methods S3 has operations for; any other method is 405 MethodNotAllowed.
@@ -115,6 +118,11 @@ _RESPONSE_OVERRIDES = _names(
     "response-cache-control", "response-content-disposition", "response-content-encoding",
 )  # fmt: skip
 _SVC, _BKT, _OBJ = Resource.SERVICE, Resource.BUCKET, Resource.OBJECT
+_READ_PARAMS = _RESPONSE_OVERRIDES | {"versionId"}
+_UPLOADS_PARAMS = _names("prefix", "delimiter", "key-marker", "upload-id-marker", "max-uploads",
+                         "encoding-type")  # fmt: skip
+_PUT_BODY = Body(MAX_PUT_SIZE, too_large="EntityTooLarge")
+_NO_BODY = Body(MAX_CONFIG_BODY, required=False)  # a body may come; it is read and ignored
 
 #: Every operation the gateway builds. A request matches a row when its method, resource and
 #: selectors are exactly the row's.
@@ -127,10 +135,28 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("ListObjects", "GET", _BKT, params=_LIST_PARAMS),  # v1, or v2 with list-type=2
     Route("GetBucketLocation", "GET", _BKT, _names("location")),
     Route("DeleteObjects", "POST", _BKT, _names("delete"), body=Body(MAX_DELETE_BODY)),
-    Route("PutObject", "PUT", _OBJ, body=Body(MAX_PUT_SIZE, too_large="EntityTooLarge")),
-    Route("GetObject", "GET", _OBJ, params=_RESPONSE_OVERRIDES | {"versionId"}),
-    Route("HeadObject", "HEAD", _OBJ, params=_RESPONSE_OVERRIDES | {"versionId"}),
+    Route("PutObject", "PUT", _OBJ, body=_PUT_BODY),
+    Route("GetObject", "GET", _OBJ, params=_READ_PARAMS),
+    Route("GetObject", "GET", _OBJ, _names("partNumber"), params=_READ_PARAMS),
+    Route("HeadObject", "HEAD", _OBJ, params=_READ_PARAMS),
+    Route("HeadObject", "HEAD", _OBJ, _names("partNumber"), params=_READ_PARAMS),
     Route("DeleteObject", "DELETE", _OBJ, params=_names("versionId")),
+    Route("CopyObject", "PUT", _OBJ, _names(COPY_SOURCE), body=_NO_BODY),
+    Route("CreateMultipartUpload", "POST", _OBJ, _names("uploads"), body=_NO_BODY),
+    Route("UploadPart", "PUT", _OBJ, _names("uploadId", "partNumber"), body=_PUT_BODY),
+    Route("UploadPartCopy", "PUT", _OBJ, _names("uploadId", "partNumber", COPY_SOURCE),
+          body=_NO_BODY),
+    Route("CompleteMultipartUpload", "POST", _OBJ, _names("uploadId"),
+          body=Body(MAX_COMPLETE_BODY)),
+    Route("AbortMultipartUpload", "DELETE", _OBJ, _names("uploadId")),
+    Route("ListParts", "GET", _OBJ, _names("uploadId"),
+          params=_names("max-parts", "part-number-marker", "encoding-type")),
+    Route("ListMultipartUploads", "GET", _BKT, _names("uploads"), params=_UPLOADS_PARAMS),
+    Route("GetObjectTagging", "GET", _OBJ, _names("tagging"), params=_names("versionId")),
+    Route("PutObjectTagging", "PUT", _OBJ, _names("tagging"), params=_names("versionId"),
+          body=Body(MAX_TAGGING_BODY)),
+    Route("DeleteObjectTagging", "DELETE", _OBJ, _names("tagging"), params=_names("versionId")),
+    Route("GetObjectAttributes", "GET", _OBJ, _names("attributes"), params=_names("versionId")),
 )  # fmt: skip
 
 
@@ -190,7 +216,6 @@ NOT_BUILT: Final = {
         "requestPayment": _get_put("BucketRequestPayment"),
         "session": {"GET": "CreateSession"},
         "tagging": _get_put_delete("BucketTagging"),
-        "uploads": {"GET": "ListMultipartUploads"},
         "versioning": _get_put("BucketVersioning"),
         "versions": {"GET": "ListObjectVersions"},
         "website": _get_put_delete("BucketWebsite"),
@@ -199,28 +224,34 @@ NOT_BUILT: Final = {
     **_catalogue(_OBJ, {
         "acl": _get_put("ObjectAcl"),
         "annotation": _get_put_delete("ObjectAnnotation"),
-        "attributes": {"GET": "GetObjectAttributes"},
         "encryption": {"PUT": "UpdateObjectEncryption"},
         "legal-hold": _get_put("ObjectLegalHold"),
         "renameObject": {"PUT": "RenameObject"},
         "restore": {"POST": "RestoreObject"},
         "retention": _get_put("ObjectRetention"),
         "select": {"POST": "SelectObjectContent"},
-        "tagging": _get_put_delete("ObjectTagging"),
         "torrent": {"GET": "GetObjectTorrent"},
-        "uploads": {"POST": "CreateMultipartUpload"},
-        "uploadId": {"GET": "ListParts", "POST": "CompleteMultipartUpload",
-                     "DELETE": "AbortMultipartUpload"},
-        "uploadId&partNumber": {"PUT": "UploadPart"},
-        f"uploadId&partNumber&{COPY_SOURCE}": {"PUT": "UploadPartCopy"},
-        "partNumber": {"GET": "GetObject of one part", "HEAD": "HeadObject of one part"},
         "versionId": {"GET": "GetObject of a version", "HEAD": "HeadObject of a version",
                       "DELETE": "DeleteObject of a version"},
-        COPY_SOURCE: {"PUT": "CopyObject"},
     }),
 }  # fmt: skip
 
 _BY_KEY: Final = {route.key: route for route in ROUTES}
+#: Versioned forms of the built operations: not built (the bucket has only the null version).
+NOT_BUILT.update(
+    {
+        ("GET", _OBJ, frozenset({"partNumber", "versionId"})): "GetObject of one part of a version",
+        (
+            "HEAD",
+            _OBJ,
+            frozenset({"partNumber", "versionId"}),
+        ): "HeadObject of one part of a version",
+        ("GET", _OBJ, frozenset({"tagging", "versionId"})): "GetObjectTagging of a version",
+        ("PUT", _OBJ, frozenset({"tagging", "versionId"})): "PutObjectTagging of a version",
+        ("DELETE", _OBJ, frozenset({"tagging", "versionId"})): "DeleteObjectTagging of a version",
+        ("GET", _OBJ, frozenset({"attributes", "versionId"})): "GetObjectAttributes of a version",
+    }
+)
 assert len(_BY_KEY) == len(ROUTES), "two routes have the same key"
 assert not set(_BY_KEY) & set(NOT_BUILT), "a built operation is still listed as not built"
 

@@ -9,9 +9,10 @@ from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from node.s3 import errors
-from storage.objects import BucketInfo, ListResult, ObjectInfo
+from storage.objects import BucketInfo, ListResult, ObjectInfo, PartInfo, UploadRecord
 
 MAX_DELETE_KEYS = 1000
+MAX_COMPLETE_PARTS = 10_000
 
 NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
 _HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -78,13 +79,29 @@ class _Encoder:
         return quote(text, safe="/") if self.url else text
 
 
-def _contents(objects: Sequence[ObjectInfo], enc: _Encoder) -> list[str]:
+def owner(owner_id: str, tag: str = "Owner") -> str:
+    """``<Owner><ID/><DisplayName/></Owner>``: every key sees every bucket here, so the owner
+    is the access key that asked."""
+    return f"<{tag}>" + _el("ID", owner_id) + _el("DisplayName", owner_id) + f"</{tag}>"
+
+
+def _checksum_algorithm(info: ObjectInfo) -> str:
+    found = [alg.upper() for alg, value in info.checksums.items() if value]
+    parts = [_el("ChecksumAlgorithm", alg) for alg in found]
+    if found:
+        parts.append(_el("ChecksumType", info.checksum_type or "FULL_OBJECT"))
+    return "".join(parts)
+
+
+def _contents(objects: Sequence[ObjectInfo], enc: _Encoder, owner_id: str | None) -> list[str]:
     return [
         "<Contents>"
         + _el("Key", enc(o.key))
         + _el("LastModified", iso8601(o.mod_time_ns))
         + _el("ETag", f'"{o.etag}"')
+        + _checksum_algorithm(o)
         + _el("Size", o.size)
+        + (owner(owner_id) if owner_id is not None else "")
         + _el("StorageClass", "STANDARD")
         + "</Contents>"
         for o in objects
@@ -105,6 +122,7 @@ def list_objects_v2(
     start_after: str,
     continuation_token: str | None,
     url_encode: bool,
+    owner_id: str | None = None,
 ) -> bytes:
     enc = _Encoder(url_encode)
     parts = [_el("Name", bucket), _el("Prefix", enc(prefix))]
@@ -123,7 +141,7 @@ def list_objects_v2(
     ]
     if url_encode:
         parts.append(_el("EncodingType", "url"))
-    parts += _contents(result.objects, enc) + _prefixes(result.prefixes, enc)
+    parts += _contents(result.objects, enc, owner_id) + _prefixes(result.prefixes, enc)
     return _document("ListBucketResult", parts)
 
 
@@ -136,6 +154,7 @@ def list_objects_v1(
     max_keys: int,
     marker: str,
     url_encode: bool,
+    owner_id: str | None = None,
 ) -> bytes:
     enc = _Encoder(url_encode)
     parts = [
@@ -152,7 +171,7 @@ def list_objects_v1(
         parts.append(_el("NextMarker", enc(last)))
     if url_encode:
         parts.append(_el("EncodingType", "url"))
-    parts += _contents(result.objects, enc) + _prefixes(result.prefixes, enc)
+    parts += _contents(result.objects, enc, owner_id) + _prefixes(result.prefixes, enc)
     return _document("ListBucketResult", parts)
 
 
@@ -195,3 +214,187 @@ def delete_result(deleted: Sequence[str], failed: Sequence[tuple[str, errors.S3E
 
 def _local(tag: str) -> str:
     return tag.rpartition("}")[2]
+
+
+# --- multipart uploads ----------------------------------------------------------------------
+
+
+def initiate_upload(bucket: str, key: str, upload_id: str) -> bytes:
+    parts = [_el("Bucket", bucket), _el("Key", key), _el("UploadId", upload_id)]
+    return _document("InitiateMultipartUploadResult", parts)
+
+
+def _checksum_elements(checksums: Mapping[str, str], checksum_type: str = "") -> list[str]:
+    names = {"crc32": "ChecksumCRC32", "crc32c": "ChecksumCRC32C", "crc64nvme": "ChecksumCRC64NVME",
+             "sha1": "ChecksumSHA1", "sha256": "ChecksumSHA256"}  # fmt: skip
+    parts = [_el(names[alg], value) for alg, value in checksums.items() if value]
+    if parts and checksum_type:
+        parts.append(_el("ChecksumType", checksum_type))
+    return parts
+
+
+def complete_upload(location: str, bucket: str, key: str, info: ObjectInfo) -> bytes:
+    parts = [_el("Location", location), _el("Bucket", bucket), _el("Key", key),
+             _el("ETag", f'"{info.etag}"')]  # fmt: skip
+    parts += _checksum_elements(info.checksums, info.checksum_type or "FULL_OBJECT")
+    return _document("CompleteMultipartUploadResult", parts)
+
+
+def parse_complete(document: bytes) -> tuple[list[tuple[int, str]], list[dict[str, str]]]:
+    """The ``(part number, ETag)`` list of a CompleteMultipartUpload body, and each part's
+    checksums (algorithm -> value) as the client sent them."""
+    try:
+        root = ElementTree.fromstring(document)
+    except ElementTree.ParseError as exc:
+        raise errors.malformed_xml(
+            f"the CompleteMultipartUpload document does not parse: {exc}"
+        ) from exc
+    if _local(root.tag) != "CompleteMultipartUpload":
+        raise errors.malformed_xml("the request body must be a <CompleteMultipartUpload> document")
+    parts: list[tuple[int, str]] = []
+    sums: list[dict[str, str]] = []
+    for child in root:
+        if _local(child.tag) != "Part":
+            continue
+        fields = {_local(c.tag): (c.text or "").strip() for c in child}
+        try:
+            number = int(fields["PartNumber"])
+            etag = fields["ETag"]
+        except (KeyError, ValueError) as exc:
+            raise errors.malformed_xml("every <Part> needs a <PartNumber> and an <ETag>") from exc
+        parts.append((number, etag.strip('"')))
+        sums.append({name.removeprefix("Checksum").lower(): value for name, value in fields.items()
+                     if name.startswith("Checksum") and name != "ChecksumType"})  # fmt: skip
+    if not parts:
+        raise errors.malformed_xml("a CompleteMultipartUpload document names at least one part")
+    if len(parts) > MAX_COMPLETE_PARTS:
+        raise errors.malformed_xml(
+            f"a CompleteMultipartUpload names at most {MAX_COMPLETE_PARTS} parts"
+        )
+    return parts, sums
+
+
+def list_parts(
+    bucket: str,
+    record: UploadRecord,
+    parts: Sequence[PartInfo],
+    *,
+    owner_id: str,
+    marker: int,
+    max_parts: int,
+    truncated: bool,
+) -> bytes:
+    algorithm = next(iter(record.meta.checksums), "")
+    body = [_el("Bucket", bucket), _el("Key", record.key), _el("UploadId", record.upload_id),
+            owner(owner_id, "Initiator"), owner(owner_id), _el("StorageClass", "STANDARD"),
+            _el("PartNumberMarker", marker)]  # fmt: skip
+    if parts:
+        body.append(_el("NextPartNumberMarker", parts[-1].number))
+    body += [_el("MaxParts", max_parts), _el("IsTruncated", truncated)]
+    if algorithm:
+        body.append(_el("ChecksumAlgorithm", algorithm.upper()))
+        body.append(_el("ChecksumType", record.meta.checksum_type or "COMPOSITE"))
+    for part in parts:
+        body.append(
+            "<Part>" + _el("PartNumber", part.number)
+            + _el("LastModified", iso8601(part.mod_time_ns)) + _el("ETag", f'"{part.etag}"')
+            + _el("Size", part.size) + "".join(_checksum_elements(part.checksums)) + "</Part>"
+        )  # fmt: skip
+    return _document("ListPartsResult", body)
+
+
+def list_uploads(
+    bucket: str,
+    uploads: Sequence[UploadRecord],
+    prefixes: Sequence[str],
+    *,
+    owner_id: str,
+    prefix: str,
+    delimiter: str,
+    key_marker: str,
+    upload_id_marker: str,
+    max_uploads: int,
+    truncated: bool,
+    url_encode: bool,
+) -> bytes:
+    enc = _Encoder(url_encode)
+    body = [_el("Bucket", bucket), _el("KeyMarker", enc(key_marker)),
+            _el("UploadIdMarker", upload_id_marker)]  # fmt: skip
+    if truncated and uploads:
+        body += [_el("NextKeyMarker", enc(uploads[-1].key)),
+                 _el("NextUploadIdMarker", uploads[-1].upload_id)]  # fmt: skip
+    body += [_el("Prefix", enc(prefix))]
+    if delimiter:
+        body.append(_el("Delimiter", enc(delimiter)))
+    body += [_el("MaxUploads", max_uploads), _el("IsTruncated", truncated)]
+    if url_encode:
+        body.append(_el("EncodingType", "url"))
+    for record in uploads:
+        algorithm = next(iter(record.meta.checksums), "")
+        body.append(
+            "<Upload>" + _el("Key", enc(record.key)) + _el("UploadId", record.upload_id)
+            + owner(owner_id, "Initiator") + owner(owner_id) + _el("StorageClass", "STANDARD")
+            + _el("Initiated", iso8601(record.initiated_ns))
+            + (_el("ChecksumAlgorithm", algorithm.upper()) if algorithm else "")
+            + "</Upload>"
+        )  # fmt: skip
+    body += _prefixes(prefixes, enc)
+    return _document("ListMultipartUploadsResult", body)
+
+
+# --- copy, tagging, attributes --------------------------------------------------------------
+
+
+def copy_result(info: ObjectInfo, root: str = "CopyObjectResult") -> bytes:
+    parts = [_el("ETag", f'"{info.etag}"'), _el("LastModified", iso8601(info.mod_time_ns))]
+    parts += _checksum_elements(info.checksums, info.checksum_type)
+    return _document(root, parts)
+
+
+def copy_part_result(part: PartInfo) -> bytes:
+    parts = [_el("ETag", f'"{part.etag}"'), _el("LastModified", iso8601(part.mod_time_ns))]
+    parts += _checksum_elements(part.checksums)
+    return _document("CopyPartResult", parts)
+
+
+def tagging(tags: Mapping[str, str]) -> bytes:
+    items = "".join(
+        "<Tag>" + _el("Key", key) + _el("Value", value) + "</Tag>" for key, value in tags.items()
+    )
+    return _document("Tagging", [f"<TagSet>{items}</TagSet>"])
+
+
+def object_attributes(
+    info: ObjectInfo, wanted: set[str], *, part_marker: int, max_parts: int
+) -> bytes:
+    body: list[str] = []
+    if "ETag" in wanted:
+        body.append(_el("ETag", info.etag))
+    if "Checksum" in wanted and any(info.checksums.values()):
+        body.append("<Checksum>" + "".join(_checksum_elements(
+            info.checksums, info.checksum_type or "FULL_OBJECT")) + "</Checksum>")  # fmt: skip
+    if "ObjectParts" in wanted and info.parts:
+        later = [p for p in info.parts if p.number > part_marker]
+        page = later[:max_parts]
+        body.append("<ObjectParts>" + _el("PartsCount", len(info.parts))
+                    + _el("PartNumberMarker", part_marker)
+                    + (_el("NextPartNumberMarker", page[-1].number) if page else "")
+                    + _el("MaxParts", max_parts) + _el("IsTruncated", len(later) > len(page))
+                    + "".join("<Part>" + _el("PartNumber", p.number) + _el("Size", p.size)
+                              + "".join(_checksum_elements(p.checksums)) + "</Part>"
+                              for p in page)
+                    + "</ObjectParts>")  # fmt: skip
+    if "StorageClass" in wanted:
+        body.append(_el("StorageClass", "STANDARD"))
+    if "ObjectSize" in wanted:
+        body.append(_el("ObjectSize", info.size))
+    return _document("GetObjectAttributesResponse", body)
+
+
+def url_encoding(text: str | None) -> bool:
+    """True for ``encoding-type=url``; InvalidArgument for any other value."""
+    if text is None:
+        return False
+    if text.lower() != "url":
+        raise errors.invalid_argument(f"encoding-type {text[:20]!r} is not 'url'")
+    return True

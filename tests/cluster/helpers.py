@@ -31,7 +31,7 @@ from cli.cluster import (
     stop_nodes,
 )
 from cli.main import main
-from cli.s3client import S3Client
+from cli.signed import SignedClient
 
 T = TypeVar("T")
 MIB = 1 << 20
@@ -170,19 +170,20 @@ class LocalCluster:
     # --- clients ------------------------------------------------------------------------------
 
     def client(self, node: int = 0, *, secret_key: str | None = None,
-               timeout: float = 60) -> S3Client:  # fmt: skip
+               timeout: float = 60) -> SignedClient:  # fmt: skip
+        """A raw SigV4 client with the S3 keys, for requests boto3 would not send."""
         config = self.config
-        return S3Client(self.urls[node], config["access_key"],
-                        secret_key or config["secret_key"], timeout=timeout,
-                        ca=self.ca)  # fmt: skip
+        return SignedClient(self.urls[node], config["access_key"],
+                            secret_key or config["secret_key"], timeout=timeout,
+                            ca=self.ca)  # fmt: skip
 
-    def admin(self, node: int = 0) -> S3Client:
+    def admin(self, node: int = 0) -> SignedClient:
         config = self.config
-        return S3Client(self.urls[node], config["admin_access_key"], config["admin_secret_key"],
-                        ca=self.ca)  # fmt: skip
+        return SignedClient(self.urls[node], config["admin_access_key"],
+                            config["admin_secret_key"], ca=self.ca)  # fmt: skip
 
     def boto(self, node: int = 0, *, secret_key: str | None = None,
-             verify: str | bool | None = None) -> Any:  # fmt: skip
+             verify: str | bool | None = None, timeout: float = 60) -> Any:  # fmt: skip
         """A boto3 client for node ``node``; https is verified against the cluster's CA
         unless ``verify`` says otherwise."""
         config = self.config
@@ -193,7 +194,8 @@ class LocalCluster:
             aws_access_key_id=config["access_key"],
             aws_secret_access_key=secret_key or config["secret_key"],
             region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                          read_timeout=timeout),
         )
 
     def info(self, timeout: float = 3.0) -> dict[str, Any]:
@@ -201,10 +203,13 @@ class LocalCluster:
         return cluster_info(self.urls, config["admin_access_key"], config["admin_secret_key"],
                             "us-east-1", timeout, self.ca)  # fmt: skip
 
-    def cli(self, *args: str, env: dict[str, str] | None = None) -> Result:
-        """Run ``minigrid ARGS`` in this process (click's runner) against this cluster."""
+    def cli(self, *args: str, env: dict[str, str] | None = None,
+            input: bytes | None = None) -> Result:  # fmt: skip
+        """Run ``minigrid ARGS`` in this process (click's runner) against this cluster, with
+        ``input`` on its stdin."""
         full_env = {"MINIGRID_DATA_DIR": str(self.root), **(env or {})}
-        return CliRunner().invoke(main, list(args), env=full_env, catch_exceptions=False)
+        return CliRunner().invoke(main, list(args), env=full_env, input=input,
+                                  catch_exceptions=False)  # fmt: skip
 
     # --- drives -------------------------------------------------------------------------------
 

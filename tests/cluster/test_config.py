@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli.cluster import new_cluster
+from cli.errors import S3ClientError
 from cli.main import main
-from cli.s3client import S3Client, S3ClientError
+from cli.signed import SignedClient
 from minigrid.testing import make_test_tls
 from node.config import (
     ConfigError,
@@ -144,14 +145,14 @@ async def test_one_node_in_process_with_faults_allowed(tmp_path: Path) -> None:
         assert node.readiness()["ready"]
         host, port = node.addresses[0][:2]
         url = f"http://{host}:{port}"
-        admin = S3Client(url, "adm", "adm-secret")
+        admin = SignedClient(url, "adm", "adm-secret")
         with pytest.raises(S3ClientError) as not_built:
             await asyncio.to_thread(admin.call, "POST", "/minigrid/admin/v1/fault/freeze")
         assert not_built.value.status == 501  # allowed, just not built yet
         config_doc = json.loads(await asyncio.to_thread(admin.call, "GET",
                                                         "/minigrid/admin/v1/config"))
         assert config_doc["secret"] == "***" and config_doc["allow_faults"] is True
-        s3 = S3Client(url, "ak", "sk")
+        s3 = SignedClient(url, "ak", "sk")
         with pytest.raises(S3ClientError) as denied:  # S3 keys are not admin keys
             await asyncio.to_thread(s3.call, "GET", "/minigrid/admin/v1/info")
         assert denied.value.status == 403

@@ -7,7 +7,6 @@ every node seeing every drive.
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import os
 import signal
@@ -17,11 +16,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from cli.cluster import bind_port
-from cli.s3client import S3Client, S3ClientError, object_path
+from cli.signed import SignedClient, object_path
 from node.s3 import sigv4
 from tests.cluster.helpers import MIB, LocalCluster, payload, wait_for
 
@@ -31,7 +32,7 @@ FAST_DEAD_AFTER = 4.0  # minigrid.profile("fast").dead_after
 
 @pytest.fixture(scope="module", autouse=True)
 def bucket(cluster: LocalCluster) -> None:
-    cluster.client(0).make_bucket(BUCKET)
+    cluster.boto(0).create_bucket(Bucket=BUCKET)
 
 
 @pytest.fixture
@@ -43,25 +44,22 @@ def restored(cluster: LocalCluster) -> Iterator[LocalCluster]:
         cluster.restore()
 
 
-def put_bytes(client: S3Client, key: str, data: bytes) -> None:
-    client.put_object(BUCKET, key, io.BytesIO(data), len(data))
+def put_bytes(s3: Any, key: str, data: bytes) -> None:
+    s3.put_object(Bucket=BUCKET, Key=key, Body=data)
 
 
-def get_bytes(client: S3Client, key: str) -> bytes:
-    response = client.get_object(BUCKET, key)
-    try:
-        return response.read()
-    finally:
-        response.close()
+def get_bytes(s3: Any, key: str) -> bytes:
+    body: bytes = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return body
 
 
 def test_get_with_two_nodes_down(restored: LocalCluster) -> None:
     cluster = restored
     data = payload(6 * MIB + 5, seed=10)
-    put_bytes(cluster.client(0), "two-down", data)
+    put_bytes(cluster.boto(0), "two-down", data)
     cluster.kill(2, 3)
-    assert get_bytes(cluster.client(0), "two-down") == data
-    assert get_bytes(cluster.client(1), "two-down") == data
+    assert get_bytes(cluster.boto(0), "two-down") == data
+    assert get_bytes(cluster.boto(1), "two-down") == data
     ok, body = cluster.ready(0)
     assert not ok and "4 of 8 drives online" in body["reason"]  # reads work, writes would not
 
@@ -70,8 +68,8 @@ def test_put_with_one_node_down_then_below_quorum(restored: LocalCluster, tmp_pa
     cluster = restored
     cluster.kill(3)
     data = payload(3 * MIB, seed=11)
-    put_bytes(cluster.client(0), "one-down", data)  # 6 of 8 drives >= write quorum 5
-    assert get_bytes(cluster.client(1), "one-down") == data
+    put_bytes(cluster.boto(0), "one-down", data)  # 6 of 8 drives >= write quorum 5
+    assert get_bytes(cluster.boto(1), "one-down") == data
 
     cluster.kill(1, 2)
     upload = tmp_path / "late.bin"
@@ -83,16 +81,16 @@ def test_put_with_one_node_down_then_below_quorum(restored: LocalCluster, tmp_pa
     assert not ok and body["drives_online"] == 2
 
     cluster.restore()
-    with pytest.raises(S3ClientError) as absent:
-        cluster.client(2).head_object(BUCKET, "below-quorum")
-    assert absent.value.status == 404
-    assert get_bytes(cluster.client(3), "one-down") == data
+    with pytest.raises(ClientError) as absent:
+        cluster.boto(2).head_object(Bucket=BUCKET, Key="below-quorum")
+    assert absent.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    assert get_bytes(cluster.boto(3), "one-down") == data
 
 
 def test_frozen_node_does_not_stall_reads(restored: LocalCluster) -> None:
     cluster = restored
     data = payload(24 * MIB, seed=13)
-    client = cluster.client(0, timeout=30)
+    client = cluster.boto(0, timeout=30)
     put_bytes(client, "frozen", data)
 
     def timed_get() -> float:
@@ -125,7 +123,9 @@ def test_frozen_node_does_not_stall_reads(restored: LocalCluster) -> None:
     assert "offline" in table.stdout
 
 
-def _start_raw_put(url: str, client: S3Client, key: str, size: int) -> http.client.HTTPConnection:
+def _start_raw_put(
+    url: str, client: SignedClient, key: str, size: int
+) -> http.client.HTTPConnection:
     """Send the headers of a ``size``-byte PUT and return the connection, body not sent."""
     raw_path = object_path(BUCKET, key)
     headers = client.sign("PUT", raw_path, {}, sigv4.UNSIGNED_PAYLOAD)
@@ -151,11 +151,10 @@ def test_sigkill_during_put_leaves_no_torn_object(restored: LocalCluster) -> Non
     finally:
         conn.close()
     cluster.restore()
-    client = cluster.client(0)
     try:
-        stored = get_bytes(client, "torn")
-    except S3ClientError as exc:
-        assert exc.code == "NoSuchKey", exc
+        stored = get_bytes(cluster.boto(0), "torn")
+    except ClientError as exc:
+        assert exc.response["Error"]["Code"] == "NoSuchKey", exc
     else:
         assert stored == data  # complete and correct, never a mix
     wait_for(lambda: cluster.temp_files() == [], 10, "the temp areas to be empty")

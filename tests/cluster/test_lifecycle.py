@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 from pathlib import Path
@@ -19,9 +18,9 @@ def test_down_stops_every_process_and_up_brings_the_data_back(tmp_path: Path) ->
     try:
         cluster.start()
         data = payload(2_000_000, seed=20)
-        client = cluster.client(1)
-        client.make_bucket("keep")
-        client.put_object("keep", "it", io.BytesIO(data), len(data))
+        s3 = cluster.boto(1)
+        s3.create_bucket(Bucket="keep")
+        s3.put_object(Bucket="keep", Key="it", Body=data)
         processes = [(p.pid, p.ticks) for p in cluster.load().processes]
         assert len(processes) == 4 and all(pid_alive(pid, t) for pid, t in processes)
 
@@ -37,11 +36,7 @@ def test_down_stops_every_process_and_up_brings_the_data_back(tmp_path: Path) ->
         up = cluster.cli("cluster", "up")
         assert up.exit_code == 0, up.output
         assert "cluster ready: 4 nodes" in up.stdout
-        response = cluster.client(3).get_object("keep", "it")
-        try:
-            assert response.read() == data
-        finally:
-            response.close()
+        assert cluster.boto(3).get_object(Bucket="keep", Key="it")["Body"].read() == data
     finally:
         cluster.stop()
     assert all(p.pid is None for p in cluster.load().processes)

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import queue
@@ -37,11 +36,11 @@ Event = tuple[str, str]
 
 
 def test_files_dirs_and_logs_are_owner_only(cluster: LocalCluster) -> None:
-    client = cluster.client()
-    client.make_bucket("private")
+    s3 = cluster.boto()
+    s3.create_bucket(Bucket="private")
     big = payload(2 * MIB + 5, seed=3)
-    client.put_object("private", "deep/big.bin", io.BytesIO(big), len(big))
-    client.put_object("private", "small.txt", io.BytesIO(b"inline"), 6)
+    s3.put_object(Bucket="private", Key="deep/big.bin", Body=big)
+    s3.put_object(Bucket="private", Key="small.txt", Body=b"inline")
     config = json.loads(cluster.admin().call("GET", "/minigrid/admin/v1/config"))
     assert config["fsync"] == "on"  # durable by default
 
@@ -146,13 +145,13 @@ def commits_on(events: list[Event], drive: str, obj: str) -> tuple[str, str]:
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to watch a node process")
 def test_a_node_syncs_every_step_of_the_commit_path(cluster: LocalCluster, tmp_path: Path) -> None:
-    client = cluster.client()
-    client.make_bucket("traced")
+    s3 = cluster.boto()
+    s3.create_bucket(Bucket="traced")
     data = payload(3 * MIB + 17, seed=4)
     tracer = Tracer(cluster.pid(0), tmp_path / "strace.out")
     try:
-        client.put_object("traced", "dir/big", io.BytesIO(data), len(data))
-        client.put_object("traced", "small", io.BytesIO(b"tiny"), 4)
+        s3.put_object(Bucket="traced", Key="dir/big", Body=data)
+        s3.put_object(Bucket="traced", Key="small", Body=b"tiny")
     finally:
         events = tracer.stop()
     drives = [os.path.realpath(d) for d in cluster.config["nodes"][0]["drives"]]

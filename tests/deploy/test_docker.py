@@ -5,7 +5,6 @@ test (test_netns.py) runs the same node commands without containers."""
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import secrets
@@ -17,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.s3client import S3Client
+from cli.signed import SignedClient
 from tests.deploy.deployments import COMPOSE_FILE, ENV_EXAMPLE, read_dotenv
+from tests.deploy.test_netns import s3_client
 
 
 def engine_reason() -> str:
@@ -75,13 +75,11 @@ def compose_up(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
 
 def test_docker_compose_up_serves_a_round_trip(compose_up: tuple[str, dict[str, str]]) -> None:
     url, env = compose_up
-    client = S3Client(url, env["MINIGRID_ACCESS_KEY"], env["MINIGRID_SECRET_KEY"])
-    client.make_bucket("compose")
+    client = s3_client(url, env["MINIGRID_ACCESS_KEY"], env["MINIGRID_SECRET_KEY"])
+    client.create_bucket(Bucket="compose")
     data = random.Random(7).randbytes(2 * (1 << 20))
-    client.put_object("compose", "file.bin", io.BytesIO(data), len(data))
-    body = client.get_object("compose", "file.bin")
-    assert body.read() == data
-    body.close()
-    admin = S3Client(url, env["MINIGRID_ADMIN_ACCESS_KEY"], env["MINIGRID_ADMIN_SECRET_KEY"])
+    client.put_object(Bucket="compose", Key="file.bin", Body=data)
+    assert client.get_object(Bucket="compose", Key="file.bin")["Body"].read() == data
+    admin = SignedClient(url, env["MINIGRID_ADMIN_ACCESS_KEY"], env["MINIGRID_ADMIN_SECRET_KEY"])
     frame = json.loads(admin.call("GET", "/minigrid/admin/v1/top", {"count": "1"}))
     assert len(frame["nodes"]) == 4 and all(n.get("ready") for n in frame["nodes"])

@@ -219,6 +219,54 @@ async def test_the_unsafe_mode_heals_the_same_but_on_the_event_loop(cluster: Clu
     assert CpuPolicy().slice_bytes == 0 and not CpuPolicy().inline
 
 
+def part_files(drive: FaultyDrive, key: str) -> list[str]:
+    """The shard files of a multipart object on one drive (``part.<n>``), by name."""
+    found = []
+    for folder, _dirs, names in os.walk(object_dir(drive, key)):
+        found += [os.path.join(folder, name) for name in names if name.startswith("part.")]
+    return sorted(found, key=os.path.basename)
+
+
+async def put_multipart(layer: ObjectLayer, key: str, sizes: list[int]) -> bytes:
+    """A multipart object of parts of ``sizes`` bytes (the layer's minimum part size is lowered
+    so the test stays small); returns its bytes."""
+    layer.min_part_size = 0
+    upload = await layer.create_multipart("bkt", key)
+    data = [payload(size, seed=20 + n) for n, size in enumerate(sizes)]
+    done = []
+    for number, chunk in enumerate(data, start=1):
+        part = await layer.upload_part("bkt", key, upload, number, chunk, size=len(chunk))
+        done.append((number, part.etag))
+    await layer.complete_multipart("bkt", key, upload, done)
+    return b"".join(data)
+
+
+@pytest.mark.asyncio
+async def test_a_multipart_object_has_every_part_rebuilt(cluster: Cluster) -> None:
+    layer, drives = cluster
+    whole = await put_multipart(layer, "obj", [MIB + 5, 2 * MIB, 700, 0, 3])
+    info = await layer.head_object("bkt", "obj")
+    assert len(info.parts) == 5 and info.etag.endswith("-5")
+    # One drive loses its copy, another has a bit flipped in the third part's shard.
+    remove_copy(drives[2], "obj")
+    part_three = [f for f in part_files(drives[5], "obj") if f.endswith("part.3")]
+    assert len(part_three) == 1
+    flip_byte(part_three[0], -1)
+    shallow = await ObjectHealer(layer).heal("bkt", "obj")
+    assert shallow.before[2] is MISSING
+    result = await ObjectHealer(layer).heal("bkt", "obj", deep=True)
+    assert result.outcome is Outcome.HEALED
+    assert result.before[5] is CORRUPT
+    assert result.after == [OK] * 8
+    for position in (2, 5):
+        names = [os.path.basename(f) for f in part_files(drives[position], "obj")]
+        assert names == [f"part.{n}" for n in range(1, 6)], names
+    # The healed drives now carry reads on their own: four of the eight are enough.
+    assert await read_without(layer, drives, [0, 1, 3, 4]) == whole
+    again = await ObjectHealer(layer).heal("bkt", "obj", deep=True)
+    assert again.outcome is Outcome.OK
+
+
 @pytest.mark.asyncio
 async def test_an_outdated_copy_with_a_later_clock_is_still_healed(cluster: Cluster) -> None:
     """A node whose wall clock jumped ahead wrote the older copy with a later time: the heal

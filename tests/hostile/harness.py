@@ -31,7 +31,7 @@ from typing import IO, Any, TypeVar
 import boto3
 from botocore.config import Config
 
-from cli.s3client import S3Client
+from cli.signed import SignedClient
 
 T = TypeVar("T")
 MIB = 1 << 20
@@ -252,7 +252,7 @@ class HostileGrid:
         return str(self.config["nodes"][0]["drives"][0])
 
     def info(self) -> dict[str, Any]:
-        client = S3Client(self.url(0), self.config["admin_access_key"],
+        client = SignedClient(self.url(0), self.config["admin_access_key"],
                           self.config["admin_secret_key"], timeout=10)  # fmt: skip
         answer: dict[str, Any] = json.loads(client.call("GET", INFO_PATH))
         return answer

@@ -159,7 +159,8 @@ async def partial_payloads(peer: Peer, args: dict[str, Any]) -> dict[str, Any]:
     for _ in range(streams):
         mux_id = peer.mux()
         stream_muxes.append(mux_id)
-        opening = with_subroute(args["drive"], msgpack.packb({"upload": uuid.uuid4().hex}))
+        shard = {"upload": uuid.uuid4().hex, "part": 0}
+        opening = with_subroute(args["drive"], msgpack.packb(shard))
         await peer.conn.send_raw_frame(
             merge([
                 encode(Op.CONNECT_MUX, mux_id=mux_id, handler_id=HandlerID.CREATE_SHARD,
@@ -213,7 +214,7 @@ async def unread_replies(peer: Peer, args: dict[str, Any]) -> dict[str, Any]:
 
 async def huge_credit_grant(peer: Peer, args: dict[str, Any]) -> dict[str, Any]:
     """Open a real stream to the node, then grant its server side credit as a 1 MiB number."""
-    opening = msgpack.packb({"upload": uuid.uuid4().hex})
+    opening = msgpack.packb({"upload": uuid.uuid4().hex, "part": 0})
     stream = peer.conn.stream(HandlerID.CREATE_SHARD, opening, subroute=args["drive"])
     async with stream:
         ready = await asyncio.wait_for(stream.recv(), 10)

@@ -117,7 +117,7 @@ def test_refused_before_100_continue_and_no_body_read(
             "Host": f"127.0.0.1:{server.port}", "Content-Length": str(size),
             "Expect": "100-continue"})  # fmt: skip
     elif case == "unbuilt subresource":
-        request = expect_put(server, f"{path}?tagging", size)
+        request = expect_put(server, f"{path}?retention", size)
     else:
         size = MAX_PUT_SIZE + 1
         request = expect_put(server, path, size)

@@ -218,7 +218,7 @@ def test_signature_mismatch_shows_the_canonical_request(server: GatewayServer) -
 
 def test_unsupported_operations_say_so(server: GatewayServer, bucket: str) -> None:
     for method, path in [("GET", f"/{bucket}?acl"), ("GET", f"/{bucket}?versioning"),
-                         ("PUT", f"/{bucket}/k?tagging")]:  # fmt: skip
+                         ("PUT", f"/{bucket}/k?legal-hold")]:  # fmt: skip
         headers = signed_headers(server.port, method, path, "UNSIGNED-PAYLOAD")
         response = send(server.port, method, path, headers)
         assert response.status == 501, path

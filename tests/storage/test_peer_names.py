@@ -51,7 +51,7 @@ from storage.errors import (
 )
 from storage.format import plan_format
 from storage.local import LocalDrive
-from storage.meta import META_MAGIC, ErasureInfo, ObjectMeta, decode_meta
+from storage.meta import META_MAGIC, ErasureInfo, ObjectMeta, PartInfo, UploadRecord, decode_meta
 from tests.storage.storage_helpers import hex_id
 
 CHUNK = 1000
@@ -61,6 +61,8 @@ UP_GOOD = hex_id("upload in progress")
 UP_DONE = hex_id("upload renamed")
 DD_GOOD = hex_id("data dir of obj")
 DD_STAGED = hex_id("data dir staged")
+MPU = hex_id("multipart upload")
+DD_PART = hex_id("data dir of part 1")
 
 #: Every name a path could be built from, bent every way we know. Relative traversals are
 #: aimed at ``victim/``, a sibling of the drive, from the depth each name is used at.
@@ -110,7 +112,16 @@ HOSTILE: dict[str, tuple[object, ...]] = {
     "len": (-1, U64_MAX, None),
     "force": ("yes", 1, None),
     "deep": ("yes", 1, None),
+    "mpu": (*TRAVERSALS, *NOT_UUID_HEX, *NOT_STRINGS),
+    "part": (-1, 10_001, True, "1", 1.5, None),
 }
+
+
+def _bent(base: dict[str, Any], **changes: object) -> dict[str, Any]:
+    bent = copy.deepcopy(base)
+    bent.update(changes)
+    return bent
+
 
 #: The fields this test expects each handler to take. A new handler, or a new field, must be
 #: added here (with hostile values above) before this test passes.
@@ -128,10 +139,17 @@ EXPECTED_FIELDS: dict[HandlerID, tuple[str, ...]] = {
     HandlerID.RENAME_DATA: ("upload", "vol", "key", "meta"),
     HandlerID.COMMIT_RENAME: ("upload", "vol", "key"),
     HandlerID.UNDO_RENAME: ("upload", "vol", "key"),
-    HandlerID.VERIFY_SHARD: ("vol", "key", "ddir", "chunk", "size", "deep"),
+    HandlerID.VERIFY_SHARD: ("vol", "key", "ddir", "chunk", "size", "part", "deep"),
     HandlerID.LIST_OBJECTS_PAGE: ("vol", "prefix", "delim", "after", "limit"),
-    HandlerID.READ_SHARD: ("vol", "key", "ddir", "chunk", "size", "off", "len"),
-    HandlerID.CREATE_SHARD: ("upload",),
+    HandlerID.READ_SHARD: ("vol", "key", "ddir", "chunk", "size", "part", "off", "len"),
+    HandlerID.CREATE_SHARD: ("upload", "part"),
+    HandlerID.WRITE_UPLOAD: ("vol", "record"),
+    HandlerID.READ_UPLOAD: ("vol", "mpu"),
+    HandlerID.LIST_UPLOADS: ("vol",),
+    HandlerID.DELETE_UPLOAD: ("vol", "mpu"),
+    HandlerID.COMMIT_PART: ("upload", "vol", "mpu", "pinfo"),
+    HandlerID.LIST_PARTS: ("vol", "mpu"),
+    HandlerID.ASSEMBLE_PARTS: ("upload", "vol", "mpu", "plist"),
 }
 
 
@@ -143,6 +161,15 @@ def good_meta(data_dir: str = DD_STAGED) -> ObjectMeta:
 
 
 GOOD_FORMAT = plan_format([None] * 4, 4)[0]
+
+
+def good_record() -> UploadRecord:
+    return UploadRecord("obj", MPU, 1, good_meta())
+
+
+def good_part() -> PartInfo:
+    return PartInfo(1, len(SHARD), "e", 1, DD_PART)
+
 
 #: A valid request field by field: the baseline each hostile case changes one field of.
 VALID: dict[str, object] = {
@@ -162,7 +189,47 @@ VALID: dict[str, object] = {
     "deep": True,
     "meta": good_meta().to_dict(),
     "format": GOOD_FORMAT.to_dict(),
+    "mpu": MPU,
+    "part": 0,
+    "record": good_record().to_dict(),
+    "pinfo": good_part().to_dict(),
+    "plist": [[1, DD_PART]],
 }
+
+_RECORD = good_record().to_dict()
+_PART = good_part().to_dict()
+HOSTILE["record"] = (
+    "not a map",
+    _bent(_RECORD, key="../../victim"),
+    _bent(_RECORD, key="__mg.meta"),
+    _bent(_RECORD, id="../victim"),
+    _bent(_RECORD, init=-1),
+    _bent(_RECORD, meta=_bent(_RECORD["meta"], ddir="../../victim")),
+    _bent(_RECORD, meta="x"),
+    {k: v for k, v in _RECORD.items() if k != "id"},
+)
+HOSTILE["pinfo"] = (
+    "not a map",
+    _bent(_PART, ddir="../../victim"),
+    _bent(_PART, n=0),
+    _bent(_PART, n=10_001),
+    _bent(_PART, size=-1),
+    _bent(_PART, size=U64_MAX),
+    _bent(_PART, cks={"md5": "x"}),
+    _bent(_PART, etag="e" * 100_000),
+    {k: v for k, v in _PART.items() if k != "ddir"},
+)
+HOSTILE["plist"] = (
+    [],
+    "1",
+    [[1, "../victim"]],
+    [[1, "x/../../../../victim"]],
+    [[0, DD_PART]],
+    [[2, DD_PART], [1, DD_PART]],
+    [[1]],
+    [[True, DD_PART]],
+    [[n, DD_PART] for n in range(1, 10_003)],
+)
 
 
 def _meta_cases() -> Iterator[tuple[str, Callable[[dict[str, Any]], None]]]:
@@ -300,6 +367,13 @@ async def stage_drive(drive: LocalDrive) -> None:
         await writer.commit()
         if upload == UP_DONE:
             await drive.rename_data(upload, "bkt", "obj", good_meta(data_dir))
+    # A multipart upload in progress, with one part.
+    await drive.write_upload("bkt", good_record())
+    part_write = hex_id("part write")
+    writer = await drive.create_shard(part_write)
+    await writer.write(SHARD)
+    await writer.commit()
+    await drive.commit_part(part_write, "bkt", MPU, good_part())
 
 
 @dataclass
@@ -412,6 +486,13 @@ def _shard_read(drive: LocalDrive, vol: str, key: str, ddir: str) -> Awaitable[N
     )  # fmt: skip
 
 
+def _part_read(drive: LocalDrive, part: Any) -> Awaitable[None]:
+    return _read_all(
+        drive.read_shard("bkt", "obj", DD_GOOD, chunk_size=CHUNK, shard_size=len(SHARD),
+                         offset=0, length=10, part=part)
+    )  # fmt: skip
+
+
 def _with_ddir(value: Any) -> ObjectMeta:
     return dataclasses.replace(good_meta(), data_dir=value)
 
@@ -456,6 +537,39 @@ LOCAL_CALLS: dict[str, tuple[LocalCall, tuple[object, ...]]] = {
     "list_objects_page(prefix)": (
         lambda d, v: d.list_objects_page("bkt", v, "", "", 10),
         HOSTILE["prefix"],
+    ),
+    "create_shard(part)": (lambda d, v: d.create_shard(UP_GOOD, v), HOSTILE["part"]),
+    "read_shard(part)": (lambda d, v: _part_read(d, v), HOSTILE["part"]),
+    "read_upload(mpu)": (lambda d, v: d.read_upload("bkt", v), HOSTILE["mpu"]),
+    "read_upload(vol)": (lambda d, v: d.read_upload(v, MPU), HOSTILE["vol"]),
+    "list_uploads(vol)": (lambda d, v: d.list_uploads(v), HOSTILE["vol"]),
+    "delete_upload(mpu)": (lambda d, v: d.delete_upload("bkt", v), HOSTILE["mpu"]),
+    "write_upload(record.key)": (
+        lambda d, v: d.write_upload("bkt", dataclasses.replace(good_record(), key=v)),
+        HOSTILE["key"],
+    ),
+    "write_upload(record.id)": (
+        lambda d, v: d.write_upload("bkt", dataclasses.replace(good_record(), upload_id=v)),
+        HOSTILE["mpu"],
+    ),
+    "commit_part(mpu)": (
+        lambda d, v: d.commit_part(UP_GOOD, "bkt", v, good_part()),
+        HOSTILE["mpu"],
+    ),
+    "commit_part(pinfo.ddir)": (
+        lambda d, v: d.commit_part(
+            UP_GOOD, "bkt", MPU, dataclasses.replace(good_part(), data_dir=v)
+        ),
+        HOSTILE["ddir"],
+    ),
+    "list_parts(mpu)": (lambda d, v: d.list_parts("bkt", v), HOSTILE["mpu"]),
+    "assemble_parts(ddir)": (
+        lambda d, v: d.assemble_parts(UP_GOOD, "bkt", MPU, [(1, v)]),
+        HOSTILE["ddir"],
+    ),
+    "assemble_parts(mpu)": (
+        lambda d, v: d.assemble_parts(UP_GOOD, "bkt", v, [(1, DD_PART)]),
+        HOSTILE["mpu"],
     ),
 }
 
