@@ -34,6 +34,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import ssl
@@ -52,6 +53,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from cli.netns import NetnsError, Topology, pick_subnet, sweep, tag_for, unavailable
 from minigrid.tls import KeyPair, issue_certificate, make_ca
 from node.config import OPTIONS, ConfigError, choose_set_size
 
@@ -168,6 +170,8 @@ class ClusterFile:
     config: dict[str, Any]
     processes: list[NodeProcess] = field(default_factory=list)
     created: str = ""
+    #: ``cluster up --netns``: the namespaces, bridge and addresses made (see cli.netns).
+    netns: dict[str, Any] | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -210,7 +214,12 @@ class ClusterFile:
             NodeProcess(int(p["node"]), p.get("pid"), p.get("start_ticks"), str(p.get("log", "")))
             for p in local.get("processes", [])
         ]
-        return cls(path, raw, processes, str(local.get("created", "")))
+        return cls(path, raw, processes, str(local.get("created", "")), local.get("netns"))
+
+    @property
+    def topology(self) -> Topology | None:
+        """The namespaces of a ``--netns`` cluster (None: processes on 127.0.0.1)."""
+        return Topology.from_dict(self.netns) if self.netns else None
 
     def save(self) -> None:
         """Write atomically, readable by the owner only (it holds the secrets)."""
@@ -221,6 +230,7 @@ class ClusterFile:
                 "data_dir": str(self.data_dir),
                 "created": self.created,
                 "processes": [p.to_dict() for p in self.processes],
+                **({"netns": self.netns} if self.netns else {}),
             },
         }
         tmp = self.path.with_name(f".{CLUSTER_FILE}.{os.getpid()}.tmp")
@@ -251,11 +261,13 @@ def new_cluster(
     fsync: bool | None = None,
     tls: bool = False,
     options: Mapping[str, Any] | None = None,
+    hosts: list[str] | None = None,
 ) -> ClusterFile:
     scheme = "https" if tls else "http"
+    hosts = hosts or [HOST] * len(ports)
     node_list = [
         {
-            "url": f"{scheme}://{HOST}:{port}",
+            "url": f"{scheme}://{hosts[n]}:{port}",
             "drives": [str(data_dir / f"node{n}" / f"d{d}") for d in range(drives)],
         }
         for n, port in enumerate(ports)
@@ -338,16 +350,24 @@ def bind_ports(ports: dict[int, int], grace: float = 0.0) -> dict[int, socket.so
     return sockets
 
 
-def spawn_node(cluster: ClusterFile, node: int, sock: socket.socket) -> NodeProcess:
-    """Start node ``node`` detached, on the already-listening ``sock``."""
+def spawn_node(cluster: ClusterFile, node: int, sock: socket.socket | None) -> NodeProcess:
+    """Start node ``node`` detached, on the already-listening ``sock``; with no socket (a
+    ``--netns`` cluster) the node binds its own address inside its namespace."""
     entry = cluster.process(node)
     log_path = cluster.log_path(node)
     log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = sock.fileno()
+    fd = sock.fileno() if sock is not None else -1
     argv = [
         sys.executable, "-m", "cli.main", "node", "run",
-        "--config", str(cluster.path), "--node", str(node), "--listen-fd", str(fd),
+        "--config", str(cluster.path), "--node", str(node),
     ]  # fmt: skip
+    executable = sys.executable
+    topology = cluster.topology
+    if topology is not None:  # `ip netns exec` execs the node: the PID stays the node's
+        executable = shutil.which("ip") or "/usr/sbin/ip"
+        argv = ["ip", "netns", "exec", topology.namespace(node), *argv]
+    else:
+        argv += ["--listen-fd", str(fd)]
     if cluster.tls:
         pair = cluster.node_tls(node)
         argv += ["--tls-cert", str(pair.cert), "--tls-key", str(pair.key)]
@@ -359,10 +379,11 @@ def spawn_node(cluster: ClusterFile, node: int, sock: socket.socket) -> NodeProc
     with os.fdopen(log_fd, "ab") as log:
         os.fchmod(log_fd, 0o600)  # a log left by an older version may be world-readable
         log.write(f"--- starting node {node} at {dt.datetime.now().isoformat()}\n".encode())
-    os.set_inheritable(fd, True)
+    if fd >= 0:
+        os.set_inheritable(fd, True)
     try:
         pid = os.posix_spawn(
-            sys.executable,
+            executable,
             argv,
             env,
             file_actions=[
@@ -374,7 +395,8 @@ def spawn_node(cluster: ClusterFile, node: int, sock: socket.socket) -> NodeProc
             setsid=True,
         )  # fmt: skip
     finally:
-        os.set_inheritable(fd, False)
+        if fd >= 0:
+            os.set_inheritable(fd, False)
     entry.pid, entry.ticks, entry.log = pid, start_ticks(pid), str(log_path)
     return entry
 
@@ -471,29 +493,25 @@ def cluster_up(
     timeout: float = UP_TIMEOUT,
     fsync: bool | None = None,
     options: Mapping[str, Any] | None = None,
+    netns: bool | None = None,
 ) -> UpResult:
     """Start the cluster in ``data_dir`` (create it if new); start only nodes that are down.
 
     ``fsync`` None leaves the nodes' default (on) for a new cluster. ``tls`` (when creating):
     serve TLS with certificates from a new private CA. ``options`` (when creating): more node
     options for ``cluster.json`` (labs and tests: heal speed, intervals, profiles, ...).
+    ``netns`` (when creating, root only): each node in its own network namespace, with its own
+    address on a bridge (see :mod:`cli.netns`).
     """
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
     cluster = ClusterFile.load(data_dir)
+    sockets: dict[int, socket.socket | None]
     if cluster is None:
-        count, per_node = nodes or 4, drives or 2
-        try:
-            choose_set_size(count * per_node, count)
-        except ConfigError as exc:
-            raise ClusterError(f"{count} nodes x {per_node} drives: {exc}") from exc
-        base = 9000 if base_port is None else base_port
-        sockets = bind_ports({n: base + n if base else 0 for n in range(count)})
-        ports = [sockets[n].getsockname()[1] for n in range(count)]
-        cluster = new_cluster(data_dir, count, per_node, ports, parity, profile or "fast",
-                              fsync, tls=bool(tls), options=options)  # fmt: skip
+        cluster, sockets = _create(data_dir, nodes, drives, base_port, parity, profile, fsync,
+                                   bool(tls), options, bool(netns))  # fmt: skip
     else:
-        _check_same(cluster, nodes, drives, base_port, parity, profile, fsync, tls)
+        _check_same(cluster, nodes, drives, base_port, parity, profile, fsync, tls, netns)
         for name, value in (options or {}).items():
             if str(cluster.config.get(name)) != str(value):
                 raise ClusterError(
@@ -501,8 +519,13 @@ def cluster_up(
                     f"{cluster.config.get(name)!r}; options apply only when a cluster is created"
                 )
         down = [n for n in range(len(cluster.urls)) if not cluster.process(n).alive()]
-        wanted = {n: int(cluster.urls[n].rsplit(":", 1)[1]) for n in down}
-        sockets = bind_ports(wanted, grace=RESTART_BIND_GRACE)
+        topology = cluster.topology
+        if topology is not None:
+            _ensure_topology(topology, bool(down))
+            sockets = dict.fromkeys(down)
+        else:
+            wanted = {n: int(cluster.urls[n].rsplit(":", 1)[1]) for n in down}
+            sockets = dict(bind_ports(wanted, grace=RESTART_BIND_GRACE))
     started = sorted(sockets)
     try:
         if cluster.tls:
@@ -513,13 +536,58 @@ def cluster_up(
             cluster.save()  # after each start, so no PID is ever lost
     finally:
         for sock in sockets.values():
-            sock.close()
+            if sock is not None:
+                sock.close()
     try:
         wait_ready(cluster, timeout)
     except ClusterError:
         stop_nodes(cluster, started)
         raise
     return UpResult(cluster, started, already_running=not started)
+
+
+def _create(data_dir: Path, nodes: int | None, drives: int | None, base_port: int | None,
+            parity: int | None, profile: str | None, fsync: bool | None, tls: bool,
+            options: Mapping[str, Any] | None, netns: bool,
+            ) -> tuple[ClusterFile, dict[int, socket.socket | None]]:  # fmt: skip
+    """A new cluster.json, and the listening sockets its nodes inherit (none with netns)."""
+    count, per_node = nodes or 4, drives or 2
+    try:
+        choose_set_size(count * per_node, count)
+    except ConfigError as exc:
+        raise ClusterError(f"{count} nodes x {per_node} drives: {exc}") from exc
+    base = 9000 if base_port is None else base_port
+    if not netns:
+        bound = bind_ports({n: base + n if base else 0 for n in range(count)})
+        ports = [bound[n].getsockname()[1] for n in range(count)]
+        cluster = new_cluster(data_dir, count, per_node, ports, parity, profile or "fast",
+                              fsync, tls=tls, options=options)  # fmt: skip
+        return cluster, dict(bound)
+    reason = unavailable()
+    if reason:
+        raise ClusterError(f"--netns: {reason}")
+    tag = tag_for(data_dir)
+    try:
+        topology = Topology(tag, pick_subnet(tag), count)
+    except NetnsError as exc:
+        raise ClusterError(f"--netns: {exc}") from exc
+    hosts = [topology.address(n) for n in range(count)]
+    cluster = new_cluster(data_dir, count, per_node, [base or 9000] * count, parity,
+                          profile or "fast", fsync, tls=tls, options=options,
+                          hosts=hosts)  # fmt: skip
+    cluster.netns = topology.to_dict()
+    _ensure_topology(topology, True)
+    return cluster, dict.fromkeys(range(count))
+
+
+def _ensure_topology(topology: Topology, needed: bool) -> None:
+    """Make the namespaces and the bridge if they are not there (after a ``down``)."""
+    if not needed or Path(f"/run/netns/{topology.namespace(0)}").exists():
+        return
+    try:
+        topology.create()
+    except NetnsError as exc:
+        raise ClusterError(f"--netns: {exc}") from exc
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -547,6 +615,7 @@ def _check_same(
     profile: str | None,
     fsync: bool | None = None,
     tls: bool | None = None,
+    netns: bool | None = None,
 ) -> None:
     config = cluster.config
     have = {
@@ -557,11 +626,12 @@ def _check_same(
         "--profile": config.get("profile", "fast"),
         "--fsync": config.get("fsync", "on"),
         "--tls": cluster.tls,
+        "--netns": cluster.netns is not None,
     }
     wanted = {"--nodes": nodes, "--drives": drives, "--base-port": base_port,
               "--parity": parity, "--profile": profile,
               "--fsync": None if fsync is None else ("on" if fsync else "off"),
-              "--tls": tls}  # fmt: skip
+              "--tls": tls, "--netns": netns}  # fmt: skip
     for flag, value in wanted.items():
         if value is None or (flag == "--base-port" and value == 0) or value == have[flag]:
             continue
@@ -683,7 +753,13 @@ def cluster() -> None:
               help="off: faster writes a power cut can lose (labs, benchmarks) [on]")
 @click.option("-o", "--option", "options", multiple=True, metavar="NAME=VALUE",
               help="another node option for a new cluster, e.g. -o heal_speed=fast "
-                   "(any 'minigrid node run' option, by its config name)")  # fmt: skip
+                   "(any 'minigrid node run' option, by its config name)")
+@click.option("--allow-faults", is_flag=True, default=False,
+              help="let 'minigrid fault' break the nodes (a new cluster; same as "
+                   "-o allow_faults=true)")
+@click.option("--netns", is_flag=True, default=None,
+              help="root: each node in its own network namespace with its own address on a "
+                   "bridge (a new cluster)")  # fmt: skip
 def up(
     nodes: int | None,
     drives: int | None,
@@ -695,17 +771,22 @@ def up(
     timeout: float,
     fsync: str | None,
     options: tuple[str, ...],
+    allow_faults: bool,
+    netns: bool | None,
 ) -> None:
     """Start the nodes in the background and wait until the cluster is ready.
 
     Running it again is harmless: it starts only the nodes that are not running."""
     os.umask(PRIVATE_UMASK)  # whatever this command writes is the owner's alone
     folder = resolve_data_dir(data_dir)
+    chosen = _parse_options(options)
+    if allow_faults:
+        chosen["allow_faults"] = "true"
     try:
         result = cluster_up(folder, nodes=nodes, drives=drives, base_port=base_port,
                             parity=parity, profile=profile, tls=tls, timeout=timeout,
                             fsync=None if fsync is None else fsync == "on",
-                            options=_parse_options(options))  # fmt: skip
+                            options=chosen, netns=netns)  # fmt: skip
     except ClusterError as exc:
         _fail(str(exc))
         return
@@ -762,15 +843,37 @@ def _yes(value: bool) -> str:
 
 @cluster.command()
 @data_dir_option
-def down(data_dir: str | None) -> None:
-    """Stop every node by its PID (SIGTERM, then SIGKILL after a timeout)."""
+@click.option("--force", is_flag=True,
+              help="after a crash: also kill whatever runs in the cluster's namespaces and "
+                   "remove every namespace, link and rule named for it")  # fmt: skip
+def down(data_dir: str | None, force: bool) -> None:
+    """Stop every node by its PID (SIGTERM, then SIGKILL after a timeout); a --netns cluster's
+    namespaces, bridge and rules are removed too."""
     folder = resolve_data_dir(data_dir)
-    cluster_file = _require(folder)
     try:
-        stopped = stop_nodes(cluster_file)
+        loaded = ClusterFile.load(folder)
     except ClusterError as exc:
-        _fail(str(exc))
+        if not force:
+            _fail(str(exc))
+        loaded = None
+    if loaded is None and not force:
+        _require(folder)
+    stopped: list[int] = []
+    if loaded is not None:
+        try:
+            stopped = stop_nodes(loaded)
+        except ClusterError as exc:
+            if not force:
+                _fail(str(exc))
+        topology = loaded.topology
+        if topology is not None:
+            topology.destroy()
+            loaded.netns = {**topology.to_dict(), "routers": {}}
+            loaded.save()
+    removed = sweep(tag_for(folder)) if force and os.geteuid() == 0 else []
     click.echo(f"stopped {len(stopped)} node(s)" if stopped else "no node was running")
+    if removed:
+        click.echo(f"removed {len(removed)} leftover namespace(s) and link(s)")
     click.echo(f"the data stays in {folder}; start it again: {command_hint('cluster up', folder)}")
 
 

@@ -13,8 +13,10 @@ from .admin import admin
 from .cluster import cluster
 from .copying import COMMANDS as COPY_COMMANDS
 from .errors import Interrupted, StdoutClosed
+from .fault import fault
 from .grid import grid
 from .heal import heal, scanner
+from .lab import lab
 from .node import node
 from .objects import COMMANDS as OBJECT_COMMANDS
 
@@ -79,6 +81,8 @@ main.add_command(cluster)
 admin.add_command(heal)
 admin.add_command(scanner)
 main.add_command(admin)
+main.add_command(fault)
+main.add_command(lab)
 for command in (*OBJECT_COMMANDS, *COPY_COMMANDS):
     main.add_command(command)
 

@@ -138,6 +138,15 @@ class DriveHealer:
             if not t.finished
         }
 
+    def healed(self) -> dict[str, Any]:
+        """Each drive whose last heal (since this process started) finished, with its tracker:
+        how a caller that polls learns of a heal too short to have seen running."""
+        return {
+            self.drives[path].endpoint: t.to_dict()
+            for path, t in self.trackers.items()
+            if t.finished
+        }
+
     async def run(self) -> None:
         """Resume interrupted heals, then check the drives every ``check_every`` seconds."""
         try:

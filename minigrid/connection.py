@@ -233,6 +233,7 @@ class Connection:
             inflight_streams=len(self._client_streams) + len(self._server_streams),
             last_cause=self.last_cause,
             held_bytes=self.budget.held,
+            queue_waiters=len(self._space_waiters),
         )
 
     # ---------------------------------------------------------------- out-queue
@@ -341,11 +342,13 @@ class Connection:
         self, ws: aiohttp.ClientWebSocketResponse | aiohttp.web.WebSocketResponse
     ) -> None:
         counters = self.counters
+        links = self.manager.links
         while True:
             if not self._control and not self._data:
                 self._writer_wake = self._loop.create_future()
                 await self._writer_wake
                 continue
+            await links.wait_clear(self.remote)  # a simulated silent partition holds the queue
             batch = self._take_batch()
             frame = protocol.merge(batch)
             await ws.send_bytes(frame)
@@ -710,8 +713,10 @@ class Connection:
         dispatch = self._dispatch
         loop = self._loop
         yielded = loop.time()
+        links = self.manager.links
         while True:
             msg = await ws.receive()
+            await links.wait_clear(self.remote)  # silent partition: nothing "arrives"
             if msg.type is aiohttp.WSMsgType.BINARY:
                 data: bytes = msg.data
                 now = self._last_seen = loop.time()

@@ -64,6 +64,7 @@ from .handshake import (
     printable,
     reject_frame,
 )
+from .links import LinkFault, Links
 from .liveness import PEER_RESTARTED, LoopMonitor
 from .rejections import RejectionLog
 from .state import State
@@ -99,6 +100,14 @@ def grid_url(host: str, *, tls: bool = False, path: str = GRID_PATH) -> str:
     else:
         base = f"{'https' if tls else 'http'}://{host}"
     return base.rstrip("/") + path
+
+
+def _hostname(host: str) -> str:
+    """The host name (or address) of a host string, for a TLS check: ``node2:9000`` -> ``node2``."""
+    netloc = host.split("://", 1)[-1].split("/", 1)[0]
+    if netloc.startswith("["):
+        return netloc[1 : netloc.index("]")]
+    return netloc.rsplit(":", 1)[0] if ":" in netloc else netloc
 
 
 def _tls_version(transport_owner: Any) -> str:
@@ -149,6 +158,8 @@ class Manager:
         #: This process's event-loop lag, reported to peers in every pong.
         self.monitor = LoopMonitor(interval=self.config.lag_interval)
         self._pokes: dict[str, asyncio.Event] = {}
+        #: Simulated partitions per peer (fault injection; see :meth:`partition`).
+        self.links = Links()
 
     # ------------------------------------------------------------------ setup
 
@@ -243,6 +254,53 @@ class Manager:
             for conn in self._connections.values():
                 await conn.wait_state(State.CONNECTED)
 
+    def partition(self, remote: str, mode: str | None) -> None:
+        """Act out a network partition from ``remote`` on this end (fault injection).
+
+        ``mode`` is ``"silent"`` (packets dropped), ``"reset"`` (packets answered with a
+        reset) or None (the partition heals); see :mod:`minigrid.links`. Tell the peer too,
+        for a partition that both ends see."""
+        conn = self.connection(remote)
+        fault = None if mode is None else LinkFault(mode)
+        self.links.set(remote, fault)
+        if fault is LinkFault.RESET:
+            conn.drop("reset: connection reset by peer (partitioned)")
+        what = f"partitioned ({mode}; fault injection)" if fault else "partition lifted"
+        log.info("grid %s->%s: %s", self.local, remote, what)
+
+    def route(self, remote: str, address: str | None) -> None:
+        """Dial ``remote`` at ``address`` (``host:port`` of a proxy in front of it; fault
+        injection), or directly again with None. The handshake still names ``remote``, and TLS
+        still checks ``remote``'s certificate. Only new sessions take the new route: drop the
+        current one (``connection(remote).drop(...)``) to move it."""
+        self.connection(remote)  # an unknown peer is a KeyError, as everywhere
+        self.links.set_route(remote, address)
+        what = f"dialed through {address} (fault injection)" if address else "dialed directly"
+        log.info("grid %s->%s: %s", self.local, remote, what)
+
+    async def _link_open(self, remote: str) -> None:
+        """Before dialing or poking ``remote``: fail or hang as a partition would."""
+        fault = self.links.get(remote)
+        if fault is LinkFault.RESET:
+            raise ConnectionRefusedError(f"connection to {remote} reset (partitioned)")
+        if fault is LinkFault.SILENT:
+            await self.links.wait_clear(remote)  # until the caller's handshake timeout
+
+    async def _link_accepts(self, remote: str, ws: web.WebSocketResponse) -> bool:
+        """Whether a verified dial from ``remote`` may be answered; a partitioned one is
+        closed at once (reset) or left unanswered until the handshake timeout (silent)."""
+        fault = self.links.get(remote)
+        if fault is LinkFault.SILENT:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.handshake_timeout):
+                    await self.links.wait_clear(remote)
+                    return True
+        if fault is None:
+            return True
+        with contextlib.suppress(Exception):
+            await ws.close()
+        return False
+
     async def close(self) -> None:
         """Stop dialing, end every session and fail everything in flight."""
         if self._closed:
@@ -315,6 +373,7 @@ class Manager:
     async def _dial(self, conn: Connection) -> tuple[aiohttp.ClientWebSocketResponse, str]:
         conn.counters.dial_attempts += 1
         async with asyncio.timeout(self.config.handshake_timeout):
+            await self._link_open(conn.remote)
             ws = await self._open(conn.remote, GRID_PATH)
             try:
                 sockets.tune(ws.get_extra_info("socket"), self.config)
@@ -328,14 +387,16 @@ class Manager:
     async def _open(self, remote: str, path: str) -> aiohttp.ClientWebSocketResponse:
         """Upgrade to a websocket on ``remote``'s grid ``path`` (no credentials yet)."""
         assert self._session is not None
+        routed = self.links.route(remote)
         try:
             return await self._session.ws_connect(
-                grid_url(remote, tls=self.tls, path=path),
+                grid_url(routed or remote, tls=self.tls, path=path),
                 max_msg_size=_WS_MAX,
                 compress=0,
                 autoping=True,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=1.0),
                 ssl=self._tls if self._tls is not None else True,
+                server_hostname=_hostname(remote) if routed and self.tls else None,
             )
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 503:
@@ -358,7 +419,7 @@ class Manager:
     async def _accept(self, request: web.Request) -> web.StreamResponse:
         ws, handshake = await self._handshake(request, Purpose.DIAL)
         dialer = handshake.peer
-        if dialer is None:
+        if dialer is None or not await self._link_accepts(dialer.host, ws):
             return ws
         conn = self._connections[dialer.host]
         task = asyncio.current_task()
@@ -389,7 +450,7 @@ class Manager:
         """A peer we dial says "dial me now" (and which instance it is)."""
         ws, handshake = await self._handshake(request, Purpose.POKE)
         poker = handshake.peer
-        if poker is None:
+        if poker is None or not await self._link_accepts(poker.host, ws):
             return ws
         conn = self._connections[poker.host]
         if conn.is_connected and poker.instance != conn.remote_instance:
@@ -536,6 +597,7 @@ class Manager:
     async def _poke(self, remote: str) -> None:
         """One poke: a handshake with the ``poke`` purpose, then close."""
         async with asyncio.timeout(self.config.handshake_timeout):
+            await self._link_open(remote)
             ws = await self._open(remote, POKE_PATH)
             try:
                 await self._prove(ws, remote, Purpose.POKE)

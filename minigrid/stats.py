@@ -41,6 +41,8 @@ class ConnStats:
     protocol_errors: int = 0
     #: Requests and streams from the peer refused as "busy" because a cap was reached.
     refused: int = 0
+    #: Senders waiting for room in a full out-queue (0 while it has room).
+    queue_waiters: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,6 +93,7 @@ class Counters:
         last_cause: str,
         inflight_streams: int = 0,
         held_bytes: int = 0,
+        queue_waiters: int = 0,
     ) -> ConnStats:
         connected = state == "connected" and self.connected_at is not None
         rtts = sorted(self.rtts)
@@ -122,4 +125,5 @@ class Counters:
             held_bytes=held_bytes,
             protocol_errors=self.protocol_errors,
             refused=self.refused,
+            queue_waiters=queue_waiters,
         )

@@ -5,8 +5,8 @@
   drives, else 503; both with a JSON body saying why.
 - ``GET /minigrid/admin/v1/info``: this node, every drive of the cluster as this node sees it,
   every grid connection and the peer table. ``GET /minigrid/admin/v1/config``: the
-  configuration with the secrets hidden. ``/minigrid/admin/v1/fault/...``: refused unless the
-  node runs with ``--allow-faults`` (no fault is built yet).
+  configuration with the secrets hidden. Fault injection (``/minigrid/admin/v1/fault...``) is
+  :mod:`node.faults`, refused unless the node runs with ``--allow-faults``.
 - ``GET /metrics``: Prometheus text, unauthenticated (as a scrape target usually is). A
   *signed* ``GET /metrics`` is an S3 request for the bucket ``metrics`` and goes to the gateway.
 
@@ -134,7 +134,7 @@ async def unknown_admin_route(request: web.Request) -> web.Response:
 
 
 class AdminService:
-    """Health checks, ``/metrics`` and the node's own admin endpoints (info, config, faults).
+    """Health checks, ``/metrics`` and the node's own admin endpoints (info, config).
 
     ``s3_fallback`` answers a *signed* ``GET /metrics``: that is S3's ListObjects on the bucket
     named ``metrics``, not a scrape."""
@@ -161,7 +161,6 @@ class AdminService:
             admin=[
                 Route("GET", "/info", self.info_route),
                 Route("GET", "/config", self.config_route),
-                Route("*", "/fault/{name:.*}", self.fault),
             ],
         )
 
@@ -184,15 +183,6 @@ class AdminService:
 
     async def config_route(self, _request: web.Request) -> web.Response:
         return web.json_response(self.view.config.public_dict())
-
-    async def fault(self, request: web.Request) -> web.Response:
-        if not self.view.config.allow_faults:
-            return json_error(
-                403, "FaultsDisabled",
-                "fault injection is disabled; start the node with --allow-faults",
-            )  # fmt: skip
-        name = request.match_info["name"]
-        return json_error(501, "NotImplemented", f"fault {name!r} is not built yet")
 
     # --- metrics ------------------------------------------------------------------------------
 

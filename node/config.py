@@ -128,6 +128,17 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "multiply the profile's ping, silence and stream timings (labs: minio at 0.1) (1)",
     ),
     Option(
+        "tcp_keepidle",
+        "int",
+        "grid sockets: seconds idle before TCP keepalive's first probe (15; below NAT timeouts)",
+    ),
+    Option("tcp_keepintvl", "int", "grid sockets: seconds between TCP keepalive probes (5)"),
+    Option(
+        "grid_queue_mib",
+        "int",
+        "MiB of data a grid connection queues before senders wait for room (32)",
+    ),
+    Option(
         "heal_speed",
         "str",
         "pace of the scanner and the drive healer: fastest, fast, default, slow or slowest",
@@ -189,6 +200,9 @@ class NodeConfig:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     liveness_scale: float = 1.0
+    tcp_keepidle: int = 15
+    tcp_keepintvl: int = 5
+    grid_queue_mib: int = 32
     heal_speed: str = "default"
     scanner_deep: bool = False
     scanner_interval: float = 1.0
@@ -392,6 +406,9 @@ def _check_limits(values: dict[str, object]) -> None:
         "drive_check_interval",
         "stale_upload_age",
         "liveness_scale",
+        "tcp_keepidle",
+        "tcp_keepintvl",
+        "grid_queue_mib",
         "unsafe_heal_slice_mib",
     ):
         value = values.get(name)

@@ -28,7 +28,11 @@ class GridService:
     def __init__(
         self, config: NodeConfig, local_drives: Mapping[str, Drive], tls: ssl.SSLContext | None
     ) -> None:
-        grid_config = scaled(profile(config.profile), config.liveness_scale)
+        grid_config = scaled(profile(config.profile), config.liveness_scale).replace(
+            tcp_keepidle=config.tcp_keepidle,
+            tcp_keepintvl=config.tcp_keepintvl,
+            max_queue_bytes=config.grid_queue_mib << 20,
+        )
         self.manager = Manager(
             config.host, config.hosts, config.secret, config=grid_config, tls=tls
         )

@@ -13,8 +13,8 @@ Admin endpoints (under ``/minigrid/admin/v1``, admin SigV4):
 - ``POST /heal?bucket=&prefix=&deep=&dry-run=&remove-dangling=`` runs a heal and streams JSON
   lines: one per object (``{"object": …}``), progress every half second (``{"progress": …}``)
   and a last ``{"summary": …}``;
-- ``GET /heal/status``: MRF depth, drives healing with their trackers, the scanner's cycle,
-  position and speed;
+- ``GET /heal/status``: MRF depth, drives healing with their trackers (and, under
+  ``drives_healed``, each drive's last finished heal), the scanner's cycle, position and speed;
 - ``POST /scanner?speed=PRESET`` changes the scanner's and healers' speed at run time.
 """
 
@@ -169,6 +169,7 @@ class HealingService:
             "unsafe_inline": self.cpu.inline,
             "mrf": self.mrf.status(),
             "drives_healing": self.drives.status(),
+            "drives_healed": self.drives.healed(),
             "scanner": self.scanner.status(),
         }
 

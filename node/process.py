@@ -37,6 +37,7 @@ from minigrid import Manager
 from minigrid.tls import TLSConfigError, client_context, server_context
 from node.admin import AdminAuth, AdminService, drive_reports, unknown_admin_route
 from node.config import NodeConfig, planned_formats
+from node.faults import FaultService
 from node.grid import GridService
 from node.healing import HealingService
 from node.http_limits import AcceptErrorLog, ServerLimits
@@ -106,7 +107,8 @@ class Node:
 
     1. :class:`~node.grid.GridService`: the grid, the drive service on it, the peer table;
     2. :class:`~node.healing.HealingService`: MRF, the scanner and drive replacement;
-    3. :class:`~node.admin.AdminService`: health checks, ``/metrics``, info, config, faults;
+    3. :class:`~node.admin.AdminService`: health checks, ``/metrics``, info, config;
+       :class:`~node.faults.FaultService`: fault injection (refused without ``--allow-faults``);
     4. :class:`~node.s3.gateway.S3Gateway`: the S3 API (its catch-all routes are served last).
     """
 
@@ -168,6 +170,8 @@ class Node:
             self.observe = ObserveService(config.me.url, self.grid.manager, self.metrics, self,
                                           self.journal)  # fmt: skip
             await self._run(self.observe)
+            await self._run(FaultService(config.allow_faults, self.grid.manager,
+                                         self.local_drives))  # fmt: skip
             await self._run(self.gateway)
             self._follow_metrics(self.grid.manager, self.gateway, self.healing)
             self.grid.manager.state_listeners.append(lambda *_: self._log_readiness())
@@ -418,7 +422,9 @@ class Node:
         links = [
             {"peer": host, "state": s.state, "rtt_s": s.rtt_last, "last_seen_s": s.last_seen_age,
              "cause": s.last_cause, "reconnects": s.reconnects, "peer_loop_lag_s": s.peer_loop_lag,
-             "queue": s.queue_messages, "calls_out": s.inflight_calls,
+             "queue": s.queue_messages, "queue_bytes": s.queue_bytes,
+             "queue_waiters": s.queue_waiters,
+             "calls_out": s.inflight_calls,
              "calls_in": s.inflight_handlers, "streams": s.inflight_streams}
             for host, s in sorted(stats.items())
         ]  # fmt: skip

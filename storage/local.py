@@ -278,6 +278,8 @@ class LocalDrive:
         self._online = True
         self._drive_id = ""
         self._latency = LatencyWindow()
+        #: Seconds added to every operation (fault injection: a slow disk). 0 normally.
+        self.injected_delay = 0.0
         #: Called as ``observer(op, seconds, error)`` after every operation; ``error`` is the
         #: error's class name when the drive failed it (an I/O error), else "". Must be quick.
         self.observers: list[Callable[[str, float, str], None]] = []
@@ -335,6 +337,8 @@ class LocalDrive:
         started = loop.time()
         error = ""
         try:
+            if self.injected_delay:  # a slow disk, by fault injection (``fault slow-drive``)
+                await asyncio.sleep(self.injected_delay)
             return await loop.run_in_executor(None, func, *args)
         except StorageError:
             raise  # the operation's own answer (not found, ...): the drive itself is fine

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -146,9 +147,21 @@ async def test_one_node_in_process_with_faults_allowed(tmp_path: Path) -> None:
         host, port = node.addresses[0][:2]
         url = f"http://{host}:{port}"
         admin = SignedClient(url, "adm", "adm-secret")
-        with pytest.raises(S3ClientError) as not_built:
+        with pytest.raises(S3ClientError) as unknown:  # freezing is the CLI's (SIGSTOP)
             await asyncio.to_thread(admin.call, "POST", "/minigrid/admin/v1/fault/freeze")
-        assert not_built.value.status == 501  # allowed, just not built yet
+        assert unknown.value.status == 404 and unknown.value.code == "NoSuchFault"
+        before = time.time()
+        jumped = json.loads(await asyncio.to_thread(
+            admin.call, "POST", "/minigrid/admin/v1/fault/clock-jump", {"seconds": "-3600"}))
+        assert jumped["active"]["clock_offset_s"] == -3600
+        assert time.time() < before - 3500  # this process *is* the node: its clock moved
+        with pytest.raises(S3ClientError) as bad:
+            await asyncio.to_thread(admin.call, "POST", "/minigrid/admin/v1/fault/slow-drive",
+                                    {"drive": "9", "ms": "5"})  # fmt: skip
+        assert bad.value.status == 400 and "drive must be" in bad.value.message
+        cleared = json.loads(await asyncio.to_thread(
+            admin.call, "POST", "/minigrid/admin/v1/fault/clear"))
+        assert cleared["cleared"] == ["clock -3600s"] and time.time() >= before
         config_doc = json.loads(await asyncio.to_thread(admin.call, "GET",
                                                         "/minigrid/admin/v1/config"))
         assert config_doc["secret"] == "***" and config_doc["allow_faults"] is True
