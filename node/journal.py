@@ -9,7 +9,8 @@ nothing new is collected: the events *are* the log lines, with the fields the lo
 with ``extra=`` (``cause``, ``handler``, ``subroute``, ...).
 
 Each event has a ``kind`` the console colours it by: ``disconnect``, ``connect``, ``fault``,
-``cancel`` (a stream given up on), ``heal``, ``stall``, ``console`` (a click in the console) or ``log``.
+``cancel`` (a stream given up on), ``heal``, ``stall``, ``console`` (a click in the console)
+or ``log``.
 """
 
 from __future__ import annotations

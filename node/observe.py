@@ -336,6 +336,12 @@ class ObserveService:
             self._processes[peer] = answer["process"]
         return answer
 
+    async def ask_process(self, peer: str) -> dict[str, Any] | None:
+        """Ask ``peer`` for its ``top`` now; the process identity it reports (None: no answer)."""
+        answer = await self._peer_top(peer)
+        process = answer.get("process")
+        return process if "error" not in answer and isinstance(process, dict) else None
+
     def process_of(self, peer: str) -> dict[str, Any] | None:
         """The process identity ``peer`` reported in its last ``top`` answer, if any."""
         return self._processes.get(peer)

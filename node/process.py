@@ -37,7 +37,9 @@ from minigrid import Manager
 from minigrid.tls import TLSConfigError, client_context, server_context
 from node.admin import AdminAuth, AdminService, drive_reports, unknown_admin_route
 from node.config import NodeConfig, planned_formats
+from node.console import ConsoleService
 from node.faults import FaultService
+from node.freeze import FreezeService
 from node.grid import GridService
 from node.healing import HealingService
 from node.http_limits import AcceptErrorLog, ServerLimits
@@ -108,7 +110,10 @@ class Node:
     1. :class:`~node.grid.GridService`: the grid, the drive service on it, the peer table;
     2. :class:`~node.healing.HealingService`: MRF, the scanner and drive replacement;
     3. :class:`~node.admin.AdminService`: health checks, ``/metrics``, info, config;
-       :class:`~node.faults.FaultService`: fault injection (refused without ``--allow-faults``);
+       :class:`~node.observe.ObserveService`: ``admin top`` and ``admin trace``;
+       :class:`~node.freeze.FreezeService` and :class:`~node.faults.FaultService`: fault
+       injection (refused without ``--allow-faults``);
+       :class:`~node.console.ConsoleService`: the live web console at ``/minigrid/console``;
     4. :class:`~node.s3.gateway.S3Gateway`: the S3 API (its catch-all routes are served last).
     """
 
@@ -128,6 +133,7 @@ class Node:
         self.gateway: S3Gateway | None = None
         self.healing: HealingService | None = None
         self.observe: ObserveService | None = None
+        self.console: ConsoleService | None = None
         self.http_limits = ServerLimits(config.max_connections, config.header_timeout)
         self._stack = contextlib.AsyncExitStack()
         self._runner: web.AppRunner | None = None
@@ -170,8 +176,13 @@ class Node:
             self.observe = ObserveService(config.me.url, self.grid.manager, self.metrics, self,
                                           self.journal)  # fmt: skip
             await self._run(self.observe)
+            await self._run(FreezeService(config.allow_faults, self.grid.manager.peers,
+                                          self.observe.ask_process,
+                                          self.observe.process_of))  # fmt: skip
             await self._run(FaultService(config.allow_faults, self.grid.manager,
                                          self.local_drives))  # fmt: skip
+            self.console = self._console(self.observe, self.grid.manager, client_tls)
+            await self._run(self.console)
             await self._run(self.gateway)
             self._follow_metrics(self.grid.manager, self.gateway, self.healing)
             self.grid.manager.state_listeners.append(lambda *_: self._log_readiness())
@@ -200,6 +211,13 @@ class Node:
         )  # fmt: skip
         self.metrics.follow(view)
         self._stack.callback(self.metrics.close)
+
+    def _console(self, observe: ObserveService, manager: Manager,
+                 client_tls: ssl.SSLContext | None) -> ConsoleService:  # fmt: skip
+        faults = any(service.name == "faults" for service in self.services)
+        return ConsoleService(self.config, observe, self.drive_states,
+                              lambda: manager.instance_id, client_tls,
+                              faults_built=faults)  # fmt: skip
 
     def _keep_journal(self) -> None:
         """Keep this node's recent log events for the console (:mod:`node.journal`)."""
@@ -240,11 +258,13 @@ class Node:
     async def _serve(self, sock: socket.socket, server_tls: ssl.SSLContext | None) -> None:
         """Serve every service's routes on the node's one port, behind the HTTP limits."""
         app = web.Application(middlewares=[self.metrics.middleware])
-        observe = self.observe
+        observe, console = self.observe, self.console
         if observe is not None:
 
             async def end_live_views(_app: web.Application) -> None:
                 observe.stop_streams()  # else a reader of top or trace holds the shutdown up
+                if console is not None:
+                    console.stop_streams()  # and so would an open console page
 
             app.on_shutdown.append(end_live_views)
         admin = AdminAuth(self.config)

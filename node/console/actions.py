@@ -9,7 +9,7 @@ and a node refuses it exactly as it would refuse the CLI (403 ``FaultsDisabled``
 
 | action | admin requests |
 |---|---|
-| ``freeze``/``thaw`` ``node`` | ``POST /fault/freeze|thaw?peer=HOST`` to the node serving the console |
+| ``freeze``/``thaw`` ``node`` | ``POST /fault/freeze|thaw?peer=HOST`` to the serving node |
 | ``partition`` ``a`` ``b`` ``mode`` | ``POST /fault/partition?peer=`` to both ends |
 | ``unpartition`` | ``DELETE /fault/partition`` to every node |
 | ``loop-block`` ``node`` ``seconds`` | ``POST /fault/loop-block?seconds=`` |
@@ -302,7 +302,8 @@ class Actions:
         except (ActionError, aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("console: %s failed: %s", plan.command, exc or type(exc).__name__)
             return
-        summary = next((line["summary"] for line in reversed(lines) if "summary" in line), {})
+        summary: dict[str, Any] = next(
+            (line["summary"] for line in reversed(lines) if "summary" in line), {})
         log.info("console: %s finished: %s", plan.command,
                  ", ".join(f"{k} {v}" for k, v in summary.items()) or "no summary")  # fmt: skip
 

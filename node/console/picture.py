@@ -111,10 +111,15 @@ class S3Rates:
             "errors_per_s": rate(sum(t["errors"] for t in self._ticks)),
             "received_per_s": rate(sum(t["received"] for t in self._ticks)),
             "sent_per_s": rate(sum(t["sent"] for t in self._ticks)),
-            **_latency("p50", bounds, percentile(bounds, counts, observed, 0.5) if counts else None),
-            **_latency("p99", bounds, percentile(bounds, counts, observed, 0.99) if counts else None),
+            **_latency("p50", bounds, _pct(bounds, counts, observed, 0.5)),
+            **_latency("p99", bounds, _pct(bounds, counts, observed, 0.99)),
             "history": list(self.history),
         }
+
+
+def _pct(bounds: Sequence[float], counts: Sequence[float] | None, observed: float,
+         fraction: float) -> float | None:  # fmt: skip
+    return percentile(bounds, counts, observed, fraction) if counts else None
 
 
 def _latency(name: str, bounds: Sequence[float], value: float | None) -> dict[str, Any]:

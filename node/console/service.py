@@ -6,11 +6,11 @@ page and the sign-in link is answered without a session):
 | route | what |
 |---|---|
 | ``GET /minigrid/console`` | the page (signed in), else the sign-in page (401) |
-| ``GET /minigrid/console/login?...`` | redeem a one-time link: set the session cookie, 303 to the page |
+| ``GET /minigrid/console/login?...`` | redeem a one-time link: a session cookie, 303 to the page |
 | ``POST /minigrid/console/logout`` | end the session |
 | ``GET /minigrid/console/static/NAME`` | the page's script and style sheet |
 | ``GET /minigrid/console/feed`` | the live picture, as server-sent events (``event: state``) |
-| ``POST /minigrid/console/action`` | a click: JSON ``{"action": ...}`` (:mod:`node.console.actions`) |
+| ``POST /minigrid/console/action`` | a click, JSON ``{"action": ...}`` (:mod:`.actions`) |
 
 Every answer carries a Content-Security-Policy that allows only this node's own script, style
 and connections and forbids framing (``frame-ancestors 'none'``, and ``X-Frame-Options:
@@ -62,6 +62,16 @@ def _style_hash(page: str) -> str:
     return "'sha256-" + base64.b64encode(digest).decode() + "'"
 
 
+def _faults_off(allowed: bool, built: bool) -> str:
+    """Why the fault buttons are disabled ("" when they are not)."""
+    if not allowed:
+        return ("fault injection is off: start the cluster with --allow-faults to use these "
+                "buttons (the nodes would refuse them)")  # fmt: skip
+    if not built:
+        return "this node has no fault endpoints (it was built without the fault service)"
+    return ""
+
+
 class ConsoleService:
     """The console of one node (see the module docstring)."""
 
@@ -70,7 +80,7 @@ class ConsoleService:
     def __init__(self, config: NodeConfig, snapshots: Snapshots,
                  drives: Callable[[], Awaitable[list[dict[str, Any]]]],
                  instance: Callable[[], str], client_tls: ssl.SSLContext | None = None,
-                 interval: float = 1.0) -> None:  # fmt: skip
+                 interval: float = 1.0, faults_built: bool = True) -> None:  # fmt: skip
         self.config = config
         hosts = [spec.host for spec in config.nodes]
         self.feed = Feed(snapshots, drives, hosts, config.host, interval)
@@ -83,12 +93,14 @@ class ConsoleService:
         self.actions = Actions(Planner(hosts, [len(s.drives) for s in config.nodes],
                                        config.node), caller)  # fmt: skip
         self.cookie = f"minigrid_console_{urlsplit(config.me.url).port or 0}"
-        self._stopping = False
+        self._stopping = asyncio.Event()
         self._pages: dict[str, str] = {}
         self._static: dict[str, bytes] = {}
         self._csp = ""
         self._cluster = {
-            "hosts": hosts, "me": config.node, "faults": config.allow_faults,
+            "hosts": hosts, "me": config.node,
+            "faults": config.allow_faults and faults_built,
+            "faults_off": _faults_off(config.allow_faults, faults_built),
             "drives": [list(spec.drives) for spec in config.nodes],
             "profile": config.profile, "tls": config.tls,
         }  # fmt: skip
@@ -104,7 +116,7 @@ class ConsoleService:
 
     def stop_streams(self) -> None:
         """End every open feed (the node is shutting down)."""
-        self._stopping = True
+        self._stopping.set()
         for reader in self.feed.readers:
             reader.wake.set()
 
@@ -246,11 +258,11 @@ class ConsoleService:
         return response
 
     async def _stream(self, response: web.StreamResponse, reader: Any, session: Session) -> None:
-        while not self._stopping:
+        while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(KEEPALIVE):
                     await reader.wake.wait()
-            if self._stopping:
+            if self._stopping.is_set():
                 break
             if not self.sessions.alive(session):
                 await response.write(b"event: signed-out\ndata: {}\n\n")

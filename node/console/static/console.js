@@ -135,10 +135,13 @@ function build(cluster) {
   const badge = document.getElementById("faults-badge");
   badge.classList.toggle("on", cluster.faults);
   setText(badge, cluster.faults ? "faults allowed" : "faults off");
-  document.getElementById("faults-off").hidden = cluster.faults;
+  const off = document.getElementById("faults-off");
+  off.hidden = cluster.faults;
+  setText(off, cluster.faults_off || "");
   for (const button of document.querySelectorAll("#actions-panel button[data-action]")) {
     if (!cluster.faults && button.dataset.action !== "heal" && button.dataset.action !== "scanner") {
       button.disabled = true;
+      button.title = cluster.faults_off;
     }
   }
   state.built = true;
@@ -206,7 +209,7 @@ function drawNodes(frame) {
     } else status = `${node.state}: ${node.error}`;
     setText(card.querySelector(".status"), status);
     const faults = cluster.faults;
-    const why = !faults ? "fault injection is off (--allow-faults)" :
+    const why = !faults ? cluster.faults_off :
       i === cluster.me ? "this node serves the page: freeze it from another node's console" :
       process.state === "remote" || process.state === "unknown" ? `cannot signal it from here: ${process.note}` : "";
     const freeze = card.querySelector('[data-action="freeze"]');
@@ -217,6 +220,7 @@ function drawNodes(frame) {
     thaw.title = why || "SIGCONT the node's process";
     const block = card.querySelector('[data-action="loop-block"]');
     block.disabled = !faults || node.state !== "up";
+    block.title = faults ? "block the node's event loop for 5 s" : cluster.faults_off;
   });
 }
 
@@ -233,6 +237,7 @@ function drawDrives(frame) {
                                 "data-node": node, "data-drive": index, text: "Wipe",
                                 title: "erase this drive, format included, as a new disk" });
     wipe.disabled = !cluster.faults;
+    if (!cluster.faults) wipe.title = cluster.faults_off;
     const stateCell = el("span", { class: "state", "data-state": drive.state, text: drive.state });
     if (drive.error) stateCell.title = drive.error;
     return el("tr", { class: "drive", "data-node": node, "data-drive": index, "data-state": drive.state },
