@@ -56,7 +56,7 @@ function setAttr(node, name, value) {
 // --- building the page once the cluster is known ---------------------------------------------
 
 function ringPositions(count) {
-  const cx = 320, cy = 275, r = count <= 2 ? 150 : 205;
+  const cx = 320, cy = 275, r = count <= 2 ? 150 : 225;
   const start = count === 4 ? -135 : -90;
   return Array.from({ length: count }, (_, i) => {
     const a = (start + (360 * i) / count) * Math.PI / 180;
@@ -75,8 +75,9 @@ function buildRing(cluster) {
       const g = svg("g", { class: "link", "data-a": a, "data-b": b, "data-state": "unknown" });
       g.append(svg("line", { x1: pos[a].x, y1: pos[a].y, x2: pos[b].x, y2: pos[b].y }));
       // Labels of crossing lines would meet in the middle: put them at different points.
+      // Diagonals of a square cross at its centre: put their labels on either side of it.
       const adjacent = b - a === 1 || (a === 0 && b === pos.length - 1);
-      const t = adjacent ? 0.5 : ((a + b) % 2 ? 0.36 : 0.64);
+      const t = adjacent ? 0.5 : (a % 2 ? 0.33 : 0.67);
       const label = svg("text", { x: pos[a].x + t * (pos[b].x - pos[a].x),
                                   y: pos[a].y + t * (pos[b].y - pos[a].y) });
       g.append(label);
@@ -151,12 +152,24 @@ function build(cluster) {
 
 function linkLabel(link) {
   if (link.state === "connected") {
-    return `${seconds(link.rtt_s)} rtt · seen ${seconds(link.last_seen_s)} ago`;
+    return [`rtt ${seconds(link.rtt_s)}`, `seen ${seconds(link.last_seen_s)} ago`];
   }
   const since = state.frame ? Math.max(0, state.frame.time - link.since) : 0;
   const cause = (link.cause || "").split(":")[0];
-  if (link.state === "down") return `down ${since.toFixed(0)} s${cause ? " · " + cause : ""}`;
-  return link.state;
+  if (link.state === "down") return [`DOWN ${since.toFixed(0)} s`, cause || "no cause yet"];
+  return [link.state, ""];
+}
+
+function setLines(text, lines) {
+  // An SVG label of two lines (tspans), rewritten only when it changed.
+  if (text.dataset.lines === lines.join("\n")) return;
+  text.dataset.lines = lines.join("\n");
+  const x = text.getAttribute("x");
+  text.replaceChildren(...lines.map((line, i) => {
+    const span = svg("tspan", { x, dy: i ? "1.15em" : "-0.55em" });
+    span.textContent = line;
+    return span;
+  }));
 }
 
 function drawRing(frame) {
@@ -164,7 +177,7 @@ function drawRing(frame) {
     const g = document.querySelector(`.link[data-a="${link.a}"][data-b="${link.b}"]`);
     if (!g) continue;
     setAttr(g, "data-state", link.state);
-    setText(g.querySelector("text"), linkLabel(link));
+    setLines(g.querySelector("text"), linkLabel(link));
     const views = link.views.map(v => `${nodeName(v.from)} sees ${v.state}${v.cause ? ": " + v.cause : ""}`);
     setText(g.querySelector("title"), `${nodeName(link.a)} – ${nodeName(link.b)}: ${link.state}\n` + views.join("\n"));
   }
