@@ -81,6 +81,9 @@ class FreezeService:
         return self._signal(peer, self._last(peer), signal.SIGCONT, "thawed")
 
     def _bad_peer(self, peer: str) -> web.Response:
+        if not self.peers:
+            return _error(400, "InvalidArgument", "this node has no peers (and never signals "
+                          "itself: a stopped node could not thaw itself)")  # fmt: skip
         return _error(400, "InvalidArgument",
                       f"peer must be one of {', '.join(self.peers)}, not {peer!r}")  # fmt: skip
 

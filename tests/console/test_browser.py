@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,3 +152,49 @@ def _all_readable(cluster: LocalCluster) -> bool:
     s3 = cluster.boto()
     return all(s3.get_object(Bucket="wiped", Key=f"obj/{n}")["Body"].read()
                == payload(300_000, seed=n) for n in range(40))  # fmt: skip
+
+
+@pytest.fixture
+def safe_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """One node with four drives, started *without* ``--allow-faults``."""
+    cluster = LocalCluster(tmp_path / "safe", nodes=1, drives=4, parity=2,
+                           options={"fsync": "off"})  # fmt: skip
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_without_allow_faults_the_fault_buttons_are_off_and_say_why(
+    browser: Any, safe_cluster: LocalCluster, shots: Shots
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(sign_in_link(safe_cluster))
+    expect(page.locator("#feed-state")).to_have_text("live", timeout=20_000)
+    expect(page.locator("#faults-badge")).to_have_text("faults off")
+    expect(page.locator("#faults-off")).to_be_visible()
+    expect(page.locator("#faults-off")).to_contain_text("--allow-faults")
+    wipe = page.locator('#drives tr.drive button[data-action="wipe-drive"]')
+    expect(wipe).to_have_count(4)
+    for button in [*wipe.all(), page.locator('button[data-action="partition"]'),
+                   page.locator('button[data-action="loop-block"]')]:  # fmt: skip
+        expect(button).to_be_disabled()
+        expect(button).to_have_attribute("title", re.compile("--allow-faults"))
+    # What is not a fault stays available: a heal, the scanner's speed.
+    expect(page.locator('button[data-action="heal"]')).to_be_enabled()
+    shots.take(page, "6-faults-off")
+    # A click sent anyway (a forged request from this session) is refused by the node itself.
+    answer = page.evaluate("""async () => {
+        const csrf = document.querySelector('meta[name="csrf"]').content;
+        const r = await fetch("/minigrid/console/action", {method: "POST",
+            headers: {"Content-Type": "application/json", "X-Console-CSRF": csrf},
+            body: JSON.stringify({action: "wipe-drive", node: 0, drive: 1})});
+        return await r.json();
+    }""")
+    assert answer["ok"] is False
+    assert answer["calls"][0]["status"] == 403
+    assert answer["calls"][0]["answer"]["code"] == "FaultsDisabled"
+    page.close()
