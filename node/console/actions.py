@@ -259,6 +259,18 @@ class Planner:
     }  # fmt: skip
 
 
+def _summary(results: Sequence[Mapping[str, Any]]) -> str:
+    """One clause per distinct request and answer: ``POST /scanner: 200 on nodes 0, 1, 2``."""
+    groups: dict[str, list[str]] = {}
+    for r in results:
+        failed = "" if 200 <= r["status"] < 300 else f" ({r['answer'].get('error', '')})"
+        path = r["path"].removeprefix(ADMIN_PREFIX)
+        groups.setdefault(f"{r['method']} {path}: {r['status']}{failed}", []).append(
+            str(r["node"]))
+    return "; ".join(f"{key} on node{'s' if len(nodes) > 1 else ''} {', '.join(nodes)}"
+                     for key, nodes in groups.items())  # fmt: skip
+
+
 class Actions:
     """Carries out clicks: plans them, makes the admin requests, says what happened."""
 
@@ -288,10 +300,7 @@ class Actions:
         results = [await self.caller.send(call) for call in plan.calls]
         ok = all(200 <= r["status"] < 300 or call.optional
                  for call, r in zip(plan.calls, results, strict=True))  # fmt: skip
-        summary = "; ".join(f"node {r['node']} {r['method']} {r['path']}: {r['status']}"
-                            + ("" if 200 <= r["status"] < 300 else
-                               f" ({r['answer'].get('error', '')})")
-                            for r in results)  # fmt: skip
+        summary = _summary(results)
         (log.info if ok else log.warning)("console: %s -> %s", plan.command, summary)
         return {"action": params.get("action"), "command": plan.command, "ok": ok,
                 "calls": results}  # fmt: skip

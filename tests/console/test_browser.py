@@ -24,9 +24,10 @@ pytestmark = pytest.mark.timeout(180)
 #: The fast profile detects a silent peer within about 5 s; a loaded machine (two cores shared
 #: with other test runs) gets room on top. This bounds the wait, it does not time anything.
 DETECTION = 25_000
-#: The causes a disconnect can name (minigrid.liveness): a frozen peer is network-silent (its
-#: loop was healthy at last contact) or, if a pong carried a stall, remote-stalled.
-CAUSES = re.compile(r"down: (network-silent|remote-stalled|reset|error)")
+#: The causes a frozen peer's disconnect can name (minigrid.liveness): network-silent (its loop
+#: was healthy at last contact), remote-stalled (a pong carried a stall), or local-stalled (this
+#: node's own timers ran late, as they can on a loaded machine).
+CAUSES = re.compile(r"down: (network-silent|remote-stalled|local-stalled)")
 
 
 def sign_in_link(cluster: LocalCluster, node: int = 0) -> str:
@@ -85,6 +86,8 @@ def test_freeze_a_node_with_its_button_then_thaw_it(
     card = page.locator('#nodes .card[data-index="3"]')
     freeze = card.locator('button[data-action="freeze"]')
     expect(freeze).to_be_enabled(timeout=10_000)  # the serving node has seen node 3's process
+    lost = page.locator('#timeline li[data-kind="disconnect"][data-peer="3"]')
+    before = lost.count()
     freeze.click()
     expect(page.locator("#action-result")).to_have_attribute("data-ok", "true")
     expect(card).to_have_attribute("data-process", "stopped", timeout=10_000)
@@ -93,9 +96,9 @@ def test_freeze_a_node_with_its_button_then_thaw_it(
         expect(page.locator(f'#ring .link[data-a="{other}"][data-b="3"]')).to_have_attribute(
             "data-state", "down", timeout=DETECTION)
     expect(links(page, "connected")).to_have_count(3)
-    # The timeline names the cause of a disconnect from node 3, and the click that froze it.
-    lost = page.locator('#timeline li[data-kind="disconnect"][data-peer="3"]')
-    expect(lost.first).to_contain_text(CAUSES, timeout=DETECTION)
+    # The timeline names the cause of a disconnect from node 3 (newest first), and the click.
+    expect(more_than(lost, before)).to_be_attached(timeout=DETECTION)
+    expect(lost.first).to_contain_text(CAUSES)
     expect(page.locator('#timeline li[data-kind="fault"]').filter(
         has_text="frozen").first).to_be_visible()
     expect(page.locator('#ring .link[data-a="0"][data-b="3"] text')).to_contain_text("DOWN")
@@ -109,6 +112,9 @@ def test_freeze_a_node_with_its_button_then_thaw_it(
     expect(links(page, "connected")).to_have_count(6, timeout=DETECTION)
     expect(card).to_have_attribute("data-process", "running")
     expect(more_than(back, before)).to_be_attached()  # a reconnect, in the timeline
+    # Node 3's drives, offline to the serving node while it was frozen, come back too.
+    expect(page.locator('#drives tbody tr.drive[data-state="ok"]')).to_have_count(8,
+                                                                                  timeout=20_000)
     shots.take(page, "3-node3-thawed-links-back")
 
 

@@ -361,9 +361,16 @@ async function act(params) {
     setText(result, `✗ ${params.action}: ${error.message}`);
     return;
   }
-  const calls = answer.calls.map(c => `${nodeName(c.node)} ${c.method} ${c.path}` +
-    (Object.keys(c.query).length ? "?" + new URLSearchParams(c.query) : "") + ` → ${c.status}` +
-    (c.status >= 300 || c.status === 0 ? ` (${(c.answer && c.answer.error) || ""})` : ""));
+  // One line per distinct request and answer: "POST …/scanner?speed=slow → 200 on nodes 0, 1, 2".
+  const groups = new Map();
+  for (const c of answer.calls) {
+    const query = Object.entries(c.query).map(([k, v]) => `${k}=${v}`).join("&");
+    const failed = c.status >= 300 || c.status === 0 ? ` (${(c.answer && c.answer.error) || ""})` : "";
+    const key = `${c.method} ${c.path}${query ? "?" + query : ""} → ${c.status || "no answer"}${failed}`;
+    groups.set(key, [...(groups.get(key) || []), c.node]);
+  }
+  const calls = [...groups].map(([key, nodes]) =>
+    `${key} on ${nodes.length > 1 ? "nodes " : "node "}${nodes.join(", ")}`);
   setAttr(result, "data-ok", answer.ok ? "true" : "false");
   setText(result, `${answer.ok ? "✓" : "✗"} ${answer.command}` +
                   (answer.background ? " (running in the background; see the timeline)" : "") +
