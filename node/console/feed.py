@@ -125,10 +125,20 @@ class Feed:
 
     async def _tops(self) -> None:
         loop = asyncio.get_running_loop()
+        failed = False
         while True:
             started = loop.time()
-            snapshot = await self.snapshots.snapshot(True, self.picture.events_since())
-            self.picture.update(snapshot)
+            try:
+                snapshot = await self.snapshots.snapshot(True, self.picture.events_since())
+                self.picture.update(snapshot)
+            except Exception:
+                # A bug, not a peer's fault (their answers are checked): say so once, with the
+                # traceback, and keep the pages alive rather than freeze them on a stale picture.
+                if not failed:
+                    log.exception("console: the live picture could not be updated")
+                failed = True
+            else:
+                failed = False
             self.ticks += 1
             for reader in self.readers:
                 reader.wake.set()
