@@ -33,8 +33,8 @@ class AdminClient:
         self.urls = cluster.urls
         self._clients = [
             SignedClient(url, str(config["admin_access_key"]), str(config["admin_secret_key"]),
-                     region=str(config.get("region", "us-east-1")), timeout=timeout,
-                     ca=cluster.ca)
+                         region=str(config.get("region", "us-east-1")), timeout=timeout,
+                         ca=cluster.ca)
             for url in self.urls
         ]
 

@@ -58,6 +58,14 @@ class Faults:
         if cluster is None:
             raise ClusterError(f"no cluster in {data_dir} (start one with 'minigrid cluster up "
                                "--allow-faults')")  # fmt: skip
+        if str(cluster.config.get("allow_faults", "")).lower() not in ("true", "1", "yes", "on"):
+            # Signals and iptables are the CLI's own acts, so the nodes' 403 cannot stop them:
+            # the same consent is checked here, for every fault command alike.
+            raise ClusterError(
+                f"the cluster in {data_dir} was not started with --allow-faults, so its nodes "
+                "refuse fault injection; start a new cluster with 'minigrid cluster up "
+                "--allow-faults' to break it on purpose"
+            )
         self.cluster = cluster
         self.admin = AdminClient(cluster)
         self.count = len(cluster.urls)

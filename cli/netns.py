@@ -219,10 +219,15 @@ class Topology:
             run("ip", "link", "set", f"{leg}i", "netns", router)
             run("ip", "addr", "add", f"{router_bridge}/24", "dev", f"{leg}i", netns=router)
             run("ip", "link", "set", f"{leg}i", "up", netns=router)
+            # Node a is on the router's bridge subnet too: without this the router would send
+            # what comes for a back out onto the bridge, past its link, when b dials a.
+            run("ip", "route", "add", f"{self.address(a)}/32", "via", node_in, netns=router)
             self._router_rules(router, f"{leg}i", a, idle_timeout)
             # Both directions between a and b go through the router (a NAT sees whole flows).
-            run("ip", "route", "add", f"{self.address(b)}/32", "via", router_in,
-                netns=self.namespace(a))  # fmt: skip
+            # ``src``: else node a would send from its /30 address, which the MASQUERADE rule
+            # (``-s`` a's address) does not match and node b cannot answer.
+            run("ip", "route", "add", f"{self.address(b)}/32", "via", router_in, "src",
+                self.address(a), netns=self.namespace(a))  # fmt: skip
             run("ip", "route", "add", f"{self.address(a)}/32", "via", router_bridge,
                 netns=self.namespace(b))  # fmt: skip
         except NetnsError:
@@ -270,8 +275,11 @@ class Topology:
 def _partition_rules(peer: str, mode: str) -> list[tuple[str, ...]]:
     if mode == "silent":
         return [("INPUT", "-s", peer, "-j", "DROP"), ("OUTPUT", "-d", peer, "-j", "DROP")]
-    reject = ("-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")
-    return [("INPUT", "-s", peer, *reject), ("OUTPUT", "-d", peer, *reject)]
+    reject = ("-j", "REJECT", "--reject-with", "tcp-reset")
+    # The peer's own resets must get in: they are what tells this side the connection is
+    # gone. Rejecting them too (a RST is never answered) would make the partition silent.
+    return [("INPUT", "-s", peer, "-p", "tcp", "!", "--tcp-flags", "RST", "RST", *reject),
+            ("OUTPUT", "-d", peer, "-p", "tcp", *reject)]  # fmt: skip
 
 
 def quiet_pids(namespace: str) -> list[int]:

@@ -712,8 +712,8 @@ class Connection:
         counters = self.counters
         dispatch = self._dispatch
         loop = self._loop
-        yielded = loop.time()
         links = self.manager.links
+        yielded = loop.time()
         while True:
             msg = await ws.receive()
             await links.wait_clear(self.remote)  # silent partition: nothing "arrives"

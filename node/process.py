@@ -441,9 +441,9 @@ class Node:
         stats = manager.stats()
         links = [
             {"peer": host, "state": s.state, "rtt_s": s.rtt_last, "last_seen_s": s.last_seen_age,
-             "cause": s.last_cause, "reconnects": s.reconnects, "peer_loop_lag_s": s.peer_loop_lag,
-             "queue": s.queue_messages, "queue_bytes": s.queue_bytes,
-             "queue_waiters": s.queue_waiters,
+             "cause": s.last_cause, "reconnects": s.reconnects, "connected_s": s.connected_for,
+             "peer_loop_lag_s": s.peer_loop_lag, "queue": s.queue_messages,
+             "queue_bytes": s.queue_bytes, "queue_waiters": s.queue_waiters,
              "calls_out": s.inflight_calls,
              "calls_in": s.inflight_handlers, "streams": s.inflight_streams}
             for host, s in sorted(stats.items())
@@ -457,6 +457,7 @@ class Node:
             "process": self.identity.to_dict() if self.identity is not None else None,
             "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
             "loop_lag_s": manager.monitor.worst_lag(),
+            "loop_busy_s": round(manager.monitor.worst_busy(), 4),
             "loop_stall_s": manager.monitor.longest_stall(),
             "s3_inflight": self.gateway.inflight if self.gateway is not None else 0,
             "s3": self.metrics.s3_totals(),

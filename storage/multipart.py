@@ -268,7 +268,33 @@ async def complete_upload(
     precondition: Precondition | None = None,
     min_part_size: int = MIN_PART_SIZE,
 ) -> ObjectMeta:
-    """Make the object from the parts named in ``wanted`` (see the module docstring)."""
+    """Make the object from the parts named in ``wanted`` (see the module docstring).
+
+    Completions of one upload run one at a time in this process: a client that retried while
+    the first was still assembling gets ``UploadNotFound`` once it is done, instead of two
+    assemblies taking the same part files from each other."""
+    async with locks.write(("upload", upload_id)):
+        return await _complete(
+            eset, locks, bucket, key, upload_id, wanted, report=report,
+            on_rollback=on_rollback, finish=finish, precondition=precondition,
+            min_part_size=min_part_size,
+        )  # fmt: skip
+
+
+async def _complete(
+    eset: ErasureSet,
+    locks: KeyLocks,
+    bucket: str,
+    key: str,
+    upload_id: str,
+    wanted: Sequence[tuple[int, str]],
+    *,
+    report: Report,
+    on_rollback: Callable[[], None],
+    finish: Finish | None,
+    precondition: Precondition | None,
+    min_part_size: int,
+) -> ObjectMeta:
     record = await read_upload(eset, bucket, key, upload_id)
     lists = await _part_lists(eset, bucket, upload_id, every=True)
     parts = choose_parts(agreed_parts(lists, eset.read_quorum), wanted, min_part_size)

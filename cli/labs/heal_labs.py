@@ -115,10 +115,13 @@ def _missed_ping_phase(lab: LabContext, mode: str, options: dict[str, Any], coun
             finish_heals(cl.admin, cl.count, 1, timeout=150)
     lines = lab.log_lines(r"canceling remote connection", mode) or lab.log_lines(
         r"remote-stalled", mode)  # fmt: skip
+    # What a dropped session cut short, by handler: "cancelled 4 handlers (READ_METADATA x4)".
+    handlers = lab.log_lines(r"cancelled [1-9]\d* handlers \(", mode)
     return {
         "disconnects": disconnects,
         "causes": causes,
         "cancel_line": lines[0].quoted()[:400] if lines else None,
+        "handlers_line": handlers[0].quoted()[:400] if handlers else None,
         "worst_loop_lag_s": rounded(_worst(lab, "loop_lag_s", start, end, run.loop_lag)),
         "worst_loop_busy_s": rounded(_worst(lab, "loop_busy_s", start, end, run.loop_busy)),
         "heal_s": round(run.seconds, 1),
@@ -177,6 +180,12 @@ The line the peers logged in the unsafe run:
 ```
 {unsafe['cancel_line'] or '(none)'}
 ```
+
+and the line that says which handlers the dropped sessions cut short:
+
+```
+{unsafe['handlers_line'] or '(none: no handler was running when a session dropped)'}
+```
 """),
         ("Key log lines (unsafe run)", quoted(lines, 6)),
         ("What the code does about it", """
@@ -188,7 +197,9 @@ The line the peers logged in the unsafe run:
   stalled ... at last contact" (`remote-stalled`) rather than "no traffic at all".
 - The starved node, whose own timers fired late, logs `local loop stalled` and does not accuse
   its peers for that window (the local-pause guard).
-- The server's cancel line names the handler and the subroute of the stream it cancels.
+- A lost session's line counts what it failed and names the handlers it cancelled
+  (`cancelled 4 handlers (READ_METADATA x4)`); the server's cancel line for an orphaned stream
+  names the handler and the subroute.
 """),
     ]
 

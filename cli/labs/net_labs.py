@@ -25,7 +25,7 @@ ALIVE_TIMEOUT, BROKEN_TIMEOUT = 5, 2  # seconds: above and below the ping interv
 NAT_PANELS = [
     ("last_seen_age_s", "last seen (s)", "links"),
     ("connected", "link up", "links"),
-    ("reconnects", "sessions lost", "links"),
+    ("reconnects", "reconnects (the first: the move onto the NAT)", "links"),
 ]
 Result = tuple[dict[str, Any], list[tuple[str, str]]]
 
@@ -45,12 +45,28 @@ def _connected(cl: LabCluster) -> bool:
         return False
 
 
+def _fresh(cl: LabCluster, age: float) -> bool:
+    """Whether both ends of the link between nodes 0 and 1 run a session younger than
+    ``age`` seconds (one made after the NAT was put in the path)."""
+    try:
+        links = (cl.link(0, 1), cl.link(1, 0))
+    except AdminError:
+        return False
+    return all(link["state"] == "connected" and link.get("connected_s") is not None
+               and float(link["connected_s"]) < age for link in links)  # fmt: skip
+
+
 def _observe(lab: LabContext, cl: LabCluster, name: str, timeout: int, window: float,
-             until_lost: int) -> dict[str, Any]:  # fmt: skip
-    """Put (or retune) the NAT, wait for the session through it, then count losses."""
+             until_lost: int, *, new: bool) -> dict[str, Any]:  # fmt: skip
+    """Put the NAT in the path (``new``) or retune it, wait for the session through it, then
+    count the sessions it costs."""
     lab.mark(f"NAT idle {timeout}s ({name})")
+    called = lab.now()
     cl.faults.nat(0, 1, timeout)
-    lab.wait_for(lambda: _connected(cl), 30, "the session through the NAT")
+    if new:  # the old session was dropped to move it onto the NAT: wait for both ends' new one
+        lab.wait_for(lambda: _fresh(cl, lab.now() - called), 30, "a session through the NAT")
+    else:
+        lab.wait_for(lambda: _connected(cl), 30, "the session through the NAT")
     baseline = _pair_losses(cl)
     start = lab.now()
     if until_lost:
@@ -64,25 +80,30 @@ def _observe(lab: LabContext, cl: LabCluster, name: str, timeout: int, window: f
 
 
 def nat_idle(lab: LabContext) -> Result:
-    window = 9.0 if lab.quick else 30.0
+    window = 6.0 if lab.quick else 30.0  # longer than the 5 s NAT timeout: it had its chance
     summary: dict[str, Any] = {"nat": "router namespace (conntrack)" if lab.netns else
                                "proxy on the link (loopback)"}  # fmt: skip
     with lab.running("nat", NAT_OPTIONS) as cl:
         lab.wait_for(lambda: _connected(cl), 30, "the link between nodes 0 and 1")
         summary["pings_below_timeout"] = _observe(lab, cl, "pings below", ALIVE_TIMEOUT,
-                                                  window, 0)  # fmt: skip
+                                                  window, 0, new=True)  # fmt: skip
         summary["pings_above_timeout"] = _observe(lab, cl, "pings above", BROKEN_TIMEOUT,
-                                                  window, 1 if lab.quick else 2)  # fmt: skip
+                                                  window, 1 if lab.quick else 2,
+                                                  new=False)  # fmt: skip
     if lab.netns:
         keepalive = {**NAT_OPTIONS, "tcp_keepidle": 1, "tcp_keepintvl": 1}
         with lab.running("nat-keepalive", keepalive) as cl:
             lab.wait_for(lambda: _connected(cl), 30, "the link between nodes 0 and 1")
             summary["keepalive_below_timeout"] = {
-                **_observe(lab, cl, "keepalive 1 s", BROKEN_TIMEOUT, window, 0),
+                **_observe(lab, cl, "keepalive 1 s", BROKEN_TIMEOUT, window, 0, new=True),
                 "tcp_keepidle_s": 1}  # fmt: skip
     else:
         summary["keepalive_below_timeout"] = None  # a userspace proxy never sees keepalives
-    lines = lab.log_lines(r"NAT forgot|session lost|fault: link", "nat")
+    # The NAT's own lines and the sessions it cost; not the move onto the NAT, which the
+    # dialer logs as "moved" and the other end sees as a normal close (code 1000).
+    lines = lab.log_lines(r"NAT forgot|session lost|fault: link|connected -> error \((?!reset: "
+                          r"moved|reset: closed by peer \(code 1000\)|reset: dropped on request)")
+    lines.sort(key=lambda line: (line.t is None, line.t or 0.0))
     return summary, _nat_text(summary, lab.netns, lines)
 
 
@@ -102,6 +123,7 @@ the NAT and refreshed the flow: sessions lost over {keep['observed_s']} s with t
 cannot be shown on loopback: the proxy's kernel answers the keepalive probes itself and they
 never reach the proxy, so they cannot refresh the flow. Run the lab with `--netns` (root) to
 see keepalive keep a real NAT's flow alive.""")  # fmt: skip
+    again = ", which the NAT forgot again in turn" if above["sessions_lost"] >= 2 else ""
     return [
         ("The failure", """
 NATs and stateful firewalls forget a TCP flow that has been idle for a while: cloud NAT
@@ -120,7 +142,7 @@ hardly any other traffic on the link.
   **{below['sessions_lost']}**.
 - NAT timeout {above['nat_idle_timeout_s']} s, shorter than the ping interval: the NAT forgot
   the flow between two pings, the next ping vanished, and liveness dropped the session after
-  {TIMINGS.dead_after:g} s of silence; the redial made a new flow, which the NAT forgot again.
+  {TIMINGS.dead_after:g} s of silence; the dialing side redialled through a new flow{again}.
   Sessions lost over {above['observed_s']} s: **{above['sessions_lost']}**.
 
 {keep_text}

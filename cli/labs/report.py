@@ -70,6 +70,20 @@ def _draw_phases(axis: Any, phases: list[tuple[str, float, float]], labels: bool
                           textcoords="offset points", fontsize=8, color="grey")  # fmt: skip
 
 
+def _broken(xs: list[float], ys: list[float], gap: float = 1.5) -> tuple[list[float], list[float]]:
+    """The points with a NaN wherever no sample came for ``gap`` seconds (between phases, or
+    while a node did not answer), so a line is not drawn across what was not measured."""
+    out_x: list[float] = []
+    out_y: list[float] = []
+    for index, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        if index and x - xs[index - 1] > gap:
+            out_x.append(xs[index - 1] + 0.25)  # a step-post line ends one sample later
+            out_y.append(float("nan"))
+        out_x.append(x)
+        out_y.append(y)
+    return out_x, out_y
+
+
 def plot(lab: LabContext, title: str, panels: list[Panel],
          span: tuple[float, float] | None = None) -> Path:  # fmt: skip
     """``plot.png``: one panel per metric over time, the marks as dashed lines."""
@@ -82,8 +96,10 @@ def plot(lab: LabContext, title: str, panels: list[Panel],
                                 sharex=True, squeeze=False)  # fmt: skip
     for row, (axis, (metric, label, how)) in enumerate(zip(axes[:, 0], panels, strict=True)):
         groups = _groups(lab.series(metric), how)
+        if len(groups) > 10:  # 12 links: the default cycle of 10 colours would repeat
+            axis.set_prop_cycle(color=[plt.get_cmap("tab20")(i) for i in range(20)])
         for key, points in sorted(groups.items()):
-            xs, ys = [p.t for p in points], [p.value for p in points]
+            xs, ys = _broken([p.t for p in points], [p.value for p in points])
             if how == "points":
                 axis.plot(xs, ys, ".", markersize=3, label=label)
             else:

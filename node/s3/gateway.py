@@ -55,6 +55,10 @@ REGION_ALIASES = {"US": "us-east-1"}
 XML_TYPE = "application/xml"
 #: How long answering an error may take before the connection is dropped instead.
 ERROR_SEND_TIMEOUT = 5.0
+#: A long operation not done after this many seconds is answered 200 at once and kept alive.
+KEEPALIVE_AFTER = 1.0
+#: ... with a space this often, well inside any client's read timeout (boto3's is 60 s).
+KEEPALIVE_EVERY = 5.0
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the request"; never sent
 
 
@@ -89,12 +93,18 @@ class S3Gateway:
         region: str = "us-east-1",
         body_timeout: float = DEFAULT_IDLE_TIMEOUT,
         clock: Callable[[], float] = time.time,
+        keepalive_after: float = KEEPALIVE_AFTER,
+        keepalive_every: float = KEEPALIVE_EVERY,
     ) -> None:
         if not credentials:
             raise ValueError("the S3 gateway needs at least one access key")
         self.layer = layer
         self.region = region
         self.body_timeout = body_timeout
+        self.keepalive_after = keepalive_after
+        self.keepalive_every = keepalive_every
+        #: Answers being kept alive with spaces right now (see :meth:`long_xml`).
+        self.kept_alive = 0
         self._auth = Authenticator(
             credentials, region, clock,
             aliases={alias for alias, name in REGION_ALIASES.items() if name == region},
@@ -461,6 +471,63 @@ class S3Gateway:
         """Read (and verify) an optional body a route ignores, so the connection stays usable."""
         if call.plan is not None:
             await self.body(call).read_small(s3_routes.MAX_CONFIG_BODY)
+
+    async def long_xml(self, call: Call, work: Awaitable[bytes]) -> web.StreamResponse:
+        """Answer an operation that can run for minutes (CompleteMultipartUpload) as S3 does.
+
+        If ``work`` (which makes the XML document) is done within ``keepalive_after``, the
+        answer is an ordinary one, errors included. Otherwise the 200 status and the XML
+        declaration go out at once and a space every ``keepalive_every``, so the client's read
+        timeout (60 s in boto3) cannot fire and make it retry an operation still running; the
+        document follows, or an ``Error`` document, which S3 clients read as the failure of a
+        200 for exactly these operations. The operation finishes even if the client leaves.
+        """
+        task = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait({task}, timeout=self.keepalive_after)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task.done():
+            return self.xml_response(call, task.result())
+        response = web.StreamResponse(status=200, headers=call.headers({"Content-Type": XML_TYPE}))
+        self.kept_alive += 1
+        try:
+            await self._keep_alive(call, response, task)
+        finally:
+            self.kept_alive -= 1
+        return response
+
+    async def _keep_alive(
+        self, call: Call, response: web.StreamResponse, task: asyncio.Future[bytes]
+    ) -> None:
+        try:
+            await response.prepare(call.request)
+            await self._send(response, xml.DECLARATION.encode())
+            while not task.done():
+                await asyncio.wait({task}, timeout=self.keepalive_every)
+                if not task.done():
+                    await self._send(response, b" ")
+        except asyncio.CancelledError:  # the node is stopping
+            task.cancel()
+            raise
+        except (ConnectionError, _ClientStalled) as exc:
+            log.info("s3 %s: the client went away while the operation ran (%s); finishing it",
+                     call.describe(), type(exc).__name__)  # fmt: skip
+            with contextlib.suppress(Exception):
+                await task
+            call.request.protocol.force_close()
+            return
+        try:
+            body = task.result()
+        except Exception as exc:
+            error = errors.from_exception(exc)
+            self._log_error(call, error, exc)
+            body = xml.error(error.code, error.message, call.request.path, call.request_id,
+                             error.extra)  # fmt: skip
+        with contextlib.suppress(ConnectionError, _ClientStalled):
+            await self._send(response, body.removeprefix(xml.DECLARATION.encode()))
+            await response.write_eof()
 
     @staticmethod
     def xml_response(

@@ -160,7 +160,7 @@ def object_checksums(
     return finish
 
 
-async def complete(gateway: S3Gateway, call: Call) -> web.Response:
+async def complete(gateway: S3Gateway, call: Call) -> web.StreamResponse:
     document = await gateway.body(call).read_small(s3_routes.MAX_COMPLETE_BODY)
     wanted, sent = xml.parse_complete(document)
     record = await gateway.layer.get_multipart(call.bucket, call.key, upload_id(call))
@@ -170,14 +170,19 @@ async def complete(gateway: S3Gateway, call: Call) -> web.Response:
         for name, value in call.request.headers.items()
         if (algorithm := checksum.algorithm_of(name)) is not None
     }
-    info = await gateway.layer.complete_multipart(
-        call.bucket, call.key, record.upload_id, wanted,
-        finish=object_checksums(record, sent, whole),
-        precondition=storage_precondition(call.request.headers),
-    )  # fmt: skip
-    host = call.request.host
-    location = f"{call.request.scheme}://{host}/{call.bucket}/{call.key}"
-    return gateway.xml_response(call, xml.complete_upload(location, call.bucket, call.key, info))
+    finish = object_checksums(record, sent, whole)
+    precondition = storage_precondition(call.request.headers)
+    location = f"{call.request.scheme}://{call.request.host}/{call.bucket}/{call.key}"
+
+    async def assemble() -> bytes:
+        info = await gateway.layer.complete_multipart(
+            call.bucket, call.key, record.upload_id, wanted, finish=finish,
+            precondition=precondition,
+        )  # fmt: skip
+        return xml.complete_upload(location, call.bucket, call.key, info)
+
+    # Assembling a big object can outlast a client's read timeout: kept alive as S3 does.
+    return await gateway.long_xml(call, assemble())
 
 
 async def abort(gateway: S3Gateway, call: Call) -> web.Response:

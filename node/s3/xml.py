@@ -15,7 +15,8 @@ MAX_DELETE_KEYS = 1000
 MAX_COMPLETE_PARTS = 10_000
 
 NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
-_HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
+DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n'
+_HEAD = DECLARATION
 
 
 def iso8601(time_ns: int) -> str:

@@ -105,6 +105,27 @@ def test_wrong_secret_key_is_refused(cluster: LocalCluster) -> None:
     assert "(SignatureDoesNotMatch)" in cli.stderr
 
 
+FAULT_COMMANDS = [
+    ["freeze", "1"], ["thaw", "1"], ["kill", "1"], ["restart", "1"], ["partition", "0", "1"],
+    ["unpartition"], ["nat", "0", "1", "--idle-timeout", "5"], ["delay", "1", "--ms", "50"],
+    ["loop-block", "1", "--seconds", "1"], ["clock-jump", "1", "--seconds", "-3600"],
+    ["corrupt", "b/k", "--drive", "0"], ["wipe-drive", "1", "0"],
+    ["slow-drive", "1", "0", "--ms", "50"], ["list"], ["clear"],
+]
+
+
+@pytest.mark.parametrize("args", FAULT_COMMANDS, ids=lambda args: args[0])
+def test_every_fault_command_is_refused_without_allow_faults(cluster: LocalCluster,
+                                                             args: list[str]) -> None:  # fmt: skip
+    pids = [cluster.pid(node) for node in range(4)]
+    result = cluster.cli("fault", *args)
+    assert result.exit_code == 1
+    assert "not started with --allow-faults" in result.stderr
+    assert "cluster up --allow-faults" in result.stderr  # and what to do instead
+    assert [cluster.pid(node) for node in range(4)] == pids
+    assert all(cluster.ready(node)[0] for node in range(4))  # nothing was frozen or killed
+
+
 def test_admin_api_health_and_metrics(cluster: LocalCluster) -> None:
     url = cluster.urls[0]
     assert get_json(url + "/minigrid/health/live")[0] == 200

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pty
@@ -44,12 +43,12 @@ def total(page: dict[str, float], name: str, **labels: str) -> float:
 
 
 def put(cluster: LocalCluster, key: str, size: int, node: int = 0) -> None:
-    cluster.client(node).put_object("observe", key, io.BytesIO(payload(size)), size)
+    cluster.boto(node).put_object(Bucket="observe", Key=key, Body=payload(size))
 
 
 @pytest.fixture(scope="module")
 def bucket(cluster: LocalCluster) -> Iterator[str]:
-    cluster.client(0).make_bucket("observe")
+    cluster.boto(0).create_bucket(Bucket="observe")
     yield "observe"
 
 
@@ -74,9 +73,8 @@ def test_key_series_exist_and_move_after_traffic(cluster: LocalCluster, bucket: 
 
     for index in range(3):
         put(cluster, f"moving-{index}", 2 * MIB)
-    body = cluster.client(0).get_object(bucket, "moving-0")
+    body = cluster.boto(0).get_object(Bucket=bucket, Key="moving-0")["Body"]
     assert len(body.read()) == 2 * MIB
-    body.close()
 
     def moved() -> dict[str, float] | None:
         after = samples(metrics_text(url))

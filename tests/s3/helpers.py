@@ -57,9 +57,16 @@ class GatewayServer:
     """
 
     def __init__(
-        self, root: str, tls: ssl.SSLContext | None = None, *, faulty: bool = False
+        self,
+        root: str,
+        tls: ssl.SSLContext | None = None,
+        *,
+        faulty: bool = False,
+        gateway_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.root = root
+        self.gateway_options = dict(gateway_options or {})
+        self.gateway: S3Gateway | None = None
         self.faulty = faulty
         self.drives: list[Any] = []
         self.clock_offset = 0.0
@@ -115,9 +122,10 @@ class GatewayServer:
         self.layer, self.drives = await local_layer(self.root, 4, faulty=self.faulty)
         app = web.Application(client_max_size=1024)
         app.router.add_get("/minigrid/health/live", _live)
-        gateway = S3Gateway(
-            self.layer, CREDENTIALS, region=REGION, clock=lambda: time.time() + self.clock_offset
-        )
+        gateway = self.gateway = S3Gateway(
+            self.layer, CREDENTIALS, region=REGION,
+            clock=lambda: time.time() + self.clock_offset, **self.gateway_options,
+        )  # fmt: skip
         gateway.add_routes(app)
         runner = web.AppRunner(app)
         await runner.setup()
