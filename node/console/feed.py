@@ -35,6 +35,9 @@ DRIVES_TIMEOUT = 5.0
 class Snapshots(Protocol):
     """What the feed reads of :class:`~node.observe.ObserveService`."""
 
+    #: The serving node's own key in ``events_since`` (its URL; peers are keyed by host).
+    node: str
+
     async def snapshot(
         self, cluster: bool, events_since: Mapping[str, int] | None = None
     ) -> dict[str, Any]: ...
@@ -129,7 +132,9 @@ class Feed:
         while True:
             started = loop.time()
             try:
-                snapshot = await self.snapshots.snapshot(True, self.picture.events_since())
+                since = self.picture.events_since()
+                since[self.snapshots.node] = since.get(self.me, 0)  # this node, by its URL
+                snapshot = await self.snapshots.snapshot(True, since)
                 self.picture.update(snapshot)
             except Exception:
                 # A bug, not a peer's fault (their answers are checked): say so once, with the

@@ -251,7 +251,9 @@ class Picture:
             cursor.epoch = epoch
             self.missed += int(journal.get("missed", 0) or 0)
             for event in _valid_events(journal.get("events")):
-                cursor.seq = max(cursor.seq, event["seq"])
+                if event["seq"] <= cursor.seq:
+                    continue  # had it already (an answer that overlaps the last one)
+                cursor.seq = event["seq"]
                 batch.append({**event, "node": self.index[host], "host": host})
         batch.sort(key=lambda e: e.get("time", 0.0))
         for event in batch:

@@ -177,3 +177,32 @@ def test_signing_out_ends_the_session(faulty_cluster: LocalCluster) -> None:
                            headers={"X-Console-CSRF": csrf})  # fmt: skip
     assert status == 200
     assert request(url, "GET", PREFIX, cookie=cookie)[0] == 401
+
+
+def test_the_feed_sends_each_event_once_the_serving_nodes_own_included(
+    faulty_cluster: LocalCluster,
+) -> None:
+    cookie, _ = sign_in(faulty_cluster, node=3)
+    parts = urlsplit(faulty_cluster.urls[3])
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=15)
+    seen: list[tuple[int, int]] = []
+    serving: list[str] = []
+    try:
+        conn.request("GET", PREFIX + "/feed", headers={"Cookie": cookie})
+        response = conn.getresponse()
+        frames = 0
+        while frames < 4:  # the first frame holds the backlog; three more ticks after it
+            line = response.readline()
+            assert line, "the feed ended"
+            if not line.startswith(b"data: "):
+                continue
+            frames += 1
+            for event in json.loads(line[6:])["events"]:
+                seen.append((event["node"], event["seq"]))
+                if event["node"] == 3 and "serving" in event["text"]:
+                    serving.append(event["text"])
+    finally:
+        conn.close()
+    assert len(seen) == len(set(seen)), "an event was sent twice"
+    assert len(serving) == 1  # the serving node's own start line, once
+    assert {node for node, _ in seen} == {0, 1, 2, 3}  # every node's journal is read
