@@ -803,7 +803,24 @@ def up(
     if result.cluster.ca:
         click.echo(f"TLS: nodes' certificates are signed by {result.cluster.ca}")
     click.echo(f"logs: {folder / 'logs'}")
+    _echo_console(result.cluster)
     _echo_hints(folder)
+
+
+def _echo_console(loaded: ClusterFile) -> None:
+    """A one-time sign-in link to node 0's live console (see :mod:`cli.console`)."""
+    from cli.console import console_link  # cli.console reaches cli.cluster through cli.admin
+
+    config = loaded.config
+    try:
+        link = console_link(loaded.urls[0], str(config["admin_access_key"]),
+                            str(config["admin_secret_key"]), str(config.get("region", "us-east-1")),
+                            loaded.ca)  # fmt: skip
+    except ValueError as exc:
+        click.echo(f"console: no sign-in link ({exc})")
+        return
+    click.echo(f"console (a one-time sign-in link, good for 15 minutes): {link}")
+    click.echo(f"another link: {command_hint('console', loaded.data_dir)}")
 
 
 def _echo_hints(folder: Path) -> None:

@@ -11,6 +11,7 @@ import click
 
 from .admin import admin
 from .cluster import cluster
+from .console import console
 from .copying import COMMANDS as COPY_COMMANDS
 from .errors import Interrupted, StdoutClosed
 from .fault import fault
@@ -81,6 +82,7 @@ main.add_command(cluster)
 admin.add_command(heal)
 admin.add_command(scanner)
 main.add_command(admin)
+main.add_command(console)
 main.add_command(fault)
 main.add_command(lab)
 for command in (*OBJECT_COMMANDS, *COPY_COMMANDS):

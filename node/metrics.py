@@ -404,6 +404,34 @@ class NodeMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def s3_totals(self) -> dict[str, Any]:
+        """Every S3 request answered so far, summed over APIs (for ``top`` and the console,
+        which turn two readings into rates): requests, server errors (5xx), body bytes each
+        way, and the latency histogram: cumulative counts per bucket bound and in all."""
+        requests = errors = 0.0
+        for sample in _samples(self.s3_requests):
+            if sample.name.endswith("_total"):
+                requests += sample.value
+                errors += sample.value if sample.labels.get("status", "").startswith("5") else 0
+        buckets = dict.fromkeys(LATENCY_BUCKETS, 0.0)
+        observed = 0.0
+        for sample in _samples(self.s3_seconds):
+            bound = sample.labels.get("le", "")
+            if sample.name.endswith("_count"):
+                observed += sample.value
+            elif sample.name.endswith("_bucket") and bound != "+Inf":
+                buckets[float(bound)] = buckets.get(float(bound), 0.0) + sample.value
+        return {
+            "requests": int(requests), "errors": int(errors),
+            "received_bytes": int(sum(s.value for s in _samples(self.s3_received)
+                                      if s.name.endswith("_total"))),
+            "sent_bytes": int(sum(s.value for s in _samples(self.s3_sent)
+                                  if s.name.endswith("_total"))),
+            "latency_le": list(LATENCY_BUCKETS),
+            "latency_counts": [int(buckets[b]) for b in LATENCY_BUCKETS],
+            "latency_total": int(observed),
+        }  # fmt: skip
+
 
 async def _disk_info(drive: LocalDrive) -> DiskInfo | None:
     if not drive.is_online():
@@ -413,6 +441,11 @@ async def _disk_info(drive: LocalDrive) -> DiskInfo | None:
             return await drive.disk_info()
     except (TimeoutError, StorageError):
         return None
+
+
+def _samples(metric: Collector) -> Iterable[Any]:
+    for family in metric.collect():
+        yield from family.samples
 
 
 def _discard(items: list[Any], item: object) -> None:

@@ -15,6 +15,13 @@ Admin endpoints (under ``/minigrid/admin/v1``, admin SigV4), both streaming JSON
 
 So one published endpoint is enough to watch a whole remote cluster. Nothing is recorded while
 nobody watches: the node listens to the grid and the gateway only while a trace is open.
+
+The console (:mod:`node.console`) reads the same snapshots, asking each node with
+``events_since`` for its recent events too (:mod:`node.journal`): a ``NODE_TOP`` call whose
+payload is ``{"events_since": N}`` answers the snapshot plus ``"journal"``, the node's events
+after number N. Each peer's ``process`` identity (pid, start time, boot and PID namespace)
+is remembered from its last answer (:meth:`ObserveService.process_of`), so a node can tell
+whether a peer runs on its own machine even while that peer is frozen.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from aiohttp import web
 from minigrid import CallError, HandlerID, Manager
 from minigrid.streams import ServerStream
 from minigrid.trace import CallRecord
+from node.journal import Journal
 from node.metrics import NodeMetrics, S3Record
 from node.services import Route, Routes
 
@@ -246,6 +254,17 @@ def _take_peer_item(raw: bytes, into: Subscriber) -> int:
     return max(0, dropped)
 
 
+def _events_since(payload: bytes) -> int | None:
+    """The ``events_since`` of a ``NODE_TOP`` payload (None: no events wanted)."""
+    if not payload:
+        return None
+    try:
+        since = json.loads(payload).get("events_since")
+    except (ValueError, AttributeError):
+        return None
+    return since if isinstance(since, int) and since >= 0 else None
+
+
 def _line(value: Mapping[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":"), default=str).encode() + b"\n"
 
@@ -259,11 +278,14 @@ class ObserveService:
 
     name = "observe"
 
-    def __init__(self, node: str, manager: Manager, metrics: NodeMetrics, view: TopView) -> None:
+    def __init__(self, node: str, manager: Manager, metrics: NodeMetrics, view: TopView,
+                 journal: Journal | None = None) -> None:  # fmt: skip
         self.node = node
         self.manager = manager
         self.view = view
+        self.journal = journal
         self.hub = TraceHub(node, manager, metrics)
+        self._processes: dict[str, dict[str, Any]] = {}
         self._stopping = asyncio.Event()
         manager.register_single(HandlerID.NODE_TOP, self._grid_top)
         manager.register_stream(HandlerID.NODE_TRACE, self._grid_trace, out_capacity=8)
@@ -287,13 +309,21 @@ class ObserveService:
 
     # --- top ----------------------------------------------------------------------------------
 
-    async def _grid_top(self, _payload: bytes) -> bytes:
-        return json.dumps(self.view.top(), default=str).encode()
+    def _own_top(self, events_since: int | None) -> dict[str, Any]:
+        top = self.view.top()
+        if events_since is not None and self.journal is not None:
+            top["journal"] = self.journal.since(events_since)
+        return top
 
-    async def _peer_top(self, peer: str) -> dict[str, Any]:
+    async def _grid_top(self, payload: bytes) -> bytes:
+        return json.dumps(self._own_top(_events_since(payload)), default=str).encode()
+
+    async def _peer_top(self, peer: str, events_since: int | None = None) -> dict[str, Any]:
+        payload = b"" if events_since is None else json.dumps(
+            {"events_since": events_since}).encode()  # fmt: skip
         try:
             raw = await self.manager.connection(peer).call(
-                HandlerID.NODE_TOP, timeout=PEER_TOP_TIMEOUT
+                HandlerID.NODE_TOP, payload, timeout=PEER_TOP_TIMEOUT
             )
             answer = json.loads(raw)
         except CallError as exc:
@@ -302,13 +332,33 @@ class ObserveService:
             return {"node": peer, "error": f"bad answer: {exc}"}
         if not isinstance(answer, dict):
             return {"node": peer, "error": "bad answer: not an object"}
+        if isinstance(answer.get("process"), dict):
+            self._processes[peer] = answer["process"]
         return answer
 
-    async def snapshot(self, cluster: bool) -> dict[str, Any]:
-        """This node's figures, and every peer's when ``cluster``."""
-        nodes = [self.view.top()]
+    async def ask_process(self, peer: str) -> dict[str, Any] | None:
+        """Ask ``peer`` for its ``top`` now; the process identity it reports (None: no answer)."""
+        answer = await self._peer_top(peer)
+        process = answer.get("process")
+        return process if "error" not in answer and isinstance(process, dict) else None
+
+    def process_of(self, peer: str) -> dict[str, Any] | None:
+        """The process identity ``peer`` reported in its last ``top`` answer, if any."""
+        return self._processes.get(peer)
+
+    async def snapshot(
+        self, cluster: bool, events_since: Mapping[str, int] | None = None
+    ) -> dict[str, Any]:
+        """This node's figures, and every peer's when ``cluster``. With ``events_since``
+        (host -> event number), each node's answer also carries its journal after that number
+        (a node left out of the mapping: from the start)."""
+        since = None if events_since is None else events_since.get(self.node, 0)
+        nodes = [self._own_top(since)]
         if cluster:
-            nodes += await asyncio.gather(*(self._peer_top(p) for p in self.manager.peers))
+            nodes += await asyncio.gather(*(
+                self._peer_top(p, None if events_since is None else events_since.get(p, 0))
+                for p in self.manager.peers
+            ))  # fmt: skip
         return {"time": time.time(), "nodes": nodes}
 
     async def top_route(self, request: web.Request) -> web.StreamResponse:

@@ -37,13 +37,17 @@ from minigrid import Manager
 from minigrid.tls import TLSConfigError, client_context, server_context
 from node.admin import AdminAuth, AdminService, drive_reports, unknown_admin_route
 from node.config import NodeConfig, planned_formats
+from node.console import ConsoleService
 from node.faults import FaultService
+from node.freeze import FreezeService
 from node.grid import GridService
 from node.healing import HealingService
 from node.http_limits import AcceptErrorLog, ServerLimits
+from node.journal import Journal, JournalHandler
 from node.logs import formatter as log_formatter
 from node.metrics import MetricsView, NodeMetrics
 from node.observe import ObserveService, heal_summary
+from node.procident import ProcessIdentity
 from node.s3.gateway import S3Gateway
 from node.services import ADMIN_PREFIX, Service
 from storage.drive import Drive
@@ -106,7 +110,10 @@ class Node:
     1. :class:`~node.grid.GridService`: the grid, the drive service on it, the peer table;
     2. :class:`~node.healing.HealingService`: MRF, the scanner and drive replacement;
     3. :class:`~node.admin.AdminService`: health checks, ``/metrics``, info, config;
-       :class:`~node.faults.FaultService`: fault injection (refused without ``--allow-faults``);
+       :class:`~node.observe.ObserveService`: ``admin top`` and ``admin trace``;
+       :class:`~node.freeze.FreezeService` and :class:`~node.faults.FaultService`: fault
+       injection (refused without ``--allow-faults``);
+       :class:`~node.console.ConsoleService`: the live web console at ``/minigrid/console``;
     4. :class:`~node.s3.gateway.S3Gateway`: the S3 API (its catch-all routes are served last).
     """
 
@@ -115,6 +122,8 @@ class Node:
         self.layout = config.layout
         self.formats: list[FormatInfo] = planned_formats(self.layout)
         self.metrics = NodeMetrics()
+        self.journal = Journal()
+        self.identity = ProcessIdentity.current()
         self.started_monotonic = time.monotonic()
         self.local_drives: dict[str, LocalDrive] = {}
         self.drives: list[Drive] = []
@@ -124,6 +133,7 @@ class Node:
         self.gateway: S3Gateway | None = None
         self.healing: HealingService | None = None
         self.observe: ObserveService | None = None
+        self.console: ConsoleService | None = None
         self.http_limits = ServerLimits(config.max_connections, config.header_timeout)
         self._stack = contextlib.AsyncExitStack()
         self._runner: web.AppRunner | None = None
@@ -149,6 +159,7 @@ class Node:
         config = self.config
         server_tls, client_tls = tls_contexts(config)
         sock = listen_socket(config)
+        self._keep_journal()
         try:
             await self._open_local_drives()
             self.grid = GridService(config, self.local_drives, client_tls)
@@ -162,10 +173,16 @@ class Node:
             self.healing = self._healing(self.layer, self.grid.peers, self.gateway)
             await self._run(self.healing)
             await self._run(AdminService(self, self.gateway.handle))
-            self.observe = ObserveService(config.me.url, self.grid.manager, self.metrics, self)
+            self.observe = ObserveService(config.me.url, self.grid.manager, self.metrics, self,
+                                          self.journal)  # fmt: skip
             await self._run(self.observe)
+            await self._run(FreezeService(config.allow_faults, self.grid.manager.peers,
+                                          self.observe.ask_process,
+                                          self.observe.process_of))  # fmt: skip
             await self._run(FaultService(config.allow_faults, self.grid.manager,
                                          self.local_drives))  # fmt: skip
+            self.console = self._console(self.observe, self.grid.manager, client_tls)
+            await self._run(self.console)
             await self._run(self.gateway)
             self._follow_metrics(self.grid.manager, self.gateway, self.healing)
             self.grid.manager.state_listeners.append(lambda *_: self._log_readiness())
@@ -194,6 +211,20 @@ class Node:
         )  # fmt: skip
         self.metrics.follow(view)
         self._stack.callback(self.metrics.close)
+
+    def _console(self, observe: ObserveService, manager: Manager,
+                 client_tls: ssl.SSLContext | None) -> ConsoleService:  # fmt: skip
+        faults = any(service.name == "faults" for service in self.services)
+        return ConsoleService(self.config, observe, self.drive_states,
+                              lambda: manager.instance_id, client_tls,
+                              faults_built=faults)  # fmt: skip
+
+    def _keep_journal(self) -> None:
+        """Keep this node's recent log events for the console (:mod:`node.journal`)."""
+        handler = JournalHandler(self.journal)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        self._stack.callback(root.removeHandler, handler)
 
     async def _run(self, service: Service) -> None:
         """Start a service; it is closed (in reverse order) by :meth:`close`."""
@@ -227,11 +258,13 @@ class Node:
     async def _serve(self, sock: socket.socket, server_tls: ssl.SSLContext | None) -> None:
         """Serve every service's routes on the node's one port, behind the HTTP limits."""
         app = web.Application(middlewares=[self.metrics.middleware])
-        observe = self.observe
+        observe, console = self.observe, self.console
         if observe is not None:
 
             async def end_live_views(_app: web.Application) -> None:
                 observe.stop_streams()  # else a reader of top or trace holds the shutdown up
+                if console is not None:
+                    console.stop_streams()  # and so would an open console page
 
             app.on_shutdown.append(end_live_views)
         admin = AdminAuth(self.config)
@@ -368,13 +401,19 @@ class Node:
             "grid_instance": self.manager.instance_id if self.manager is not None else "",
         }
 
-    async def info(self) -> dict[str, Any]:
-        """This node, every drive of the cluster as it sees them, and each service's report."""
+    async def drive_states(self) -> list[dict[str, Any]]:
+        """Every drive of the cluster as this node sees it (see :func:`drive_report`), with
+        its position, owner node and erasure set."""
         owners = [owner for owner, _ in self.layout.drives]
         drives = await drive_reports(self.drives, self.formats, owners)
         set_of = {p: i for i, positions in enumerate(self.layout.sets()) for p in positions}
         for drive in drives:
             drive["set"] = set_of[drive["position"]]
+        return drives
+
+    async def info(self) -> dict[str, Any]:
+        """This node, every drive of the cluster as it sees them, and each service's report."""
+        drives = await self.drive_states()
         report: dict[str, Any] = {
             "node": self.summary(),
             "nodes": [spec.to_dict() for spec in self.config.nodes],
@@ -416,11 +455,13 @@ class Node:
             "host": config.host,
             "index": config.node,
             "pid": os.getpid(),
+            "process": self.identity.to_dict() if self.identity is not None else None,
             "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
             "loop_lag_s": manager.monitor.worst_lag(),
             "loop_busy_s": round(manager.monitor.worst_busy(), 4),
             "loop_stall_s": manager.monitor.longest_stall(),
             "s3_inflight": self.gateway.inflight if self.gateway is not None else 0,
+            "s3": self.metrics.s3_totals(),
             "grid_calls_out": sum(s.inflight_calls for s in stats.values()),
             "grid_calls_in": sum(s.inflight_handlers for s in stats.values()),
             "grid_streams": sum(s.inflight_streams for s in stats.values()),

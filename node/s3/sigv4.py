@@ -210,6 +210,46 @@ def signatures_equal(expected: str, given: str) -> bool:
     return hmac.compare_digest(expected.encode(), given.encode())
 
 
+def sign_request(
+    method: str, host: str, raw_path: str, query: Mapping[str, str], access_key: str,
+    secret_key: str, region: str, now: dt.datetime, payload_hash: str = EMPTY_SHA256,
+) -> dict[str, str]:
+    """The headers that sign a request with SigV4 (``Authorization``, ``x-amz-date``,
+    ``x-amz-content-sha256``; ``host`` is signed and must be sent as given)."""
+    amz_date = now.strftime(AMZ_DATE_FORMAT)
+    scope = Scope(now.strftime("%Y%m%d"), region, "s3")
+    headers = {"host": host, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
+    signed = sorted(headers)
+    canonical = canonical_request(method, raw_path, list(query.items()),
+                                  {k: [v] for k, v in headers.items()}, signed, payload_hash)
+    signature = sign(signing_key(secret_key, scope), string_to_sign(amz_date, scope, canonical))
+    return {
+        "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date,
+        "Authorization": f"{ALGORITHM} Credential={access_key}/{scope}, "
+                         f"SignedHeaders={';'.join(signed)}, Signature={signature}",
+    }  # fmt: skip
+
+
+def presign_query(
+    method: str, host: str, raw_path: str, query: Mapping[str, str], access_key: str,
+    secret_key: str, region: str, now: dt.datetime, expires: int,
+) -> dict[str, str]:
+    """``query`` plus the ``X-Amz-*`` parameters of a presigned URL valid ``expires`` seconds
+    (only ``host`` signed, the payload unsigned)."""
+    amz_date = now.strftime(AMZ_DATE_FORMAT)
+    scope = Scope(now.strftime("%Y%m%d"), region, "s3")
+    params = {
+        **query, "X-Amz-Algorithm": ALGORITHM, "X-Amz-Credential": f"{access_key}/{scope}",
+        "X-Amz-Date": amz_date, "X-Amz-Expires": str(expires), "X-Amz-SignedHeaders": "host",
+    }  # fmt: skip
+    canonical = canonical_request(method, raw_path, list(params.items()), {"host": [host]},
+                                  ["host"], UNSIGNED_PAYLOAD)  # fmt: skip
+    params["X-Amz-Signature"] = sign(
+        signing_key(secret_key, scope), string_to_sign(amz_date, scope, canonical)
+    )
+    return params
+
+
 def is_sha256_hex(value: str) -> bool:
     return bool(_HEX64.match(value))
 

@@ -147,9 +147,12 @@ async def test_one_node_in_process_with_faults_allowed(tmp_path: Path) -> None:
         host, port = node.addresses[0][:2]
         url = f"http://{host}:{port}"
         admin = SignedClient(url, "adm", "adm-secret")
-        with pytest.raises(S3ClientError) as unknown:  # freezing is the CLI's (SIGSTOP)
-            await asyncio.to_thread(admin.call, "POST", "/minigrid/admin/v1/fault/freeze")
+        with pytest.raises(S3ClientError) as unknown:
+            await asyncio.to_thread(admin.call, "POST", "/minigrid/admin/v1/fault/no-such")
         assert unknown.value.status == 404 and unknown.value.code == "NoSuchFault"
+        with pytest.raises(S3ClientError) as alone:  # a node freezes peers, never itself
+            await asyncio.to_thread(admin.call, "POST", "/minigrid/admin/v1/fault/freeze")
+        assert alone.value.status == 400 and "no peers" in alone.value.message
         before = time.time()
         jumped = json.loads(await asyncio.to_thread(
             admin.call, "POST", "/minigrid/admin/v1/fault/clock-jump", {"seconds": "-3600"}))
