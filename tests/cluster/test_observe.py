@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -42,8 +43,10 @@ def total(page: dict[str, float], name: str, **labels: str) -> float:
     )
 
 
-def put(cluster: LocalCluster, key: str, size: int, node: int = 0) -> None:
-    cluster.boto(node).put_object(Bucket="observe", Key=key, Body=payload(size))
+def put(cluster: LocalCluster, key: str, size: int, node: int = 0, s3: Any = None) -> None:
+    """Put through ``s3`` (made before a traffic thread starts: making a boto3 client reads
+    os.environ, which the CLI runner changes while it runs), else a new client."""
+    (s3 or cluster.boto(node)).put_object(Bucket="observe", Key=key, Body=payload(size))
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +123,12 @@ def test_top_shows_every_node_and_link(cluster: LocalCluster) -> None:
 def _trace(cluster: LocalCluster, *args: str) -> list[dict[str, object]]:
     """``admin trace --json ARGS`` while another thread puts objects through node 1."""
     stop = threading.Event()
+    s3 = cluster.boto(1)
 
     def traffic() -> None:
         index = 0
         while not stop.is_set():
-            put(cluster, f"traced-{index}", 300_000, node=1)
+            put(cluster, f"traced-{index}", 300_000, s3=s3)
             index += 1
 
     writer = threading.Thread(target=traffic, daemon=True)
@@ -170,14 +174,15 @@ def test_trace_streams_grid_calls_and_s3_requests_from_every_node(
     assert len(slow) == 5 and all(e["duration"] >= 0.001 for e in slow)
 
 
-def test_trace_text_lines_and_bad_filters(cluster: LocalCluster) -> None:
+def test_trace_text_lines_and_bad_filters(cluster: LocalCluster, bucket: str) -> None:
     bad = cluster.cli("admin", "trace", "--min-duration", "soon", "--count", "1")
     assert bad.exit_code != 0 and "not a duration" in bad.output
     stop = threading.Event()
+    s3 = cluster.boto(0)
 
     def traffic() -> None:
         while not stop.is_set():
-            put(cluster, "text-line", 1000, node=0)
+            put(cluster, "text-line", 1000, s3=s3)
 
     writer = threading.Thread(target=traffic, daemon=True)
     writer.start()
