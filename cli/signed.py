@@ -150,6 +150,8 @@ class SignedClient:
         response = self.request(method, raw_path, query, expect=expect)
         try:
             return response.read()
+        except (OSError, http.client.HTTPException) as exc:  # cut short: the node went away
+            raise connect_error(self.endpoint, exc) from exc
         finally:
             response.close()
 
@@ -207,6 +209,8 @@ def connect_error(endpoint: str, exc: BaseException) -> S3ClientError:
         why = "timed out"
     elif isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError):
         why = "the connection was dropped"
+    elif isinstance(exc, http.client.IncompleteRead):
+        why = "the answer was cut short (the connection closed mid-answer)"
     else:
         why = str(exc) or type(exc).__name__
     return S3ClientError("Unreachable", f"cannot reach {endpoint}: {why}")
