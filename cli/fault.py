@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from minigrid.manager import should_dial
 from node.config import drive_order, parse_nodes
 
 FAULTS_FILE = "faults.json"
+SIGNAL_SETTLE_S = 5.0
 
 
 def _fail(message: str) -> None:
@@ -98,6 +100,18 @@ class Faults:
         entry = self.cluster.process(self.node(node))
         if not entry.signal(signum):
             raise ClusterError(f"node {node} is not running")
+        # A signal is delivered asynchronously: wait (briefly) until the kernel shows its effect,
+        # so that "freeze" returns with the node stopped and "thaw" with it running again.
+        wanted = {signal.SIGSTOP: "frozen", signal.SIGCONT: "running"}.get(signum)
+        if wanted is not None:
+            deadline = time.monotonic() + SIGNAL_SETTLE_S
+            while process_state(self.cluster, node) not in (wanted, "down"):
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"node {node} (pid {entry.pid}) got {signum.name} but is still not "
+                        f"{wanted} after {SIGNAL_SETTLE_S:.0f} s"
+                    )
+                time.sleep(0.005)
         return f"node {node} (pid {entry.pid}): {signum.name}"
 
     def restart(self, node: int) -> str:
