@@ -48,6 +48,8 @@ class ReadEvent:
     endpoint: str
     block: int
     spare: str = ""
+    #: For ``late``: the seconds the stream was allowed (its drive's deadline).
+    allowed: float = 0.0
 
 
 @dataclass
@@ -89,7 +91,7 @@ class _Stream:
     #: it; None while it waits for credit (then it owes nothing).
     next_block: int = 0
     asked_at: float | None = None
-    #: A spare was started in its place (it gets no second one).
+    #: A spare was started in its place for the chunk it waits for (no second one for it).
     late: bool = False
 
 
@@ -189,6 +191,7 @@ class ShardFetcher:
                     except StopAsyncIteration:
                         return
                     stream.asked_at = None
+                    stream.late = False  # it delivers again: it may be hedged again later
                     elapsed = loop.time() - asked
                     kind = FIRST_CHUNK if block == stream.start_block else NEXT_CHUNK
                     self._latency.observe(endpoint, kind, elapsed)
@@ -226,12 +229,16 @@ class ShardFetcher:
 
     # --- deadlines --------------------------------------------------------------------------
 
+    def _allowed(self, stream: _Stream) -> float:
+        """How long ``stream`` may take for the chunk it waits for: its drive's deadline."""
+        kind = FIRST_CHUNK if stream.next_block == stream.start_block else NEXT_CHUNK
+        return self._latency.deadline(stream.source.drive.endpoint, kind)
+
     def _deadline(self, stream: _Stream) -> float | None:
         """When (loop time) ``stream`` becomes late for the chunk it is waiting for."""
         if stream.asked_at is None or stream.late:
             return None
-        kind = FIRST_CHUNK if stream.next_block == stream.start_block else NEXT_CHUNK
-        return stream.asked_at + self._latency.deadline(stream.source.drive.endpoint, kind)
+        return stream.asked_at + self._allowed(stream)
 
     def _owing(self, block: int, got: dict[int, tuple[_Stream, bytes]]) -> list[_Stream]:
         """The active streams still waiting for a chunk of ``block`` (or an earlier one)."""
@@ -260,9 +267,10 @@ class ShardFetcher:
             spare = self._start_spare(block)
             if spare is not None:
                 self._stats.hedges += 1
-            self._stats.events.append(
-                ReadEvent("late", endpoint, block, spare.drive.endpoint if spare else "")
-            )
+            self._stats.events.append(ReadEvent(
+                "late", endpoint, block, spare.drive.endpoint if spare else "",
+                self._allowed(stream),
+            ))  # fmt: skip
 
     # --- blocks -----------------------------------------------------------------------------
 
