@@ -303,7 +303,7 @@ class ShardFetcher:
                 got[stream.source.index] = (stream, item)
             else:  # a block already assembled, or a duplicate
                 stream.credits.release()
-        self._retire_stragglers(got, block)
+        self._retire_stragglers(block)
         shards = {index: chunk for index, (_, chunk) in got.items()}
         for stream, _ in got.values():
             stream.credits.release()
@@ -329,16 +329,21 @@ class ShardFetcher:
                 f"{self._erasure.data} shards readable ({error})"
             ) from error
 
-    def _retire_stragglers(self, got: dict[int, tuple[_Stream, bytes]], block: int) -> None:
-        """After a hedge, cancel the streams that missed this block (late ones first); keep
-        them as last-resort spares. The alternates that won go on to the end of the object."""
+    def _retire_stragglers(self, block: int) -> None:
+        """After a hedge, keep the ``k`` best streams and cancel the rest, keeping their drives
+        as last-resort spares. Best: not late, not still owing this block, lowest shard index.
+        So a stalled stream is replaced for the rest of the object, while a stream that was
+        merely slow and has caught up is kept over the parity alternate that beat it (reading
+        data shards needs no decoding)."""
         if len(self._active) <= self._erasure.data:
             return
-        winners = {stream for stream, _ in got.values()}
-        losers = sorted((s for s in self._active if s not in winners), key=lambda s: not s.late)
-        for stream in losers:
-            if len(self._active) <= self._erasure.data:
-                break
+
+        def rank(stream: _Stream) -> tuple[bool, bool, int]:
+            owing = stream.asked_at is not None and stream.next_block <= block
+            return stream.late, owing, stream.source.index
+
+        ranked = sorted(self._active, key=rank)
+        for stream in ranked[self._erasure.data :]:
             self._drop(stream)
             self._spares.append(stream.source)
             self._stats.retired += 1
