@@ -5,9 +5,11 @@ Starts a real cluster of 4 node processes x 2 drives (4 data + 4 parity) on 127.
 one object (128 MiB by default) through node 0's S3 API, and times whole GETs through node 0:
 
 - ``healthy``: every node running;
-- ``frozen_mid``: the node holding the most of the object's data shards (never node 0, which
-  serves the GET) is SIGSTOPped once ``--freeze-at`` of the body (25 % by default) has
-  arrived, and thawed once the GET has ended;
+- ``frozen_mid``: the node other than node 0 (which serves the GET) holding the most of the
+  object's data shards is SIGSTOPped once ``--freeze-at`` of the body (25 % by default) has
+  arrived, and thawed once the GET has ended. The key is chosen for the worst case; with the
+  drive-major order of a 4 x 2 set every node holds one data and one parity shard of every
+  object, so the frozen node takes one data stream and one spare;
 - ``frozen_before``: the same node is SIGSTOPped (and seen stopped by the kernel) before the
   GET starts.
 
@@ -44,7 +46,7 @@ MIB = 1 << 20
 CHUNK = 1 << 20
 TARGET = 1.2
 BUCKET = "hedge"
-KEY = "object"
+PROBE = "probe"
 
 
 def _pieces(size: int) -> Iterator[bytes]:
@@ -128,29 +130,34 @@ class Bench:
 
     # --- the object ---------------------------------------------------------------------------
 
-    def put(self, size: int) -> None:
-        self.client.call("PUT", self.path(BUCKET))
-        self.client.request("PUT", self.path(BUCKET, KEY), body=_pieces(size),
+    def put(self, key: str, size: int) -> None:
+        self.client.request("PUT", self.path(BUCKET, key), body=_pieces(size),
                             length=size).close()  # fmt: skip
 
-    def data_shards_by_node(self) -> dict[int, int]:
-        """How many of the object's data shards (index < 4) each node's drives hold."""
+    def drive_nodes(self) -> list[int]:
+        """The node of each drive position in the set, learnt from a small probe object: the
+        drive holding shard ``i`` of a key is at position ``(i + start) % 8``."""
         from storage.meta import decode_meta
         from storage.names import object_location
+        from storage.placement import shard_distribution
 
-        rel_dir, meta_name = object_location(KEY)
-        counts: dict[int, int] = {}
+        self.client.call("PUT", self.path(BUCKET))
+        self.put(PROBE, 1024)
+        start = -shard_distribution(BUCKET, PROBE, 8)[0] % 8
+        rel_dir, meta_name = object_location(PROBE)
+        nodes = [-1] * 8
         for node, entry in enumerate(self.cluster.config["nodes"]):
             for drive in entry["drives"]:
                 path = Path(drive) / BUCKET / rel_dir / meta_name
-                meta = decode_meta(path.read_bytes(), str(path))
-                counts[node] = counts.get(node, 0) + int(meta.erasure.index < meta.erasure.data)
-        return counts
+                index = decode_meta(path.read_bytes(), str(path)).erasure.index
+                nodes[(index + start) % 8] = node
+        return nodes
 
-    def get(self, size: int, on_progress: Callable[[int], None] | None = None) -> float:
+    def get(self, key: str, size: int,
+            on_progress: Callable[[int], None] | None = None) -> float:  # fmt: skip
         """One whole GET through node 0, in seconds; ``on_progress(received)`` per piece."""
         started = time.perf_counter()
-        response = self.client.request("GET", self.path(BUCKET, KEY))
+        response = self.client.request("GET", self.path(BUCKET, key))
         received = 0
         while piece := response.read1(CHUNK):
             received += len(piece)
@@ -167,7 +174,27 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {name: after[name] - before.get(name, 0) for name in after}
 
 
-def _frozen_get(bench: Bench, victim: int, size: int, at: float | None) -> tuple[float, bool]:
+def _choose_key(nodes: list[int]) -> tuple[str, int, int]:
+    """A key whose data shards put the most on one node other than node 0, that node, and
+    how many (the worst case for a frozen node: the most data streams lost at once)."""
+    from storage.placement import shard_distribution
+
+    best = ("", 0, -1)
+    for attempt in range(64):
+        key = f"object-{attempt}"
+        counts: dict[int, int] = {}
+        for position, index in enumerate(shard_distribution(BUCKET, key, 8)):
+            if index < 4 and nodes[position] != 0:
+                counts[nodes[position]] = counts.get(nodes[position], 0) + 1
+        node, count = max(counts.items(), key=lambda item: (item[1], -item[0]))
+        if count > best[2]:
+            best = (key, node, count)
+    return best
+
+
+def _frozen_get(
+    bench: Bench, key: str, victim: int, size: int, at: float | None
+) -> tuple[float, bool]:
     """A GET with ``victim`` frozen at fraction ``at`` of the body (None: before it starts).
     Returns the time and whether node 0 had dropped its link to the victim by the end."""
     frozen = False
@@ -183,7 +210,7 @@ def _frozen_get(bench: Bench, victim: int, size: int, at: float | None) -> tuple
         _wait(lambda: bench.stopped(victim), 10, "the kernel to show the node stopped")
         frozen = True
     try:
-        seconds = bench.get(size, progress)
+        seconds = bench.get(key, size, progress)
         detected = bench.link_state(victim) != "connected"
     finally:
         if frozen:
@@ -203,19 +230,18 @@ def run(size_mib: int, rounds: int, freeze_at: float, profile: str) -> dict[str,
         bench = Bench(Path(tmp) / "cluster", profile)
         try:
             _wait(bench.all_online, 60, "every node to see every drive online")
-            bench.put(size)
-            shards = bench.data_shards_by_node()
-            victim = max((n for n in shards if n != 0), key=lambda n: (shards[n], -n))
-            bench.get(size)  # warm up: every drive's latency window gets its first samples
+            key, victim, data_shards = _choose_key(bench.drive_nodes())
+            bench.put(key, size)
+            bench.get(key, size)  # warm up: every drive's latency window gets its first samples
             for round_index in range(rounds):
                 shift = round_index % len(modes)
                 for mode in modes[shift:] + modes[:shift]:
                     before = bench.reads()
                     if mode == "healthy":
-                        seconds, lost = bench.get(size), False
+                        seconds, lost = bench.get(key, size), False
                     else:
                         at = freeze_at if mode == "frozen_mid" else None
-                        seconds, lost = _frozen_get(bench, victim, size, at)
+                        seconds, lost = _frozen_get(bench, key, victim, size, at)
                     times[mode].append(seconds)
                     detected[mode] += int(lost)
                     for name, value in _delta(bench.reads(), before).items():
@@ -237,7 +263,7 @@ def run(size_mib: int, rounds: int, freeze_at: float, profile: str) -> dict[str,
         "rounds": rounds,
         "cpus": os.cpu_count(),
         "frozen_node": victim,
-        "frozen_node_data_shards": shards[victim],
+        "frozen_node_data_shards": data_shards,
         "freeze_at_fraction": freeze_at,
         "healthy_median_s": round(medians["healthy"], 3),
         "frozen_mid_median_s": round(medians["frozen_mid"], 3),

@@ -63,13 +63,16 @@ class ReadStats:
     #: Streams cancelled after they fell behind a block (a late or losing stream).
     retired: int = 0
     decodes: int = 0
+    #: The deadlines the late streams were given, summed (ms): what hedging cost in waiting.
+    late_wait_ms: int = 0
     #: The latest hedging decisions, newest last.
     events: deque[ReadEvent] = field(default_factory=lambda: deque(maxlen=64))
 
     def counters(self) -> dict[str, int]:
         """The counters as a dict (for the admin API and benchmarks)."""
         return {"hedges": self.hedges, "replacements": self.replacements,
-                "retired": self.retired, "decodes": self.decodes}  # fmt: skip
+                "retired": self.retired, "decodes": self.decodes,
+                "late_wait_ms": self.late_wait_ms}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -267,9 +270,10 @@ class ShardFetcher:
             spare = self._start_spare(block)
             if spare is not None:
                 self._stats.hedges += 1
+            allowed = self._allowed(stream)
+            self._stats.late_wait_ms += round(1000 * allowed)
             self._stats.events.append(ReadEvent(
-                "late", endpoint, block, spare.drive.endpoint if spare else "",
-                self._allowed(stream),
+                "late", endpoint, block, spare.drive.endpoint if spare else "", allowed
             ))  # fmt: skip
 
     # --- blocks -----------------------------------------------------------------------------
