@@ -13,6 +13,7 @@ from test_faults import Set, positions_by_shard
 from storage.erasure_set import METADATA
 from storage.latency import DriveLatency
 from storage.reader import FIRST_CHUNK, NEXT_CHUNK
+from tests.conftest import eventually
 
 # --- the estimator ------------------------------------------------------------------------
 
@@ -140,3 +141,30 @@ async def test_metadata_straggler_is_cut_and_its_node_avoided(faulty_set: Set) -
     # shard of another node was preferred (and the blocks decoded).
     assert sibling.calls["read_shard"] == 0
     assert layer.stats.decodes > 0
+
+
+@pytest.mark.asyncio
+async def test_a_late_stream_that_catches_up_is_kept_over_its_spare(faulty_set: Set) -> None:
+    layer, drives = faulty_set
+    data = payload(4 * MIB, seed=43)
+    await layer.put_object("bkt", "obj", data)
+    order = await positions_by_shard(layer, drives, "obj")
+    slow = drives[order[2]]  # data shard 2
+    slow_gate, parity_gate = asyncio.Event(), asyncio.Event()
+    slow.read_gate_after, slow.read_gate = 1, slow_gate
+    for position in order[4:]:  # every spare is slower still: the hedge cannot win
+        drives[position].read_gate = parity_gate
+    try:
+        async with asyncio.timeout(60):
+            reading = asyncio.create_task(read_all(layer, "bkt", "obj"))
+            await eventually(lambda: layer.stats.hedges >= 1, 30, "the late stream's hedge")
+            slow_gate.set()  # the data shard catches up before the spare delivers anything
+            assert await reading == data
+    finally:
+        slow_gate.set()
+        parity_gate.set()
+    late = next(e for e in layer.stats.events if e.kind == "late")
+    assert (late.endpoint, late.block) == (slow.endpoint, 1)
+    retired = [e.endpoint for e in layer.stats.events if e.kind == "retired"]
+    assert late.spare in retired and slow.endpoint not in retired
+    assert layer.stats.decodes == 0  # every block came from the four data shards
