@@ -13,6 +13,7 @@ This is the public surface the object layer, the healer and the scanner share:
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -93,13 +94,15 @@ class ErasureSet:
         *,
         patience: float | None = None,
         timed: str | None = None,
+        settled: Callable[[list[T | StorageError], int], bool] | None = None,
     ) -> Results[T]:
         """:meth:`fan_out`, for a call that needs the drive's position in the set.
 
         ``timed`` names the kind of call in :attr:`latency`: each drive's answer time is
-        recorded under it, and (without ``patience``) a drive silent after the quorum is
-        waited for only until its own deadline for that kind, at most :meth:`straggler_wait`
-        after the quorum; a drive cut off is marked late."""
+        recorded under it, and (without ``patience``) once ``settled(answers, silent)`` says
+        the silent drives can no longer change the outcome, a drive silent after the quorum
+        is waited for only until its own deadline for that kind (at most
+        :meth:`straggler_wait` after the quorum); a drive cut off is marked late."""
         loop = asyncio.get_running_loop()
         missing = object()  # "no answer yet" (None is a valid answer)
         results: list[Any] = [missing] * len(self.drives)
@@ -121,8 +124,13 @@ class ErasureSet:
         cutoffs: list[float] | None = None
         if timed is not None and patience is None:
             cutoffs = [started + self.latency.deadline(d.endpoint, timed) for d in self.drives]
+
+        def early() -> bool:
+            answers = [r for r in results if r is not missing]
+            return settled is None or settled(answers, len(results) - len(answers))
+
         try:
-            await self._wait_quorum_then_stragglers(tasks, wait, cutoffs)
+            await self._wait_quorum_then_stragglers(tasks, wait, cutoffs, early)
         finally:
             for task in tasks:
                 task.cancel()
@@ -158,10 +166,11 @@ class ErasureSet:
         tasks: Sequence[asyncio.Task[None]],
         wait: float,
         cutoffs: Sequence[float] | None = None,
+        settled: Callable[[], bool] | None = None,
     ) -> None:
         """Wait for a write quorum of ``tasks``, then for the rest until ``wait`` after the
-        quorum, or (with ``cutoffs``, one loop time per task) until the latest cut-off of the
-        tasks still pending, if that comes sooner."""
+        quorum, or (with ``cutoffs``, one loop time per task, once ``settled()``) until the
+        latest cut-off of the tasks still pending, if that comes sooner."""
         loop = asyncio.get_running_loop()
         pending = set(tasks)
         quorum_at: float | None = None
@@ -169,7 +178,7 @@ class ErasureSet:
             timeout = None
             if quorum_at is not None:
                 until = quorum_at + wait
-                if cutoffs is not None:
+                if cutoffs is not None and (settled is None or settled()):
                     latest = max(cutoffs[i] for i, task in enumerate(tasks) if task in pending)
                     until = min(until, latest)
                 timeout = max(0.0, until - loop.time())
@@ -189,7 +198,23 @@ class ErasureSet:
             lambda position: self.drives[position].read_metadata(bucket, key),
             patience=patience,
             timed=METADATA,
+            settled=self.metadata_settled,
         )
+
+    def metadata_settled(self, answers: Sequence[ObjectMeta | StorageError], silent: int) -> bool:
+        """Whether the ``silent`` drives could no longer change the version a read picks: a
+        version already has a read quorum, and no newer one (seen, or unseen) could reach one
+        with the silent drives' copies. Until then stragglers get the full straggler wait, so
+        cutting slow drives early never hides a version that a write quorum committed."""
+        quorum = self.read_quorum
+        if silent >= quorum:
+            return False
+        counts = Counter(a.version_key() for a in answers if isinstance(a, ObjectMeta))
+        agreed = [version for version, count in counts.items() if count >= quorum]
+        if not agreed:
+            return False
+        best = max(agreed)
+        return all(count + silent < quorum for version, count in counts.items() if version > best)
 
     def pick_metadata(
         self, bucket: str, key: str, copies: Sequence[ObjectMeta | StorageError]

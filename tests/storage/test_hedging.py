@@ -168,3 +168,21 @@ async def test_a_late_stream_that_catches_up_is_kept_over_its_spare(faulty_set: 
     retired = [e.endpoint for e in layer.stats.events if e.kind == "retired"]
     assert late.spare in retired and slow.endpoint not in retired
     assert layer.stats.decodes == 0  # every block came from the four data shards
+
+
+@pytest.mark.asyncio
+async def test_stragglers_are_cut_early_only_when_they_cannot_change_the_version(
+    faulty_set: Set,
+) -> None:
+    layer, drives = faulty_set
+    await layer.put_object("bkt", "obj", payload(MIB, seed=44))
+    old = await drives[0].read_metadata("bkt", "obj")
+    await layer.put_object("bkt", "obj", payload(MIB, seed=45))
+    new = await drives[0].read_metadata("bkt", "obj")
+    assert new.version_key() > old.version_key()
+    settled = layer.sets[0].metadata_settled
+    assert settled([new] * 6, 2)
+    assert settled([old] * 4 + [new], 2)  # 1 + 2 silent copies cannot make a quorum of 4
+    assert not settled([old] * 4 + [new] * 2, 2)  # ... but 2 + 2 could: wait for them
+    assert not settled([old] * 3 + [new] * 3, 2)  # no version agreed yet
+    assert not settled([new] * 4, 4)  # four silent drives could hold a newer version
