@@ -224,6 +224,7 @@ def run(size_mib: int, rounds: int, freeze_at: float, profile: str) -> dict[str,
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     counters: dict[str, dict[str, int]] = {mode: {} for mode in modes}
     detected = {mode: 0 for mode in modes}
+    per_get: dict[str, list[list[int]]] = {mode: [] for mode in modes}
     from cli.cluster import stop_nodes
 
     with tempfile.TemporaryDirectory(prefix="hedged-get-") as tmp:
@@ -244,8 +245,10 @@ def run(size_mib: int, rounds: int, freeze_at: float, profile: str) -> dict[str,
                         seconds, lost = _frozen_get(bench, key, victim, size, at)
                     times[mode].append(seconds)
                     detected[mode] += int(lost)
-                    for name, value in _delta(bench.reads(), before).items():
+                    delta = _delta(bench.reads(), before)
+                    for name, value in delta.items():
                         counters[mode][name] = counters[mode].get(name, 0) + value
+                    per_get[mode].append([delta.get("hedges", 0), delta.get("replacements", 0)])
         finally:
             for node in range(4):
                 bench.cluster.process(node).signal(signal.SIGCONT)
@@ -274,6 +277,7 @@ def run(size_mib: int, rounds: int, freeze_at: float, profile: str) -> dict[str,
         "meets_target": ratio < TARGET,
         "rounds_s": {mode: [round(t, 3) for t in values] for mode, values in times.items()},
         "reads": counters,
+        "rounds_hedges_replacements": per_get,
         "detected_during_get": {mode: detected[mode] for mode in modes[1:]},
     }
 
