@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import BotoCoreError, ClientError
 
 from cli.cluster import pid_alive
 from heal.drives import TRACKER
@@ -273,7 +274,20 @@ def test_the_unsafe_mode_starves_pings_as_minio_does(tmp_path: Path) -> None:
         s3 = cluster.boto()
         s3.create_bucket(Bucket="bkt")
         for n in range(2):
-            s3.put_object(Bucket="bkt", Key=f"big/{n}", Body=os.urandom(250 * MIB))
+            body = os.urandom(250 * MIB)
+
+            def stored(key: str = f"big/{n}", body: bytes = body) -> bool:
+                # With a 0.5 s silence window, a loaded machine can stall a shard stream long
+                # enough for a peer to drop it mid-PUT (503): the write is not the subject
+                # here, so it is tried again; the heal below is what must starve the pings.
+                try:
+                    s3.put_object(Bucket="bkt", Key=key, Body=body)
+                except (ClientError, BotoCoreError) as exc:
+                    print(f"PUT {key} failed, tried again: {exc}")
+                    return False
+                return True
+
+            wait_for(stored, 240, f"big/{n} to be stored", interval=1)
         wiped = drive(cluster, 1, 0)
         logs = cluster.root / "logs"
         healer_log = (logs / "node1.log").read_text()
