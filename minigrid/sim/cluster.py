@@ -288,9 +288,7 @@ class Simulation:
         """A fault touching the pair near ``when`` can explain a session ending."""
         config = self.config
         delay = self.network.peak_delay(when - 2 * config.dead_after)
-        reach = (
-            config.dead_after + config.backoff_cap + config.handshake_timeout + 2 * delay + 1.0
-        )
+        reach = config.dead_after + config.backoff_cap + config.handshake_timeout + 2 * delay + 1.0
         slack = config.dead_after - config.ping_interval - 2 * delay
         for fault in self.faults:
             if fault.start > when or fault.end < when - reach or not fault.touches(a, b):
