@@ -15,7 +15,11 @@ path a replaced disk takes). For each preset the run reports:
 - ``get_p50_ms``/``get_p99_ms`` during the heal, next to ``idle_get_p50_ms``/``idle_get_p99_ms``
   measured in the same run with no heal (``p99_vs_idle``);
 - ``missed_pings``: grid reconnects anywhere in the cluster during the heal (a connection that
-  missed its pings long enough is dropped and redialled), and ``worst_loop_lag_ms`` on the
+  missed its pings long enough is dropped and redialled); ``disconnects``: grid sessions that
+  ended anywhere in the cluster during the heal (redialled or not; a false disconnect of a
+  live node counts here), with ``disconnect_causes`` (the last cause of each connection that
+  lost one) and ``worst_silence_window_s`` (the longest silence any connection allowed its
+  peer, which grows with the peer's reported loop lag); and ``worst_loop_lag_ms`` on the
   healing node (its own loop-lag monitor, sampled through the admin API).
 
 Then the same heal at ``fastest`` runs on a second cluster started with
@@ -76,12 +80,28 @@ class Admin:
         with urllib.request.urlopen(prepared, timeout=10) as response:
             return json.loads(response.read())
 
-    def reconnects(self) -> int:
-        return sum(
-            conn["reconnects"]
+    def grid(self) -> list[dict[str, Any]]:
+        """Every node's view of every grid connection."""
+        return [
+            conn
             for node in range(len(self.urls))
             for conn in self.call(node, "GET", "/info")["grid"].values()
-        )
+        ]
+
+    def reconnects(self) -> int:
+        return sum(conn["reconnects"] for conn in self.grid())
+
+    def disconnects(self) -> dict[str, tuple[int, str]]:
+        """Sessions ended so far and the last cause, per ``local->remote`` connection (a node
+        without the ``disconnects`` statistic counts its reconnects and a connection that is
+        down)."""
+        counts = {}
+        for node, url in enumerate(self.urls):
+            for remote, conn in self.call(node, "GET", "/info")["grid"].items():
+                down = 0 if conn["state"] == "connected" else 1
+                ended = conn.get("disconnects", conn["reconnects"] + down)
+                counts[f"{url}->{remote}"] = (ended, str(conn.get("last_cause", "")))
+        return counts
 
 
 class Reader(threading.Thread):
@@ -160,8 +180,10 @@ def heal_once(cluster: ClusterFile, admin: Admin, s3: Any, keys: list[str], pres
         admin.call(node, "POST", "/scanner", speed=preset)
     drive = Path(cluster.config["nodes"][1]["drives"][0])
     before = admin.reconnects()
+    ended_before = admin.disconnects()
     reader = Reader(s3, keys)
     lags: list[float] = []
+    windows: list[float] = []
     wipe(drive)
     started = time.monotonic()
     reader.start()
@@ -169,6 +191,7 @@ def heal_once(cluster: ClusterFile, admin: Admin, s3: Any, keys: list[str], pres
     # The heal starts within the drive check interval; it ends when the tracker is gone.
     while time.monotonic() - started < 600:
         lags.append(admin.call(1, "GET", "/info")["loop_lag_s"])
+        windows += [conn.get("silence_window") or 0.0 for conn in admin.grid()]
         state = tracker(admin)
         if state is not None:
             seen = state
@@ -188,6 +211,11 @@ def heal_once(cluster: ClusterFile, admin: Admin, s3: Any, keys: list[str], pres
     else:
         healed = len(keys)  # finished: every object of the set went through the healer
     p50, p99 = percentiles(latencies)
+    lost = {
+        where: (n - ended_before.get(where, (0, ""))[0], cause)
+        for where, (n, cause) in admin.disconnects().items()
+    }
+    causes = sorted({cause.split(":")[0] for n, cause in lost.values() if n > 0})
     return {
         "seconds": round(elapsed, 2),
         "objects_healed": healed,
@@ -198,6 +226,9 @@ def heal_once(cluster: ClusterFile, admin: Admin, s3: Any, keys: list[str], pres
         "gets": len(latencies),
         "get_errors": reader.errors,
         "missed_pings": admin.reconnects() - before,
+        "disconnects": sum(n for n, _ in lost.values()),
+        "disconnect_causes": causes,
+        "worst_silence_window_s": round(max(windows), 2) if any(windows) else None,
         "worst_loop_lag_ms": round(max(lags) * 1000, 1) if lags else None,
     }
 
@@ -209,7 +240,7 @@ def idle_gets(s3: Any, keys: list[str], seconds: float) -> tuple[float, float]:
     return percentiles(reader.stop())
 
 
-def run(gib: float, window: float, presets: tuple[str, ...]) -> dict[str, Any]:
+def run(gib: float, window: float, presets: tuple[str, ...], unsafe: bool = True) -> dict[str, Any]:
     count = max(8, int(gib * 1024 * MIB / OBJECT))
     result: dict[str, Any] = {"benchmark": "heal", "nodes": 4, "drives_per_node": 2,
                               "data": 4, "parity": 4, "objects": count,
@@ -229,17 +260,19 @@ def run(gib: float, window: float, presets: tuple[str, ...]) -> dict[str, Any]:
                 result["presets"][preset] = measured
         finally:
             stop_nodes(cluster)
-        unsafe = start(Path(tmp) / "unsafe", {**BASE, "unsafe_inline_heal": "true"})
-        try:
-            admin = Admin(unsafe)
-            s3, keys = fill(unsafe, count)
-            result["unsafe"] = heal_once(unsafe, admin, s3, keys, "fastest", window)
-        finally:
-            stop_nodes(unsafe)
+        if unsafe:
+            inline = start(Path(tmp) / "unsafe", {**BASE, "unsafe_inline_heal": "true"})
+            try:
+                admin = Admin(inline)
+                s3, keys = fill(inline, count)
+                result["unsafe"] = heal_once(inline, admin, s3, keys, "fastest", window)
+            finally:
+                stop_nodes(inline)
     fastest = result["presets"].get("fastest", {})
     default = result["presets"].get("default", {})
     result["fastest_target_met"] = bool(fastest) and (
         fastest["heal_mbps"] >= 100 and fastest["missed_pings"] == 0)  # fmt: skip
+    result["fastest_no_false_disconnects"] = bool(fastest) and fastest["disconnects"] == 0
     result["default_target_met"] = bool(default) and default["p99_vs_idle"] <= 1.5
     return result
 
@@ -251,11 +284,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to measure the slow presets over [30]")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
                         help="256 MiB, fastest and default only, 10 s windows (a smoke run)")
+    parser.add_argument("--presets", default=",".join(PRESETS),
+                        help="comma-separated presets to run [all of them]")  # fmt: skip
+    parser.add_argument("--skip-unsafe", action="store_true",
+                        help="leave out the --unsafe-inline-heal cluster")  # fmt: skip
     args = parser.parse_args(argv)
+    presets = tuple(p for p in args.presets.split(",") if p)
+    unknown = set(presets) - set(PRESETS)
+    if unknown:
+        parser.error(f"unknown presets {sorted(unknown)}; choose from {', '.join(PRESETS)}")
     if args.quick:
-        result = run(0.25, 10.0, ("fastest", "default"))
+        result = run(0.25, 10.0, ("fastest", "default"), not args.skip_unsafe)
     else:
-        result = run(args.gib, args.window, PRESETS)
+        result = run(args.gib, args.window, presets, not args.skip_unsafe)
     print(json.dumps(result))
     return 0
 

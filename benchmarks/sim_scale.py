@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "sim_scale",
         "profile": config.profile,
         "dead_after_s": config.dead_after,
+        "dead_after_max_s": config.dead_after_max,
         "ping_interval_s": config.ping_interval,
         "seed": args.seed,
         "sizes": sizes,

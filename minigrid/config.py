@@ -1,8 +1,10 @@
 """Grid configuration: a frozen dataclass with named liveness profiles.
 
-``fast`` (the default) pings every second and declares a silent peer dead after 4s without any
-inbound traffic, checked four times a second, so a frozen or partitioned peer is detected in
-under 5s. ``minio`` reproduces MinIO's timings so the two can be compared side by side.
+``fast`` (the default) pings four times a second and declares a silent peer dead after 1.75s
+without any inbound traffic when the peer has looked healthy, so a frozen or partitioned peer is
+detected in under 2s; a peer whose pongs report a late loop (or that answers slowly) gets a
+longer window, up to 4s (see :class:`minigrid.liveness.SilenceWindow`). ``minio`` reproduces
+MinIO's fixed timings so the two can be compared side by side.
 """
 
 from __future__ import annotations
@@ -18,9 +20,18 @@ class GridConfig:
 
     profile: str = "fast"
     #: Connection ping interval; any inbound message also counts as proof of life.
-    ping_interval: float = 1.0
-    #: Disconnect when nothing at all has arrived from the peer for this long.
-    dead_after: float = 4.0
+    ping_interval: float = 0.25
+    #: Disconnect when nothing at all has arrived from the peer for this long, if the peer
+    #: has looked healthy (the silence window's floor; also the peer-not-reading window).
+    dead_after: float = 1.75
+    #: The most the silence window may grow to for a peer that shows it is slow.
+    dead_after_max: float = 4.0
+    #: The window grows by this many times the evidence of slowness: the worst loop lag the
+    #: peer reported, the worst round-trip time, the worst inbound gap beyond the ping
+    #: interval (0 keeps the window fixed at ``dead_after``, as MinIO's is).
+    lag_allowance: float = 2.0
+    #: How long that evidence is remembered (seconds).
+    evidence_memory: float = 30.0
     #: Per-stream ping interval (client → server) on long-lived streams.
     stream_ping_interval: float = 2.0
     #: The server cancels a stream whose client has been silent this long.
@@ -91,6 +102,8 @@ PROFILES: Final[dict[str, GridConfig]] = {
         profile="minio",
         ping_interval=10.0,
         dead_after=20.0,
+        dead_after_max=20.0,
+        lag_allowance=0.0,
         stream_ping_interval=15.0,
         stream_timeout=60.0,
         stream_client_timeout=60.0,
@@ -104,6 +117,8 @@ PROFILES: Final[dict[str, GridConfig]] = {
 LIVENESS_TIMINGS: Final = (
     "ping_interval",
     "dead_after",
+    "dead_after_max",
+    "evidence_memory",
     "stream_ping_interval",
     "stream_timeout",
     "stream_client_timeout",

@@ -44,9 +44,7 @@ class Connection:
         self.dialer = dialer
         self.remote_instance = ""
         self.counters = Counters()
-        self._peer = PeerState(
-            self, manager.state_listeners, self.local, remote, self._log_fields
-        )
+        self._peer = PeerState(self, manager.state_listeners, self.local, remote, self._log_fields)
         self._loop = asyncio.get_running_loop()
         self._driver: SessionDriver | None = None
         self._next_mux_id = 1

@@ -1,9 +1,16 @@
-"""Liveness, sans-IO: the health a pong carries, loop-stall records, and why a session ended.
+"""Liveness, sans-IO: the health a pong carries, loop-stall records, the silence window, and
+why a session ended.
 
-A peer is declared dead when *nothing at all* has arrived from it for ``dead_after`` seconds
-(any message is proof of life, not only pongs). Before accusing it, a node checks its own loop:
-if its timers fired late by about as long as the silence, the silence is probably its own fault
-(a local stall), and the peer gets a fresh window instead.
+A peer is declared dead when *nothing at all* has arrived from it for its silence window (any
+message is proof of life, not only pongs). The window (:class:`SilenceWindow`) is
+``dead_after`` for a peer that has looked healthy, and grows, up to ``dead_after_max``, with
+the evidence that the peer or the path to it is slow: the loop lag the peer reports in its
+pongs, the round-trip time the pongs measure, and the longest gaps between its frames beyond
+the ping interval. A frozen or silently cut-off peer that was healthy is declared down after
+``dead_after``; one that has been saying "my loop is late" gets the time its lag calls for.
+Before accusing a peer, a node checks its own loop: if its timers fired late by about half the
+window, the silence is probably its own fault (a local stall), and the peer gets a fresh window
+instead.
 
 When a session ends, its :class:`Cause` is one of (:class:`CauseKind`)::
 
@@ -142,6 +149,65 @@ class Health:
         return cls(seconds("lag"), count("q"), count("calls"), count("streams"), seconds("stall"))
 
 
+class SilenceWindow:
+    """How long a peer may stay silent before it is declared dead (sans-IO, virtual time).
+
+    In the spirit of a phi-accrual detector, the window follows what was observed of the peer
+    instead of being one fixed number: ``floor + allowance × evidence``, at most ``cap``,
+    where *evidence* is the largest of, over the last ``memory`` seconds,
+
+    * the loop lag the peer reported in its pongs (its own timers were that late),
+    * the round-trip time of a ping (the peer, the path or our loop took that long),
+    * an inbound gap beyond the ping interval (frames stopped for that much longer than they
+      should have, and then came).
+
+    A healthy idle peer is heard from at least every ping interval, so its evidence is about
+    zero and its window is ``floor``. The evidence is kept as two maxima over half the memory
+    each (the current half and the one before), so noting it costs O(1) per frame, and a spike
+    is forgotten ``memory / 2`` to ``memory`` seconds later (the session asks for the window at
+    every ping, so the halves turn over on time).
+    """
+
+    __slots__ = ("_current", "_previous", "_since", "allowance", "cap", "floor", "memory")
+
+    def __init__(
+        self, floor: float, cap: float, allowance: float, memory: float, now: float
+    ) -> None:
+        self.floor = floor
+        self.cap = max(cap, floor)
+        self.allowance = allowance
+        self.memory = memory
+        self._current = 0.0  # the largest evidence noted since _since
+        self._previous = 0.0  # ... and in the half memory before it
+        self._since = now
+
+    def _rotate(self, now: float) -> None:
+        half = self.memory / 2
+        if now - self._since < half:
+            return
+        # A whole half went by: the current maximum becomes the previous one (or, after a
+        # whole memory with nothing noted, both are forgotten).
+        self._previous = self._current if now - self._since < 2 * half else 0.0
+        self._current = 0.0
+        self._since = now
+
+    def note(self, now: float, evidence: float) -> None:
+        """The peer (or the path to it) was ``evidence`` seconds slow at ``now``."""
+        self._rotate(now)
+        if evidence > self._current:
+            self._current = evidence
+
+    def evidence(self, now: float) -> float:
+        """The largest evidence of slowness remembered at ``now``, seconds."""
+        self._rotate(now)
+        return max(self._current, self._previous)
+
+    def window(self, now: float) -> float:
+        """The silence, in seconds, after which the peer is declared dead."""
+        stretch = self.allowance * self.evidence(now)
+        return self.floor + min(stretch, self.cap - self.floor)
+
+
 class LocalLoop(Protocol):
     """What a session asks about its own node's loop (:class:`LoopStats` answers)."""
 
@@ -190,10 +256,12 @@ class LoopStats:
     def stalled_during(self, start: float, now: float) -> float:
         """The longest stall that overlapped ``[start, now]``, seconds.
 
-        A stall of length L that ended at E covered ``[E - L, E]``.
+        A stall of length L that ended at E covered ``[E - L, E]``; one that ended exactly at
+        ``start`` does not overlap it (a fresh window starting when a stall ended is not
+        excused by that stall again).
         """
         return max(
-            (length for end, length in self._stalls if end >= start and end - length <= now),
+            (length for end, length in self._stalls if end > start and end - length <= now),
             default=0.0,
         )
 
@@ -224,16 +292,21 @@ def log_fields(
     }
 
 
-def diagnose_silence(silence: float, health: Health | None, ping_interval: float) -> Cause:
-    """Name the likely cause of ``silence`` seconds without any message from the peer."""
+def diagnose_silence(
+    silence: float, health: Health | None, ping_interval: float, window: float | None = None
+) -> Cause:
+    """Name the likely cause of ``silence`` seconds without any message from the peer (the
+    silence ``window`` it was allowed, when given, is named too)."""
+    allowed = f" (window {window:.2f}s)" if window is not None else ""
     if health is not None and health.loop_lag >= max(0.25, ping_interval / 2):
         return Cause(
             CauseKind.REMOTE_STALLED,
-            f"no traffic for {silence:.1f}s; remote loop lag was "
+            f"no traffic for {silence:.1f}s{allowed}; remote loop lag was "
             f"{health.loop_lag:.1f}s at last contact",
         )
     lag = f"{health.loop_lag * 1000:.0f} ms" if health is not None else "unknown"
     return Cause(
         CauseKind.NETWORK_SILENT,
-        f"no traffic at all for {silence:.1f}s; remote loop healthy at last contact (lag {lag})",
+        f"no traffic at all for {silence:.1f}s{allowed}; remote loop healthy at last contact "
+        f"(lag {lag})",
     )

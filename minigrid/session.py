@@ -11,8 +11,10 @@ no sockets, no tasks and no clock of its own (h11 and wsproto are the model):
 * the out-queue, control before data (:mod:`minigrid.outbox`), and one byte budget for all
   that the peer makes this node hold (:class:`~minigrid.mux.Budget`);
 * connection liveness: pings carrying our monotonic time, pongs carrying the peer's health and
-  giving the round-trip time, silence detection with the local-pause guard, a peer that sends
-  but does not read, and a typed :class:`~minigrid.liveness.Cause` when the session ends.
+  giving the round-trip time, silence detection over a window that follows the evidence of the
+  peer's slowness (:class:`~minigrid.liveness.SilenceWindow`) with the local-pause guard, a
+  peer that sends but does not read, and a typed :class:`~minigrid.liveness.Cause` when the
+  session ends.
 
 A driver feeds it frames (:meth:`~GridSession.receive_frame`), writes what
 :meth:`~GridSession.next_frame` returns, calls :meth:`~GridSession.tick` when
@@ -47,6 +49,7 @@ from .liveness import (
     CauseKind,
     Health,
     LocalLoop,
+    SilenceWindow,
     diagnose_silence,
     wire_number,
 )
@@ -99,6 +102,14 @@ class GridSession:
         self.last_seen = now
         #: The health the peer reported in its last pong.
         self.peer_health: Health | None = None
+        #: How long the peer may stay silent; it grows with the evidence that it is slow.
+        self.silence = SilenceWindow(
+            config.dead_after,
+            config.dead_after_max,
+            config.lag_allowance,
+            config.evidence_memory,
+            now,
+        )
         self._loop = loop
         self._decoder: protocol.FrameDecoder | None = None  # a frame that came in parts
         self._stall_reported = False
@@ -196,7 +207,10 @@ class GridSession:
         link = self._link
         if link.cause is not None:
             return []
-        link.now = self.last_seen = now
+        link.now = now
+        if now - self.last_seen > self.config.ping_interval:  # a gap longer than it should be
+            self.silence.note(now, now - self.last_seen - self.config.ping_interval)
+        self.last_seen = now
         counters = self.counters
         counters.bytes_in += len(data)
         try:
@@ -297,6 +311,8 @@ class GridSession:
         now = self._link.now
         if sent is not None and 0 <= now - sent < 3600:
             self.counters.add_rtt(now - sent)
+            self.silence.note(now, now - sent)
+        self.silence.note(now, health.loop_lag)
         self.peer_health = health
         self.counters.peer_loop_lag = health.loop_lag
         if not self._stall_reported and health.stall >= self.config.dead_after / 2:
@@ -325,19 +341,26 @@ class GridSession:
             self._check_liveness(now)
         return self.take_events()
 
+    @property
+    def silence_window(self) -> float:
+        """The silence after which the peer is declared dead, as of now (seconds)."""
+        return self.silence.window(self._link.now)
+
     def _liveness_due(self) -> float:
-        dead_after = self.config.dead_after
-        due = min(self._next_ping, self.last_seen + dead_after, self.streams.due)
+        window = self.silence.window(self._link.now)
+        due = min(self._next_ping, self.last_seen + window, self.streams.due)
         full_since = self._link.outbox.full_since
         if full_since is not None:
-            due = min(due, full_since + dead_after)
+            due = min(due, full_since + window)
         return due
 
     def _check_liveness(self, now: float) -> None:
         link, config = self._link, self.config
-        half = config.dead_after / 2
+        window = self.silence.window(now)
+        self.counters.silence_window = window
+        half = window / 2
         late = now - link.due
-        silent = now >= self.last_seen + config.dead_after
+        silent = now >= self.last_seen + window
         if late >= half or (silent and self._loop.stalled_during(self.last_seen, now) >= half):
             # Our own loop was stalled: the silence is ours. Give the peer a fresh window.
             log.warning(
@@ -351,9 +374,9 @@ class GridSession:
                 link.outbox.full_since = now
         elif silent:
             silence = now - self.last_seen
-            self._end(diagnose_silence(silence, self.peer_health, config.ping_interval))
+            self._end(diagnose_silence(silence, self.peer_health, config.ping_interval, window))
             return
-        elif self._peer_not_reading(now):
+        elif self._peer_not_reading(now, window):
             return
         if now >= self._next_ping:
             self._ping(now)
@@ -361,10 +384,10 @@ class GridSession:
             self.streams.check(now, self.peer_health)
         link.due = self._liveness_due()
 
-    def _peer_not_reading(self, now: float) -> bool:
+    def _peer_not_reading(self, now: float, window: float) -> bool:
         outbox = self._link.outbox
         full_since = outbox.full_since
-        if full_since is None or now < full_since + self.config.dead_after:
+        if full_since is None or now < full_since + window:
             return False
         cause = Cause(
             CauseKind.PEER_NOT_READING,

@@ -189,9 +189,7 @@ def next_mux_state(role: Role, state: MuxState, event: MuxEvent, what: str = "mu
         new = moves.get(event)
         if new is not None:
             return new
-    why = _WHY.get((state, event)) or (
-        f"{event.value} in state {state.value} ({role.value} side)"
-    )
+    why = _WHY.get((state, event)) or (f"{event.value} in state {state.value} ({role.value} side)")
     if event in REMOTE_EVENTS:
         raise RemoteProtocolError(f"{what}: {why}")
     raise LocalProtocolError(f"{what}: {why}")

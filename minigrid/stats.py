@@ -43,6 +43,11 @@ class ConnStats:
     refused: int = 0
     #: Senders waiting for room in a full out-queue (0 while it has room).
     queue_waiters: int = 0
+    #: Sessions that ended (the current one, if up, is not counted).
+    disconnects: int = 0
+    #: The silence after which the peer is declared dead, at the last liveness check
+    #: (``dead_after``, stretched by the evidence that the peer is slow).
+    silence_window: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,6 +72,7 @@ class Counters:
     tls: str = ""
     protocol_errors: int = 0
     refused: int = 0
+    silence_window: float | None = None
 
     def session_started(self, now: float) -> None:
         self.sessions += 1
@@ -126,4 +132,6 @@ class Counters:
             protocol_errors=self.protocol_errors,
             refused=self.refused,
             queue_waiters=queue_waiters,
+            disconnects=max(0, self.sessions - (1 if connected else 0)),
+            silence_window=self.silence_window,
         )

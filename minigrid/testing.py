@@ -222,9 +222,7 @@ async def local_grid(
             sock.close()
 
 
-async def wait_until(
-    predicate: Callable[[], bool], timeout: float = 10.0, what: str = ""
-) -> None:
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
     """Wait until ``predicate()`` is true, checking every 10 ms; AssertionError after
     ``timeout``. For tests: wait on a condition, never on a fixed sleep."""
     deadline = time.monotonic() + timeout

@@ -89,6 +89,13 @@ def _cause(line: LogLine | None) -> str | None:
     return found.group(1) if found else None
 
 
+def _window(cause: str | None) -> float:
+    """The silence window the grid allowed, as its cause says (``... (window 2.09s); ...``):
+    ``dead_after`` for a peer that looked healthy, more for one that showed it was slow."""
+    found = re.search(r"\(window ([0-9.]+)s\)", cause or "")
+    return float(found.group(1)) if found else FAST.dead_after
+
+
 def _first(lines: list[LogLine], after: float) -> LogLine | None:
     return next((line for line in lines if line.t is not None and line.t >= after), None)
 
@@ -160,7 +167,7 @@ def frozen_peer(lab: LabContext) -> Result:
     ratio = during["worst_s"] / healthy["p50_s"] if during["worst_s"] and healthy["p50_s"] else None
     summary = {
         "detection_s": detection,
-        "window_s": FAST.dead_after,
+        "window_s": _window(_cause(down)),
         "window_restarted_after_s": _guarded(lab, "frozen", 0, host, frozen_at, down),
         "cause": _cause(down),
         "cause_revised": cause,
@@ -188,8 +195,9 @@ can tell that it is gone. MinIO's grid notices after 20 s without a pong (the `m
         ("What happened", f"""
 Node 2 was stopped with SIGSTOP at {frozen_at:.1f} s while a client read 1 MiB objects through
 node 0 (4+4 erasure coding on 4 nodes x 2 drives). Node 0 gave up on it **{s['detection_s']} s**
-later (the `fast` profile drops a peer after {s['window_s']:g} s without any traffic; the time
-is node 0's own log line), with the cause `{s['cause']}`, revised when node 2 came back to
+later (the `fast` profile drops a peer after {FAST.dead_after:g} s without any traffic if it
+looked healthy, longer if it showed it was slow: here {s['window_s']:g} s; the time is node 0's
+own log line), with the cause `{s['cause']}`, revised when node 2 came back to
 `{s['cause_revised']}`.{_guard_text(s)}
 
 GETs while node 2 was frozen: **{during['ok']} ok, {during['failed']} failed**, the slowest
@@ -260,7 +268,7 @@ def partition_lab(lab: LabContext, mode: str) -> Result:
         "mode": mode,
         "how": "iptables in the nodes' namespaces" if lab.netns else "acted out by the grid",
         "detection_s": _since(down, cut, polled),
-        "window_s": FAST.dead_after if mode == "silent" else None,
+        "window_s": _window(_cause(down)) if mode == "silent" else None,
         "window_restarted_after_s": _guarded(lab, phase, 0, host, cut, down),
         "cause": _cause(down),
         "inflight_at_cut": inflight,
@@ -658,7 +666,7 @@ def dead_peer_table(lab: LabContext) -> Result:
         "clients": clients,
         "calls_queued_at_cut": queued,
         "detection_s": _since(down, cut, polled),
-        "window_s": FAST.dead_after,
+        "window_s": _window(_cause(down)),
         "window_restarted_after_s": _guarded(lab, "deadpeer", 0, host, cut, down),
         "failed_at_once": _failed_count(lost[0].text) if lost else None,
         "failed_after_s": _since(lost[0] if lost else None, cut),

@@ -16,8 +16,9 @@ complete unless it is; no message breaks the protocol (a peer refuses a credit g
 its window as one); whenever nothing is on its way between two nodes, each direction of each
 stream has its sender's credits plus its receiver's unread items equal to its capacity, so no
 credit is lost or granted twice; a frozen or silently partitioned peer is declared down within
-``dead_after`` plus the network's delay, and no session ends without a fault that can explain
-it; after every fault has healed, every pair reconnects.
+the watcher's silence window at the time of the fault (``dead_after`` for a peer that looked
+healthy, longer for one that showed it was slow) plus the network's delay, and no session ends
+without a fault that can explain it; after every fault has healed, every pair reconnects.
 """
 
 from __future__ import annotations
@@ -236,20 +237,26 @@ class Simulation:
 
     # ------------------------------------------------------------------ invariants
 
-    def _window(self) -> float:
-        """How long after a fault a peer may take to declare the node down: the window, the
-        slowest frame that may already be on its way, and a microsecond for rounding."""
-        in_flight = self.network.peak_delay(self.now - self.config.dead_after)
-        return self.config.dead_after + in_flight + 1e-6
+    def _window(self, silence: float) -> float:
+        """How long after a fault a peer may take to declare the node down: its silence
+        window, the slowest frame that may already be on its way, and a microsecond for
+        rounding. That frame may stretch the window too (a pong with a round-trip time of
+        up to the peak delay, or a gap): by at most its allowance times the delay."""
+        config = self.config
+        in_flight = self.network.peak_delay(self.now - config.dead_after_max)
+        stretched = min(config.dead_after_max, silence + config.lag_allowance * 2 * in_flight)
+        return max(silence, stretched) + in_flight + 1e-6
 
     def _expect_detection(self, gone: set[str], watchers: set[str]) -> None:
-        """Each watcher with a session up to a node in ``gone`` must end it in time."""
+        """Each watcher with a session up to a node in ``gone`` must end it in time: within
+        the silence window its session had when the fault began."""
         start = self.now
-        window = self._window()
         for watcher in sorted(watchers):
             for name in sorted(gone):
                 link = self.nodes[watcher].peers[name]
-                if link.up:
+                session = link.session
+                if link.up and session is not None:
+                    window = self._window(session.silence_window)
                     self.scheduler.at(
                         start + window, self._detected, watcher, name, start, len(link.downs)
                     )
@@ -260,7 +267,7 @@ class Simulation:
             return
         if not self._still_gone(watcher, name, start):
             return  # the fault ended before the window did: no promise to keep
-        if self._stopped_between(watcher, start - self.config.dead_after, self.now):
+        if self._stopped_between(watcher, start - self.config.dead_after_max, self.now):
             return  # the watcher's own loop stalled: it rightly gives a fresh window
         self.ledger.violation(
             f"{watcher} did not declare {name} down within {self.now - start:.3f}s"
@@ -287,9 +294,9 @@ class Simulation:
     def _explained(self, a: str, b: str, when: float) -> bool:
         """A fault touching the pair near ``when`` can explain a session ending."""
         config = self.config
-        delay = self.network.peak_delay(when - 2 * config.dead_after)
+        delay = self.network.peak_delay(when - 2 * config.dead_after_max)
         reach = (
-            config.dead_after + config.backoff_cap + config.handshake_timeout + 2 * delay + 1.0
+            config.dead_after_max + config.backoff_cap + config.handshake_timeout + 2 * delay + 1.0
         )
         slack = config.dead_after - config.ping_interval - 2 * delay
         for fault in self.faults:
@@ -372,7 +379,7 @@ class Simulation:
         self.heal_all()
         start = self.now
         limit = seconds or (
-            config.dead_after + config.backoff_cap + config.poke_interval
+            config.dead_after_max + config.backoff_cap + config.poke_interval
             + config.handshake_timeout + config.call_timeout + 5.0
         )  # fmt: skip
         self.run(limit)

@@ -233,4 +233,3 @@ class Service:
             del self._producers[mux_key]
         for mux_key in [key for key in self._consumers if key[0] is session]:
             self._consumers.pop(mux_key).changed()  # it reads once more: Disconnected
-

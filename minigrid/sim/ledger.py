@@ -142,8 +142,7 @@ class Ledger:
         record.outcome = "complete"
         if record.got != list(range(record.count)):
             self.violation(
-                f"stream {stream_id} looked complete with {len(record.got)} of "
-                f"{record.count} items"
+                f"stream {stream_id} looked complete with {len(record.got)} of {record.count} items"
             )
         if record.cancelled and not record.over_before_cancel:
             self.violation(f"stream {stream_id} was cancelled but delivered a complete end")

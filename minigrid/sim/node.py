@@ -47,6 +47,7 @@ from .network import Socket
 if TYPE_CHECKING:
     from .cluster import Simulation
 
+
 def should_dial(local: str, remote: str) -> bool:
     """The manager's rule (:func:`minigrid.manager.should_dial`), without importing asyncio."""
     forward = hashlib.sha256(f"{local}\x00{remote}".encode()).digest()
@@ -500,4 +501,3 @@ class SimNode:
         if outgoing is not None:
             link.push(outgoing, lambda: None)
         link.flush()
-

@@ -41,7 +41,7 @@ def random_run(seed: int, *, seconds: float = 60.0, nodes: int | None = None) ->
     actions = _actions(sim, plan, names)
     weights = [weight for weight, _ in actions]
     while sim.now < seconds:
-        (_, act), = plan.choices(actions, weights)
+        ((_, act),) = plan.choices(actions, weights)
         act()
         sim.run(plan.expovariate(1.0))
         if sim.check():

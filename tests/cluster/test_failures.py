@@ -24,11 +24,14 @@ from botocore.exceptions import ClientError
 from cli.adminclient import AdminClient
 from cli.cluster import bind_port
 from cli.signed import SignedClient, object_path
+from minigrid import profile
 from node.s3 import sigv4
 from tests.cluster.helpers import MIB, LocalCluster, payload, wait_for
 
 BUCKET = "failures"
-FAST_DEAD_AFTER = 4.0  # minigrid.profile("fast").dead_after
+#: The longest silence window the fast profile gives a peer (one that looked healthy gets
+#: ``dead_after``, 1.75 s; one that showed it was slow, up to this).
+FAST_WINDOW_MAX = profile("fast").dead_after_max
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -104,11 +107,13 @@ def test_frozen_node_does_not_stall_reads(restored: LocalCluster) -> None:
     assert cluster.signal(3, signal.SIGSTOP)
     during = timed_get()
     # The straggler wait (4 hedge delays, 0.2-2 s) stands in for "the hedge delay": the read
-    # may wait that long once a quorum answered, never for the failure detector (4 s).
+    # may wait that long once a quorum answered, never for the failure detector. The detector
+    # (1.75 s for a healthy-looking peer) is now about as fast as that wait, so "faster than
+    # the detector" no longer tells the two apart: the bound below, from the healthy read
+    # alone, is the check.
     bound = 2 * healthy + 0.5
     print(f"healthy get {healthy:.3f}s, with node 3 frozen {during:.3f}s")
     assert during < bound, f"get took {during:.2f}s with a node frozen (healthy {healthy:.2f}s)"
-    assert time.monotonic() - frozen_at < FAST_DEAD_AFTER, "the read waited for the detector"
 
     def frozen_node_offline() -> bool:
         view = cluster.info(timeout=1.0)
@@ -118,7 +123,7 @@ def test_frozen_node_does_not_stall_reads(restored: LocalCluster) -> None:
 
     wait_for(frozen_node_offline, 10, "admin info to show node 3 offline")
     detected = time.monotonic() - frozen_at
-    assert detected < FAST_DEAD_AFTER + 2.5, f"node 3 shown offline only after {detected:.1f}s"
+    assert detected < FAST_WINDOW_MAX + 2.5, f"node 3 shown offline only after {detected:.1f}s"
     table = cluster.cli("admin", "info")
     assert table.exit_code == 3  # not every node is ok
     assert "offline" in table.stdout

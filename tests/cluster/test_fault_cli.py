@@ -143,7 +143,7 @@ def test_delay_adds_latency_to_what_a_node_sends(cluster: LocalCluster) -> None:
 
 def test_a_nat_shorter_than_the_ping_interval_breaks_the_flow(cluster: LocalCluster) -> None:
     before = int(link(cluster, 0, 1)["reconnects"])
-    assert "NAT proxy" in ok(cluster, "nat", "0", "1", "--idle-timeout", "0.3", "--mode",
+    assert "NAT proxy" in ok(cluster, "nat", "0", "1", "--idle-timeout", "0.1", "--mode",
                              "reset")  # fmt: skip
 
     def forgotten() -> int:
@@ -151,7 +151,8 @@ def test_a_nat_shorter_than_the_ping_interval_breaks_the_flow(cluster: LocalClus
         return sum(int(info.get("forgotten", 0)) for row in rows
                    for info in row.get("faults", {}).get("proxies", {}).values())  # fmt: skip
 
-    # Pings go every second: a NAT that forgets a flow idle 0.3 s resets it between them.
+    # Pings go every 0.25 s each way: a NAT that forgets a flow idle 0.1 s resets it
+    # between them.
     wait_for(lambda: forgotten() >= 1, 30, "the NAT to forget the idle flow")
     wait_for(lambda: int(link(cluster, 0, 1).get("reconnects", before)) > before, 30,
              "the session to be lost and redialled")  # fmt: skip

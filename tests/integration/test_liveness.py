@@ -1,7 +1,10 @@
 """Liveness against real processes: frozen, killed and blocked peers, clock jumps, full queues.
 
 Detection times are printed (``-s`` shows them) so the closing notes can quote them; the
-assertions hold them to the ``fast`` profile's promise of 5s.
+assertions hold them to the ``fast`` profile's promise: within the longest silence window a
+peer may be given (``dead_after_max``, 4s) plus a second for a loaded machine. How fast it
+really is (about ``dead_after``, 1.75s, for a peer that looked healthy) is for
+``benchmarks/failure_detection.py`` to measure, not for a test.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from minigrid import (
     GridConfig,
     HandlerID,
     State,
+    profile,
 )
 from minigrid.liveness import CAUSES, cause_kind
 from minigrid.testing import (
@@ -32,7 +36,7 @@ from minigrid.testing import (
 )
 from tests.conftest import eventually
 
-DETECTION_LIMIT = 5.0  # the fast profile's promise
+DETECTION_LIMIT = profile("fast").dead_after_max + 1.0  # the fast profile's promise
 
 
 def pair(tmp_path: Path, *, we_dial: bool = True) -> AbstractAsyncContextManager[RemoteNode]:

@@ -25,6 +25,7 @@ from hypothesis.stateful import (
 )
 
 from minigrid import session as session_module
+from minigrid.config import GridConfig
 from minigrid.liveness import CauseKind
 from minigrid.mux import End
 from minigrid.muxtable import StreamTable
@@ -139,6 +140,39 @@ def test_a_healthy_but_slow_cluster_never_loses_a_peer() -> None:
     assert sim.settle() == [], explain(sim, sim.ledger.violations)
     outcomes = {record.outcome for record in sim.ledger.calls}
     assert outcomes == {"ok"}, outcomes
+
+
+def busy_in_bursts(config: GridConfig) -> dict[str, list[tuple[float, CauseKind]]]:
+    """On fast links, n002's loop is blocked in bursts that grow from 0.5 s to 2.2 s, with
+    0.75 s of catching up between them; what each peer saw of it (``downs``)."""
+    sim = Simulation(3, seed=21, config=config)
+    sim.run(3.0)
+    assert sim.all_connected()
+    for burst in (0.5, 0.8, 1.1, 1.4, 1.7, 2.0, 2.2):
+        sim.block("n002", burst)
+        sim.run(burst + 0.75)
+    assert sim.check() == [], explain(sim, sim.ledger.violations)
+    assert sim.settle() == [], explain(sim, sim.ledger.violations)
+    return {
+        name: [(when, cause.kind) for when, cause in sim.nodes[name].peers["n002"].downs]
+        for name in ("n000", "n001")
+    }
+
+
+def test_a_node_busy_in_growing_bursts_that_reports_its_lag_is_never_declared_down() -> None:
+    """Each burst's lag is in n002's next pongs, so its peers give it the time its lag calls
+    for (up to ``dead_after_max``) and it is never cut off, though the last bursts are longer
+    than ``dead_after``."""
+    config = GridConfig()
+    assert config.dead_after < 2.2
+    assert busy_in_bursts(config) == {"n000": [], "n001": []}
+
+
+def test_with_a_fixed_window_the_same_bursts_are_declared_down() -> None:
+    """The control: with the window fixed at ``dead_after`` (no allowance for a reported
+    lag), the bursts longer than the window cut n002 off."""
+    downs = busy_in_bursts(GridConfig(lag_allowance=0.0))
+    assert all(downs[name] for name in ("n000", "n001")), downs
 
 
 def test_every_pair_reconnects_once_every_fault_heals() -> None:

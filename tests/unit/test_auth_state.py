@@ -44,7 +44,9 @@ def test_profiles() -> None:
         minio.stream_ping_interval,
         minio.stream_timeout,
     ) == (10.0, 20.0, 15.0, 60.0)
+    # MinIO's window is fixed: no evidence of a slow peer stretches it.
+    assert (minio.dead_after_max, minio.lag_allowance) == (20.0, 0.0)
     fast = profile("fast", dead_after=3.0)
-    assert fast.ping_interval == 1.0 and fast.dead_after == 3.0
+    assert fast.ping_interval == 0.25 and fast.dead_after == 3.0 and fast.dead_after_max == 4.0
     with pytest.raises(ValueError, match="unknown liveness profile"):
         profile("slow")
