@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import msgpack
 
@@ -487,8 +487,11 @@ class RemoteShardWriter:
             # The server ended the upload early (a failed write): surface its error now.
             await self._expect(b"", "no end before the commit")
         try:
-            # The grid sends bytes items; a view of a block is copied here, once, for the wire.
-            await self._stream.send(chunk if isinstance(chunk, bytes) else bytes(chunk))
+            # A data shard is a memoryview of the block: the frame encoder copies it into the
+            # frame, so it is not copied to bytes first. The grid types items as bytes, but
+            # only takes their len(), slices them and packs them (msgpack packs any buffer as
+            # bin); tests/storage/test_remote_drive.py sends a memoryview through a real grid.
+            await self._stream.send(cast(bytes, chunk))
         except GridError as exc:
             raise self._failed(exc) from exc
 
