@@ -104,20 +104,20 @@ class CountingExecutor(ThreadPoolExecutor):
 @pytest.mark.asyncio
 async def test_a_block_costs_two_thread_pool_jobs_on_eight_local_drives(tmp_path: Path) -> None:
     """Encode, then one job for the MD5 and all eight shard writes (it was ten: encode, MD5
-    and one per drive). Counted on a 64-block put against a 1-block put of the same set."""
+    and one per drive). Counted on a 17-block put against a 1-block put of the same set."""
     layer, _ = await local_layer(str(tmp_path), 8)
     await layer.make_bucket("bkt")
     executor = CountingExecutor()
     asyncio.get_running_loop().set_default_executor(executor)
     counts = []
-    for blocks in (1, 65):
+    for blocks in (1, 17):
         data = payload(blocks * MIB, seed=blocks)
         before = executor.jobs
         info = await layer.put_object("bkt", f"obj{blocks}", data)
         counts.append(executor.jobs - before)
         assert info.etag == hashlib.md5(data).hexdigest()
         assert await read_all(layer, "bkt", f"obj{blocks}") == data
-    assert counts[1] - counts[0] == 64 * 2, counts
+    assert counts[1] - counts[0] == 16 * 2, counts
 
 
 @pytest.mark.asyncio
