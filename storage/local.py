@@ -277,12 +277,10 @@ class LocalShardWriter:
 
 
 def _write_all_sync(
-    jobs: list[tuple[LocalShardWriter, Buffer]], alongside: Callable[[], None] | None
+    jobs: list[tuple[LocalShardWriter, Buffer]],
 ) -> list[tuple[float, BaseException | None]]:
-    """Run ``alongside``, then write each job's chunk; how long each write took and how it
-    failed. One trip to the thread pool for all of them."""
-    if alongside is not None:
-        alongside()
+    """Write each job's chunk; how long each write took and how it failed. One trip to the
+    thread pool for all of them."""
     out: list[tuple[float, BaseException | None]] = []
     for writer, chunk in jobs:
         started = time.perf_counter()
@@ -295,17 +293,16 @@ def _write_all_sync(
 
 
 async def write_local_shards(
-    jobs: list[tuple[LocalShardWriter, Buffer]], alongside: Callable[[], None] | None = None
+    jobs: list[tuple[LocalShardWriter, Buffer]],
 ) -> list[StorageError | None]:
     """Append one chunk to each of several local shard writers in a single thread-pool job.
 
     The same as ``await writer.write(chunk)`` for each (the same framing, the same errors and
     the same per-drive ``write_shard`` latency), without a thread-pool round trip per drive:
-    a put to eight local drives makes one trip per block instead of eight. ``alongside``
-    (e.g. the MD5 of the block) runs first in the same job. Every writer must be
+    a put to eight local drives makes one trip per block instead of eight. Every writer must be
     :attr:`~LocalShardWriter.batchable`; each job's error (or None) is returned in order."""
     loop = asyncio.get_running_loop()
-    results = await loop.run_in_executor(None, _write_all_sync, jobs, alongside)
+    results = await loop.run_in_executor(None, _write_all_sync, jobs)
     errors: list[StorageError | None] = []
     for (writer, _), (elapsed, exc) in zip(jobs, results, strict=True):
         drive, error = writer._drive, ""  # noqa: SLF001

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from storage import bitrot
@@ -183,17 +183,11 @@ class ShardWriters:
             ),
         )
 
-    async def write(
-        self,
-        shards: Sequence[Buffer],
-        distribution: Sequence[int],
-        alongside: Callable[[], None] | None = None,
-    ) -> None:
+    async def write(self, shards: Sequence[Buffer], distribution: Sequence[int]) -> None:
         """Write each live drive its shard of one block; a failing drive is dropped.
 
         The shards for local drives are written in one thread-pool job (see
-        :func:`~storage.local.write_local_shards`), which also runs ``alongside`` (the
-        running MD5, say) first; other drives are written concurrently."""
+        :func:`~storage.local.write_local_shards`); other drives are written concurrently."""
 
         async def write_one(position: int, writer: ShardWriter) -> None:
             try:
@@ -203,7 +197,7 @@ class ShardWriters:
 
         async def write_local(batch: list[tuple[int, LocalShardWriter]]) -> None:
             jobs = [(w, shards[distribution[pos]]) for pos, w in batch]
-            failures = await write_local_shards(jobs, alongside)
+            failures = await write_local_shards(jobs)
             for (position, writer), exc in zip(batch, failures, strict=True):
                 if exc is not None:
                     await self._drop(position, writer, exc)
@@ -217,8 +211,6 @@ class ShardWriters:
                 others.append(write_one(position, writer))
         if local:
             others.append(write_local(local))
-        elif alongside is not None:
-            others.append(asyncio.get_running_loop().run_in_executor(None, alongside))
         await asyncio.gather(*others)
 
     async def _drop(self, position: int, writer: ShardWriter, exc: StorageError) -> None:
@@ -342,9 +334,20 @@ async def stream_shards(
     and every drive gets an empty shard)."""
     writers = await ShardWriters.open(eset, upload_id)
     loop = asyncio.get_running_loop()
-    encoding: deque[tuple[bytes, asyncio.Future[list[Buffer]]]] = deque()
+    # The object's MD5 takes the blocks in order, on a thread of its own, from the moment each
+    # block is read: it overlaps the encoding and the writes instead of waiting for them.
+    md5_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="put-md5")
+    encoding: deque[tuple[asyncio.Future[list[Buffer]], asyncio.Future[None]]] = deque()
     writing: asyncio.Future[Any] | None = None
     source_done = False
+
+    def start(block: bytes) -> None:
+        encoding.append(
+            (
+                loop.run_in_executor(None, erasure.encode_views, block),
+                loop.run_in_executor(md5_lane, md5.update, block),
+            )
+        )
 
     async def refill() -> None:
         nonlocal source_done
@@ -353,26 +356,26 @@ async def stream_shards(
             if block is None:
                 source_done = True
                 return
-            encoding.append((block, loop.run_in_executor(None, erasure.encode_views, block)))
+            start(block)
 
     try:
         if first is not None:
-            encoding.append((first, loop.run_in_executor(None, erasure.encode_views, first)))
+            start(first)
             await refill()
         while encoding:
-            block, future = encoding.popleft()
-            shards = await future
-            # The block's MD5 runs in the thread that writes its local shards, while the next
-            # blocks encode in other threads (hashlib and zfec release the GIL).
-            writing = asyncio.ensure_future(
-                writers.write(shards, distribution, functools.partial(md5.update, block))
-            )
+            encoded, hashed = encoding[0]
+            shards = await encoded
+            writing = asyncio.ensure_future(writers.write(shards, distribution))
             await refill()
             await writing
             writing = None
+            # The block leaves the pipeline once hashed too: at most ENCODE_AHEAD + 1 blocks
+            # are held, however far the MD5 falls behind.
+            await hashed
+            encoding.popleft()
             writers.require_quorum()
     except BaseException:
-        pending: list[asyncio.Future[Any]] = [f for _, f in encoding]
+        pending: list[asyncio.Future[Any]] = [f for pair in encoding for f in pair]
         if writing is not None:
             pending.append(writing)
         for future in pending:
@@ -381,6 +384,8 @@ async def stream_shards(
                 await future
         await writers.abort_all()
         raise
+    finally:
+        md5_lane.shutdown(wait=False)
     return writers
 
 
