@@ -4,8 +4,9 @@
 2. Cut the source into blocks. A small object (one short block whose shards fit
    ``inline_limit``) is encoded whole and each drive's framed shard goes into its metadata.
    Otherwise every drive gets a shard writer in its temporary area, and up to ``ENCODE_AHEAD``
-   blocks encode in the thread pool while the previous block is written, so the encoder, the
-   MD5 and the drive writes run at the same time.
+   blocks encode in the thread pool while the previous block is written (all local drives in
+   one pool job), and the object's MD5 takes each block on a thread of its own as it is read,
+   so the encoder, the MD5 and the drive writes run at the same time.
 3. Commit under the key's write lock: each drive renames the data into place, metadata last.
    Without a write quorum of renames, the drives that renamed are rolled back. Drives that
    missed the write are reported to the heal hook.
