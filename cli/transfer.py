@@ -27,6 +27,7 @@ import os
 import secrets
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ from cli.s3client import CONCURRENCY, S3, translate
 
 WINDOW = 2 * CONCURRENCY
 CANCEL_GRACE = 5.0
+#: How often the main thread looks up from waiting for a transfer (see _wait_interruptibly).
+POLL = 0.05
 PART_SUFFIX = ".part"
 
 
@@ -252,6 +255,7 @@ class Runner:
     def _finish(self, running: _Running) -> None:
         job = running.job
         try:
+            _wait_interruptibly(running.future)
             running.future.result()
             size = running.future.meta.size
             size = running.watch.transferred if size is None else size
@@ -329,6 +333,15 @@ def _commit(handle: IO[bytes], temp: Path, target: Path) -> None:
     os.fsync(handle.fileno())
     handle.close()
     os.replace(temp, target)
+
+
+def _wait_interruptibly(future: TransferFuture) -> None:
+    """Wait for ``future`` in short sleeps. The kernel may deliver Ctrl-C's SIGINT to any
+    thread; when a transfer thread gets it, a main thread blocked in an untimed wait (as
+    ``TransferFuture.result`` is) never returns to run Python's handler, and Ctrl-C does
+    nothing. A sleep ends within :data:`POLL` and the pending KeyboardInterrupt is raised."""
+    while not future.done():
+        time.sleep(POLL)
 
 
 def _cancel(manager: TransferManager, in_flight: Iterable[_Running]) -> bool:

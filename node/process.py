@@ -469,6 +469,7 @@ class Node:
             "drives_online": ready["drives_online"],
             "drives": ready["drives"],
             "heal": heal_summary(self.healing.status()) if self.healing is not None else None,
+            "reads": self.layer.stats.counters() if self.layer is not None else None,
             "links": links,
         }
 

@@ -5,12 +5,15 @@ This is the public surface the object layer, the healer and the scanner share:
 - :meth:`ErasureSet.fan_out` runs one call on every drive at once, skips offline drives
   without calling them, and stops waiting for stragglers soon after a write quorum answered;
 - :meth:`ErasureSet.read_metadata` and :meth:`ErasureSet.pick_metadata` read every drive's copy
-  of an object's metadata and choose the version a read quorum agrees on.
+  of an object's metadata and choose the version a read quorum agrees on; a drive still silent
+  after a quorum answered is waited for only until its own recent p95 (times a factor) has
+  passed, so a frozen peer costs a read a few of its usual answer times, not a fixed wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -25,13 +28,15 @@ from storage.errors import (
     StorageError,
     VolumeNotFound,
 )
-from storage.latency import HedgeDelay
+from storage.latency import DriveLatency, HedgeDelay, node_of
 from storage.meta import ObjectMeta
 from storage.placement import read_quorum, write_quorum
 from storage.quorum import Agreement, reduce_quorum
 
 T = TypeVar("T")
 
+#: The latency kind of metadata reads in :attr:`ErasureSet.latency`.
+METADATA = "metadata"
 MIN_STRAGGLER_WAIT = 0.2
 MAX_STRAGGLER_WAIT = 2.0
 
@@ -48,6 +53,9 @@ class ErasureSet:
     parity: int
     #: Observed drive latency, shared by every set of a layer (it sets the straggler cut-off).
     hedge: HedgeDelay = field(default_factory=HedgeDelay)
+    #: Per-drive recent latency (shard reads and metadata reads), shared by every set of a
+    #: layer: it times hedged shard reads and the metadata straggler cut-off.
+    latency: DriveLatency = field(default_factory=DriveLatency)
 
     @property
     def write_quorum(self) -> int:
@@ -81,12 +89,24 @@ class ErasureSet:
         )
 
     async def fan_out_positions(
-        self, call: Callable[[int], Awaitable[T]], *, patience: float | None = None
+        self,
+        call: Callable[[int], Awaitable[T]],
+        *,
+        patience: float | None = None,
+        timed: str | None = None,
+        settled: Callable[[list[T | StorageError], int], bool] | None = None,
     ) -> Results[T]:
-        """:meth:`fan_out`, for a call that needs the drive's position in the set."""
+        """:meth:`fan_out`, for a call that needs the drive's position in the set.
+
+        ``timed`` names the kind of call in :attr:`latency`: each drive's answer time is
+        recorded under it, and (without ``patience``) once ``settled(answers, silent)`` says
+        the silent drives can no longer change the outcome, a drive silent after the quorum
+        is waited for only until its own deadline for that kind (at most
+        :meth:`straggler_wait` after the quorum); a drive cut off is marked late."""
         loop = asyncio.get_running_loop()
         missing = object()  # "no answer yet" (None is a valid answer)
         results: list[Any] = [missing] * len(self.drives)
+        started = loop.time()
 
         async def one(position: int, drive: Drive) -> None:
             if not drive.is_online():
@@ -96,16 +116,30 @@ class ErasureSet:
                 results[position] = await call(position)
             except StorageError as exc:
                 results[position] = exc
+            if timed is not None:
+                self.latency.observe(drive.endpoint, timed, loop.time() - started)
 
         tasks = [loop.create_task(one(p, d)) for p, d in enumerate(self.drives)]
         wait = self.straggler_wait() if patience is None else patience
+        cutoffs: list[float] | None = None
+        if timed is not None and patience is None:
+            cutoffs = [started + self.latency.deadline(d.endpoint, timed) for d in self.drives]
+
+        def early() -> bool:
+            answers = [r for r in results if r is not missing]
+            return settled is None or settled(answers, len(results) - len(answers))
+
         try:
-            await self._wait_quorum_then_stragglers(tasks, wait)
+            await self._wait_quorum_then_stragglers(tasks, wait, cutoffs, early)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        late = f"no answer within {wait:.2f}s of the quorum"
+        late = "no answer in time after the quorum"
+        if timed is not None:
+            for drive, result in zip(self.drives, results, strict=True):
+                if result is missing:
+                    self.latency.mark_late(drive.endpoint, node_of(drive))
         return [
             DriveNotFound(f"drive {drive.endpoint}: {late}") if result is missing else result
             for drive, result in zip(self.drives, results, strict=True)
@@ -128,15 +162,26 @@ class ErasureSet:
         return list(await asyncio.gather(*(one(p, d) for p, d in enumerate(self.drives))))
 
     async def _wait_quorum_then_stragglers(
-        self, tasks: Sequence[asyncio.Task[None]], wait: float
+        self,
+        tasks: Sequence[asyncio.Task[None]],
+        wait: float,
+        cutoffs: Sequence[float] | None = None,
+        settled: Callable[[], bool] | None = None,
     ) -> None:
+        """Wait for a write quorum of ``tasks``, then for the rest until ``wait`` after the
+        quorum, or (with ``cutoffs``, one loop time per task, once ``settled()``) until the
+        latest cut-off of the tasks still pending, if that comes sooner."""
         loop = asyncio.get_running_loop()
         pending = set(tasks)
         quorum_at: float | None = None
         while pending:
             timeout = None
             if quorum_at is not None:
-                timeout = max(0.0, quorum_at + wait - loop.time())
+                until = quorum_at + wait
+                if cutoffs is not None and (settled is None or settled()):
+                    latest = max(cutoffs[i] for i, task in enumerate(tasks) if task in pending)
+                    until = min(until, latest)
+                timeout = max(0.0, until - loop.time())
             done, pending = await asyncio.wait(
                 pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
@@ -149,7 +194,27 @@ class ErasureSet:
         self, bucket: str, key: str, *, patience: float | None = None
     ) -> Results[ObjectMeta]:
         """Every drive's copy of an object's metadata (or why it has none)."""
-        return await self.fan_out(lambda drive: drive.read_metadata(bucket, key), patience=patience)
+        return await self.fan_out_positions(
+            lambda position: self.drives[position].read_metadata(bucket, key),
+            patience=patience,
+            timed=METADATA,
+            settled=self.metadata_settled,
+        )
+
+    def metadata_settled(self, answers: Sequence[ObjectMeta | StorageError], silent: int) -> bool:
+        """Whether the ``silent`` drives could no longer change the version a read picks: a
+        version already has a read quorum, and no newer one (seen, or unseen) could reach one
+        with the silent drives' copies. Until then stragglers get the full straggler wait, so
+        cutting slow drives early never hides a version that a write quorum committed."""
+        quorum = self.read_quorum
+        if silent >= quorum:
+            return False
+        counts = Counter(a.version_key() for a in answers if isinstance(a, ObjectMeta))
+        agreed = [version for version, count in counts.items() if count >= quorum]
+        if not agreed:
+            return False
+        best = max(agreed)
+        return all(count + silent < quorum for version, count in counts.items() if version > best)
 
     def pick_metadata(
         self, bucket: str, key: str, copies: Sequence[ObjectMeta | StorageError]

@@ -4,7 +4,8 @@ The metadata read takes the key's *read* lock, so a reader never sees a version 
 is still in progress in this process (and might yet be rolled back), while concurrent readers
 of one key run in parallel. Small objects are decoded from the shards inlined in the metadata;
 larger ones stream block by block through a :class:`~storage.reader.ShardFetcher`, which
-prefers data shards, replaces failed shards at once and hedges slow ones.
+prefers data shards, replaces failed shards at once and replaces late ones block by block
+(each drive timed against its own recent latency, :attr:`ErasureSet.latency`).
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ def open_reader(
                 report=lambda source, reason: report(source.position, reason),
                 part=part,
                 size=size,
+                latency=eset.latency,
             )
 
         chunks = _segment_chunks(fetcher, meta, offset, length)

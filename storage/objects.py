@@ -39,7 +39,7 @@ from storage.errors import (
 from storage.format import FormatInfo, plan_format
 from storage.get import ObjectReader, choose_version, open_reader
 from storage.info import BucketInfo, HealHook, HealReport, LayerStats, ListResult, ObjectInfo
-from storage.latency import HedgeDelay
+from storage.latency import DriveLatency, HedgeDelay
 from storage.list_objects import MAX_KEYS
 from storage.locks import KeyLocks
 from storage.meta import ErasureInfo, ObjectMeta, PartInfo, UploadRecord
@@ -74,11 +74,16 @@ class ObjectLayer:
         if not sets:
             raise InvalidArgument("an object layer needs at least one erasure set")
         self.hedge = HedgeDelay(floor=hedge_floor)
+        #: Per-drive latency percentiles: when a shard read is late, and how long a metadata
+        #: read waits for a drive after the quorum answered.
+        self.latency = DriveLatency(floor=hedge_floor)
         self.sets: list[ErasureSet] = []
         for number, drives in enumerate(sets):
             count = len(drives)
             chosen = check_parity(count, parity) if parity is not None else default_parity(count)
-            self.sets.append(ErasureSet(number, list(drives), count - chosen, chosen, self.hedge))
+            self.sets.append(
+                ErasureSet(number, list(drives), count - chosen, chosen, self.hedge, self.latency)
+            )
         self.block_size = block_size
         self.inline_limit = inline_limit
         self.heal_hook = heal_hook

@@ -51,6 +51,8 @@ class FaultyDrive:
         self.fail_writes_after: int | None = None  # shard chunks accepted before failing
         self.fail_rename = False
         self.read_gate: Any = None  # an asyncio.Event; shard reads wait for it when set
+        #: Chunks each shard read passes before it waits at ``read_gate`` (a mid-object stall).
+        self.read_gate_after = 0
         self.reads_waiting = 0
         self.calls: Counter[str] = Counter()
         self.holds: dict[str, asyncio.Event] = {}
@@ -165,9 +167,12 @@ class FaultyDrive:
             length=length,
             part=part,
         )
+        passed = 0
         try:
             async for chunk in chunks:
-                if self.read_gate is not None and not self.read_gate.is_set():
+                passed += 1
+                gated = passed > self.read_gate_after
+                if gated and self.read_gate is not None and not self.read_gate.is_set():
                     self.reads_waiting += 1
                     await self.read_gate.wait()
                 yield chunk

@@ -8,6 +8,7 @@ moment guessed with a sleep.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import pty
@@ -36,6 +37,8 @@ from tests.cluster.helpers import MIB, LocalCluster, metrics_text, payload, wait
 from tests.cluster.proxy import StallProxy
 
 BUCKET = "terminal"
+#: tgkill(2) on x86-64 and on aarch64.
+SYS_TGKILL = {"x86_64": 234, "aarch64": 131}.get(os.uname().machine, 234)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
 
@@ -73,7 +76,16 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     for process in started:
         if process.poll() is None:
             process.kill()
-            process.wait(10)
+        process.communicate(timeout=10)  # reaps it and closes its pipes
+
+
+def interrupt_a_worker_thread(pid: int) -> None:
+    """SIGINT to one thread of ``pid`` other than its main thread (tgkill(2))."""
+    workers = sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid)
+    assert workers, "the CLI runs its transfers in threads"
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(SYS_TGKILL, pid, workers[-1], signal.SIGINT) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill failed")
 
 
 def part_files(folder: Path) -> list[Path]:
@@ -99,7 +111,9 @@ def test_ctrl_c_during_a_download(cluster: LocalCluster, s3: Any, tmp_path: Path
         processes.append(process)
         assert proxy.stalled.wait(30), "the download never started"
         assert part_files(tmp_path), "mid-transfer, the temporary file is there"
-        process.send_signal(signal.SIGINT)
+        # The kernel may hand a process's SIGINT to any of its threads; send it to a transfer
+        # thread, the case where a main thread in an untimed wait never saw it (a hang).
+        interrupt_a_worker_thread(process.pid)
         _, err = process.communicate(timeout=30)
     text = err.decode()
     assert process.returncode == 130, text
@@ -183,7 +197,7 @@ def run_on_terminal(cluster: LocalCluster, *args: str) -> tuple[int, str]:
         os.close(leader)
         if process.poll() is None:
             process.kill()
-            process.wait(10)
+        process.communicate(timeout=10)  # reaps it and closes its pipes
     assert process.stdout is not None
     process.stdout.close()
     return process.returncode, ANSI.sub("", shown.decode(errors="replace"))

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from cli.adminclient import AdminClient
 from cli.cluster import bind_port
 from cli.signed import SignedClient, object_path
 from node.s3 import sigv4
@@ -121,6 +122,37 @@ def test_frozen_node_does_not_stall_reads(restored: LocalCluster) -> None:
     table = cluster.cli("admin", "info")
     assert table.exit_code == 3  # not every node is ok
     assert "offline" in table.stdout
+
+
+def _read_counters(cluster: LocalCluster) -> dict[str, int]:
+    """Node 0's read counters (hedges, replacements, retired streams, decodes)."""
+    lines = AdminClient(cluster.load()).lines(0, "GET", "/top", scope="node", count=1)
+    counters: dict[str, int] = lines[0]["nodes"][0]["reads"]
+    return counters
+
+
+def test_node_frozen_mid_get_is_replaced_block_by_block(restored: LocalCluster) -> None:
+    cluster = restored
+    data = payload(32 * MIB, seed=14)
+    put_bytes(cluster.boto(0), "frozen-mid", data)
+    before = _read_counters(cluster)
+    # Every node holds one data shard of every object (the set's drive order is drive-major),
+    # so node 2's data stream is one of the four node 0 reads from.
+    response = cluster.client(0, timeout=60).request("GET", object_path(BUCKET, "frozen-mid"))
+    received = bytearray()
+    frozen = False
+    while piece := response.read1(MIB):
+        received += piece
+        if not frozen and len(received) >= len(data) // 4:
+            frozen = cluster.signal(2, signal.SIGSTOP)
+    response.close()
+    assert frozen and bytes(received) == data
+    after = _read_counters(cluster)
+    # Node 2's stream was replaced mid-object: by a hedge when it missed its deadline, or (on
+    # a machine so loaded that the grid gave up on node 2 first) after it failed.
+    moved = (after["hedges"] + after["replacements"]) - (before["hedges"] + before["replacements"])
+    assert moved >= 1
+    assert after["decodes"] > before["decodes"]  # blocks after the freeze came from parity
 
 
 def _start_raw_put(
