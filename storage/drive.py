@@ -180,10 +180,14 @@ class ListPage:
         return cls.from_dict(_unpack(payload))
 
 
+#: A chunk of shard data: bytes, or a memoryview of an erasure block (passed on without a copy).
+Buffer = bytes | memoryview
+
+
 class ShardWriter(Protocol):
     """A shard being streamed into a drive's temporary area."""
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Buffer) -> None:
         """Append one chunk (the shard of one erasure block); the drive frames it with a hash."""
 
     async def commit(self) -> None:

@@ -51,6 +51,23 @@ class Erasure:
             shards.extend(encoder.encode(tuple(shards), self._parity_nums))
         return shards
 
+    def encode_views(self, block: bytes) -> list[bytes | memoryview]:
+        """Like :meth:`encode`, without copying the block: the data shards are memoryviews of
+        ``block`` (of a zero-padded copy of it when its length is not a multiple of ``data``,
+        as for the last block of an object) and only the parity shards are new bytes. zfec
+        reads its input through the buffer protocol, so it encodes straight from the block."""
+        size = self.shard_len(len(block))
+        if size * self.data != len(block):
+            block = block + bytes(size * self.data - len(block))
+        view = memoryview(block)
+        shards: list[bytes | memoryview] = [
+            view[i * size : (i + 1) * size] for i in range(self.data)
+        ]
+        if self.parity:
+            encoder = zfec.Encoder(self.data, self.total)
+            shards.extend(encoder.encode(tuple(shards), self._parity_nums))
+        return shards
+
     def encode_some(self, block: bytes, wanted: Sequence[int]) -> dict[int, bytes]:
         """Only the shards ``wanted`` of one block (index -> bytes), for healing.
 

@@ -41,12 +41,13 @@ import contextlib
 import errno
 import os
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TypeVar
 
 from storage import bitrot, listing
-from storage.drive import DiskInfo, ListPage, ShardWriter, VolumeInfo
+from storage.drive import Buffer, DiskInfo, ListPage, ShardWriter, VolumeInfo
 from storage.errors import (
     DriveFull,
     DriveNotFound,
@@ -225,19 +226,27 @@ class LocalShardWriter:
         self._path = path
         self._closed = False
 
-    def _write_sync(self, chunk: bytes) -> None:
+    def _write_sync(self, chunk: Buffer) -> None:
         assert self._fd is not None
         head = bitrot.digest(chunk)
+        size = len(chunk)
         written = os.writev(self._fd, [head, chunk])
-        if written != len(head) + len(chunk):  # a short write: finish the rest the slow way
-            rest = (head + chunk)[written:]
+        if written != len(head) + size:  # a short write: finish the rest the slow way
+            rest = memoryview(head + bytes(chunk))[written:]
             while rest:
                 rest = rest[os.write(self._fd, rest) :]
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Buffer) -> None:
         if self._fd is None:
             raise InvalidArgument("shard writer is closed")
         await self._drive.run("write_shard", self._write_sync, chunk)
+
+    @property
+    def batchable(self) -> bool:
+        """Whether :func:`write_local_shards` may write this shard along with others (it is
+        open, its drive online and not slowed by fault injection)."""
+        drive = self._drive
+        return self._fd is not None and drive.is_online() and not drive.injected_delay
 
     def _close_sync(self, fsync: bool) -> None:
         fd, self._fd = self._fd, None
@@ -265,6 +274,47 @@ class LocalShardWriter:
             await asyncio.get_running_loop().run_in_executor(
                 None, shutil.rmtree, os.path.dirname(os.path.dirname(self._path)), True
             )
+
+
+def _write_all_sync(
+    jobs: list[tuple[LocalShardWriter, Buffer]],
+) -> list[tuple[float, BaseException | None]]:
+    """Write each job's chunk; how long each write took and how it failed. One trip to the
+    thread pool for all of them."""
+    out: list[tuple[float, BaseException | None]] = []
+    for writer, chunk in jobs:
+        started = time.perf_counter()
+        try:
+            writer._write_sync(chunk)  # noqa: SLF001 - the batch is this module's own
+            out.append((time.perf_counter() - started, None))
+        except (OSError, StorageError) as exc:
+            out.append((time.perf_counter() - started, exc))
+    return out
+
+
+async def write_local_shards(
+    jobs: list[tuple[LocalShardWriter, Buffer]],
+) -> list[StorageError | None]:
+    """Append one chunk to each of several local shard writers in a single thread-pool job.
+
+    The same as ``await writer.write(chunk)`` for each (the same framing, the same errors and
+    the same per-drive ``write_shard`` latency), without a thread-pool round trip per drive:
+    a put to eight local drives makes one trip per block instead of eight. Every writer must be
+    :attr:`~LocalShardWriter.batchable`; each job's error (or None) is returned in order."""
+    loop = asyncio.get_running_loop()
+    results = await loop.run_in_executor(None, _write_all_sync, jobs)
+    errors: list[StorageError | None] = []
+    for (writer, _), (elapsed, exc) in zip(jobs, results, strict=True):
+        drive, error = writer._drive, ""  # noqa: SLF001
+        failure: StorageError | None = None
+        if isinstance(exc, StorageError):
+            failure = exc
+        elif isinstance(exc, OSError):
+            failure = await drive._translate("write_shard", exc)  # noqa: SLF001
+            error = "" if isinstance(failure, FileNotFound) else type(failure).__name__
+        drive._record("write_shard", elapsed, error)  # noqa: SLF001
+        errors.append(failure)
+    return errors
 
 
 class LocalDrive:
@@ -344,17 +394,25 @@ class LocalDrive:
         except StorageError:
             raise  # the operation's own answer (not found, ...): the drive itself is fine
         except OSError as exc:
-            translated: StorageError = _os_error(exc, f"{op} on {self._endpoint}")
-            if not await loop.run_in_executor(None, os.path.isdir, self.root):
-                translated = DriveNotFound(f"drive {self._endpoint} is gone")
+            translated = await self._translate(op, exc)
             if not isinstance(translated, FileNotFound):  # a missing file is an answer too
                 error = type(translated).__name__
             raise translated from exc
         finally:
-            elapsed = loop.time() - started
-            self._latency.record(op, elapsed)
-            for observer in self.observers:
-                observer(op, elapsed, error)
+            self._record(op, loop.time() - started, error)
+
+    async def _translate(self, op: str, exc: OSError) -> StorageError:
+        """The storage error for an OSError of ``op`` (DriveNotFound when the root is gone)."""
+        translated: StorageError = _os_error(exc, f"{op} on {self._endpoint}")
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, os.path.isdir, self.root):
+            translated = DriveNotFound(f"drive {self._endpoint} is gone")
+        return translated
+
+    def _record(self, op: str, elapsed: float, error: str) -> None:
+        self._latency.record(op, elapsed)
+        for observer in self.observers:
+            observer(op, elapsed, error)
 
     def system_path(self, name: str) -> str:
         """A file in the drive's own area (not a bucket), e.g. the heal tracker."""

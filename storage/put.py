@@ -4,8 +4,9 @@
 2. Cut the source into blocks. A small object (one short block whose shards fit
    ``inline_limit``) is encoded whole and each drive's framed shard goes into its metadata.
    Otherwise every drive gets a shard writer in its temporary area, and up to ``ENCODE_AHEAD``
-   blocks encode in the thread pool while the previous block is written, so the encoder, the
-   MD5 and the drive writes run at the same time.
+   blocks encode in the thread pool while the previous block is written (all local drives in
+   one pool job), and the object's MD5 takes each block on a thread of its own as it is read,
+   so the encoder, the MD5 and the drive writes run at the same time.
 3. Commit under the key's write lock: each drive renames the data into place, metadata last.
    Without a write quorum of renames, the drives that renamed are rolled back. Drives that
    missed the write are reported to the heal hook.
@@ -24,11 +25,12 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from storage import bitrot
 from storage.buckets import check_bucket
-from storage.drive import ShardWriter
+from storage.drive import Buffer, ShardWriter
 from storage.erasure import Erasure
 from storage.erasure_set import ErasureSet, Results
 from storage.errors import (
@@ -41,6 +43,7 @@ from storage.errors import (
     VolumeNotFound,
     WriteQuorum,
 )
+from storage.local import LocalShardWriter, write_local_shards
 from storage.locks import KeyLocks
 from storage.meta import ErasureInfo, ObjectMeta
 from storage.names import validate_bucket, validate_object
@@ -80,33 +83,64 @@ async def _attempt(coro: Awaitable[object]) -> StorageError | None:
 
 
 class BlockSource:
-    """Cuts an async byte source into blocks of ``block_size``; a short block means the end."""
+    """Cuts an async byte source into blocks of ``block_size``; a short block means the end.
+
+    Each block is copied once: the pieces that make it up are kept as they arrived (the piece
+    that crosses a block boundary as two memoryviews of itself) and joined when the block is
+    complete. A piece that is exactly one block is passed on as it is, without a copy. Blocks
+    are immutable ``bytes``, so the encoder, the MD5 and the shard writers can share views of
+    one block safely."""
 
     def __init__(self, source: AsyncIterable[bytes], block_size: int) -> None:
         self._iter = aiter(source)
         self._block_size = block_size
-        self._buffer = bytearray()
+        self._pieces: list[bytes | memoryview] = []
+        self._buffered = 0
         self._done = False
         self.total = 0
 
     async def next(self) -> bytes | None:
         size = self._block_size
-        while not self._done and len(self._buffer) < size:
+        while not self._done and self._buffered < size:
             try:
                 chunk = await anext(self._iter)
             except StopAsyncIteration:
                 self._done = True
                 break
-            if not self._buffer and len(chunk) == size:
+            if not chunk:
+                continue
+            if type(chunk) is not bytes:  # a buffer its producer may reuse: keep a copy
+                chunk = bytes(chunk)
+            if not self._pieces and len(chunk) == size:
                 self.total += size
-                return bytes(chunk)
-            self._buffer += chunk
-        if not self._buffer:
+                return chunk
+            self._pieces.append(chunk)
+            self._buffered += len(chunk)
+        if not self._buffered:
             return None
-        block = bytes(self._buffer[:size])
-        del self._buffer[:size]
+        block = self._take(min(size, self._buffered))
         self.total += len(block)
         return block
+
+    def _take(self, size: int) -> bytes:
+        """Join the first ``size`` buffered bytes into one block (the one copy)."""
+        pieces, taken, rest = self._pieces, 0, 0
+        count = 0
+        for piece in pieces:
+            count += 1
+            taken += len(piece)
+            if taken >= size:
+                rest = taken - size
+                break
+        head = pieces[:count]
+        if rest:
+            last = memoryview(head[-1])
+            head[-1] = last[: len(last) - rest]
+            self._pieces = [last[len(last) - rest :], *pieces[count:]]
+        else:
+            self._pieces = pieces[count:]
+        self._buffered -= size
+        return head[0] if len(head) == 1 and isinstance(head[0], bytes) else b"".join(head)
 
 
 async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
@@ -150,20 +184,40 @@ class ShardWriters:
             ),
         )
 
-    async def write(self, shards: Sequence[bytes], distribution: Sequence[int]) -> None:
-        """Write each live drive its shard of one block; a failing drive is dropped."""
+    async def write(self, shards: Sequence[Buffer], distribution: Sequence[int]) -> None:
+        """Write each live drive its shard of one block; a failing drive is dropped.
+
+        The shards for local drives are written in one thread-pool job (see
+        :func:`~storage.local.write_local_shards`); other drives are written concurrently."""
 
         async def write_one(position: int, writer: ShardWriter) -> None:
             try:
                 await writer.write(shards[distribution[position]])
             except StorageError as exc:
-                self.errors.append(exc)
-                self.writers[position] = None
-                await _attempt(writer.abort())
+                await self._drop(position, writer, exc)
 
-        await asyncio.gather(
-            *(write_one(pos, w) for pos, w in enumerate(self.writers) if w is not None)
-        )
+        async def write_local(batch: list[tuple[int, LocalShardWriter]]) -> None:
+            jobs = [(w, shards[distribution[pos]]) for pos, w in batch]
+            failures = await write_local_shards(jobs)
+            for (position, writer), exc in zip(batch, failures, strict=True):
+                if exc is not None:
+                    await self._drop(position, writer, exc)
+
+        local: list[tuple[int, LocalShardWriter]] = []
+        others: list[Awaitable[None]] = []
+        for position, writer in enumerate(self.writers):
+            if isinstance(writer, LocalShardWriter) and writer.batchable:
+                local.append((position, writer))
+            elif writer is not None:
+                others.append(write_one(position, writer))
+        if local:
+            others.append(write_local(local))
+        await asyncio.gather(*others)
+
+    async def _drop(self, position: int, writer: ShardWriter, exc: StorageError) -> None:
+        self.errors.append(exc)
+        self.writers[position] = None
+        await _attempt(writer.abort())
 
     async def finish(self) -> list[bool]:
         """Close every writer; which positions now hold a complete shard."""
@@ -281,9 +335,20 @@ async def stream_shards(
     and every drive gets an empty shard)."""
     writers = await ShardWriters.open(eset, upload_id)
     loop = asyncio.get_running_loop()
-    encoding: deque[tuple[bytes, asyncio.Future[list[bytes]]]] = deque()
+    # The object's MD5 takes the blocks in order, on a thread of its own, from the moment each
+    # block is read: it overlaps the encoding and the writes instead of waiting for them.
+    md5_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="put-md5")
+    encoding: deque[tuple[asyncio.Future[list[Buffer]], asyncio.Future[None]]] = deque()
     writing: asyncio.Future[Any] | None = None
     source_done = False
+
+    def start(block: bytes) -> None:
+        encoding.append(
+            (
+                loop.run_in_executor(None, erasure.encode_views, block),
+                loop.run_in_executor(md5_lane, md5.update, block),
+            )
+        )
 
     async def refill() -> None:
         nonlocal source_done
@@ -292,25 +357,26 @@ async def stream_shards(
             if block is None:
                 source_done = True
                 return
-            encoding.append((block, loop.run_in_executor(None, erasure.encode, block)))
+            start(block)
 
     try:
         if first is not None:
-            encoding.append((first, loop.run_in_executor(None, erasure.encode, first)))
+            start(first)
             await refill()
         while encoding:
-            block, future = encoding.popleft()
-            shards = await future
-            writing = asyncio.gather(
-                loop.run_in_executor(None, md5.update, block),
-                writers.write(shards, distribution),
-            )
+            encoded, hashed = encoding[0]
+            shards = await encoded
+            writing = asyncio.ensure_future(writers.write(shards, distribution))
             await refill()
             await writing
             writing = None
+            # The block leaves the pipeline once hashed too: at most ENCODE_AHEAD + 1 blocks
+            # are held, however far the MD5 falls behind.
+            await hashed
+            encoding.popleft()
             writers.require_quorum()
     except BaseException:
-        pending: list[asyncio.Future[Any]] = [f for _, f in encoding]
+        pending: list[asyncio.Future[Any]] = [f for pair in encoding for f in pair]
         if writing is not None:
             pending.append(writing)
         for future in pending:
@@ -319,6 +385,8 @@ async def stream_shards(
                 await future
         await writers.abort_all()
         raise
+    finally:
+        md5_lane.shutdown(wait=False)
     return writers
 
 

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import msgpack
 
@@ -44,7 +44,7 @@ from minigrid.errors import (
 )
 from minigrid.handlers import HandlerID
 from minigrid.streams import ClientStream
-from storage.drive import DiskInfo, ListPage, ShardWriter, VolumeInfo
+from storage.drive import Buffer, DiskInfo, ListPage, ShardWriter, VolumeInfo
 from storage.drive_wire import SHARD_COMMITTED, SHARD_READY, decode_error, encode_request
 from storage.errors import (
     DriveNotFound,
@@ -480,14 +480,18 @@ class RemoteShardWriter:
         """Wait until the server has created the shard file (or raise why it could not)."""
         await self._expect(SHARD_READY, "the ready message")
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Buffer) -> None:
         if self._state != "open":
             raise InvalidArgument(f"shard writer for {self._drive.endpoint} is {self._state}")
         if self._stream.done:
             # The server ended the upload early (a failed write): surface its error now.
             await self._expect(b"", "no end before the commit")
         try:
-            await self._stream.send(chunk)
+            # A data shard is a memoryview of the block: the frame encoder copies it into the
+            # frame, so it is not copied to bytes first. The grid types items as bytes, but
+            # only takes their len(), slices them and packs them (msgpack packs any buffer as
+            # bin); tests/storage/test_remote_drive.py sends a memoryview through a real grid.
+            await self._stream.send(cast(bytes, chunk))
         except GridError as exc:
             raise self._failed(exc) from exc
 

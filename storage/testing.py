@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from storage.drive import DiskInfo, Drive, ListPage, ShardWriter, VolumeInfo
+from storage.drive import Buffer, DiskInfo, Drive, ListPage, ShardWriter, VolumeInfo
 from storage.errors import DriveFull, DriveOffline, StorageError
 from storage.format import FormatInfo
 from storage.local import LocalDrive
@@ -29,7 +29,7 @@ class _FailingWriter:
         self._inner = inner
         self._left = after
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Buffer) -> None:
         if self._left <= 0:
             raise DriveFull("injected write failure")
         self._left -= 1

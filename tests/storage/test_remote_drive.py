@@ -120,9 +120,13 @@ def meta_for(data_dir: str, size: int, inline: bytes | None = None) -> ObjectMet
 
 
 async def write_shard(drive: Drive, upload_id: str, data: bytes) -> None:
+    """Chunks alternate between bytes and memoryviews (a put sends data shards as views of
+    the block), so both cross the grid in every test that writes a shard."""
     writer = await drive.create_shard(upload_id)
-    for pos in range(0, len(data), CHUNK):
-        await writer.write(data[pos : pos + CHUNK])
+    view = memoryview(data)
+    for index, pos in enumerate(range(0, len(data), CHUNK)):
+        chunk = view[pos : pos + CHUNK]
+        await writer.write(chunk if index % 2 else bytes(chunk))
     await writer.commit()
 
 
