@@ -491,12 +491,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tahoe-servers", type=int, default=4, help="--compare tahoe: storage nodes (4 or 8)"
     )
+    parser.add_argument(
+        "--compare-fsync", choices=["on", "off"], default="on",
+        help="--compare: minigrid's fsync (Tahoe's storage servers never fsync)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.compare == "tahoe":
         from tahoe_grid import compare_tahoe
 
-        result = compare_tahoe(args.compare_mib, args.rounds, args.parity, args.tahoe_servers)
+        result = compare_tahoe(
+            args.compare_mib, args.rounds, args.parity, args.tahoe_servers,
+            fsync=args.compare_fsync == "on",
+        )  # fmt: skip
     elif args.mode == "cluster":
         if args.drives != 8:
             parser.error("--mode cluster always runs 4 nodes x 2 drives")
