@@ -137,6 +137,18 @@ def installed_version(tahoe: Path) -> str | None:
     return first.partition("/")[2] or None
 
 
+def segment_size(tahoe: Path) -> int | None:
+    """The installed Tahoe's default maximum segment size for immutable files (1 MiB in 1.20;
+    128 KiB before 1.19), asked of its own Python; None if that fails."""
+    code = "from allmydata.interfaces import DEFAULT_IMMUTABLE_MAX_SEGMENT_SIZE as s; print(s)"
+    try:
+        out = subprocess.run([str(tahoe.parent / "python"), "-c", code], capture_output=True,
+                             text=True, timeout=60, check=True).stdout  # fmt: skip
+        return int(out.strip())
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
 def free_port() -> int:
     """A port nothing listens on now (Tahoe wants a fixed port in its config, not 0)."""
     with socket.socket() as sock:
@@ -525,7 +537,9 @@ def compare_tahoe(
         finally:
             if cluster is not None:
                 stop_nodes(cluster)
-    return compare_result(times, size_mib, rounds, servers, encoding, version, fsync)
+    result = compare_result(times, size_mib, rounds, servers, encoding, version, fsync)
+    result["tahoe_encoding"]["max_segment_size"] = segment_size(tahoe)
+    return result
 
 
 def compare_result(
