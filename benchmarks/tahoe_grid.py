@@ -19,19 +19,22 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import hashlib
 import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -393,8 +396,6 @@ def _write_source(path: Path, size: int) -> None:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     for piece in chunks(path):
         digest.update(piece)
@@ -426,7 +427,7 @@ class _Minigrid:
         curl(*self._auth(), "-X", "DELETE", f"{self.url}/{key}")
 
 
-def _timed(action: Any, pids: list[int]) -> tuple[float, float]:
+def _timed(action: Callable[[], None], pids: list[int]) -> tuple[float, float]:
     """Wall seconds and the CPU seconds ``pids`` spent while ``action()`` ran."""
     cpu = _cpu_seconds(pids)
     started = time.perf_counter()
@@ -435,8 +436,6 @@ def _timed(action: Any, pids: list[int]) -> tuple[float, float]:
 
 
 def _median(values: list[float]) -> float:
-    import statistics
-
     return statistics.median(values)
 
 
@@ -486,9 +485,9 @@ def _compare_rounds(
         for verb in ("put", "get"):
             for system in order:
                 if verb == "put":
-                    wall, cpu = _timed(lambda s=system, r=one: r.put(s, source), pids[system])
+                    wall, cpu = _timed(partial(one.put, system, source), pids[system])
                 else:
-                    wall, cpu = _timed(lambda s=system, r=one: r.get(s, back), pids[system])
+                    wall, cpu = _timed(partial(one.get, system, back), pids[system])
                     if _sha256(back) != expected:
                         raise RuntimeError(f"{system} returned different bytes in round {index}")
                 times[system][verb].append(wall)
