@@ -32,6 +32,13 @@ file of that size put and got twice: with one PUT and one GET (the CLI's client)
 boto3's ``upload_file`` and ``download_file`` with the default ``TransferConfig`` (multipart
 upload of 8 MiB parts, ten threads; ranged GETs of 8 MiB in parallel), each checked to come
 back whole. They are reported under ``multipart``.
+
+``--compare tahoe`` runs only the comparison with Tahoe-LAFS (``tahoe_grid.py``): a local Tahoe
+grid (an introducer, ``--tahoe-servers`` storage nodes and a client node, encoding k = data
+shards and N = data + parity, so the same expansion) next to one 4 x 2 minigrid cluster (fsync
+on); each round a new ``--compare-mib`` file is put to and got from both, alternating, with
+curl as the client of both (Tahoe's web API ``PUT /uri`` and ``GET /uri/<cap>``; minigrid's S3
+path with curl's SigV4). Tahoe is installed from PyPI into ``.bench/tahoe-venv/`` on first use.
 """
 
 from __future__ import annotations
@@ -475,9 +482,30 @@ def main(argv: list[str] | None = None) -> int:
         help="cluster mode: one file of this size through single PUT/GET and boto3's "
         "upload_file/download_file; 0: none",
     )  # fmt: skip
+    parser.add_argument(
+        "--compare", choices=["tahoe"],
+        help="instead of the modes: put and get one file through Tahoe-LAFS's web API and "
+        "through a 4 x 2 minigrid cluster, with curl, alternating (installs Tahoe into "
+        ".bench/tahoe-venv on first use)",
+    )  # fmt: skip
+    parser.add_argument("--compare-mib", type=int, default=64, help="--compare: file size, MiB")
+    parser.add_argument(
+        "--tahoe-servers", type=int, default=4, help="--compare tahoe: storage nodes (4 or 8)"
+    )
+    parser.add_argument(
+        "--compare-fsync", choices=["on", "off"], default="on",
+        help="--compare: minigrid's fsync (Tahoe's storage servers never fsync)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    if args.mode == "cluster":
+    if args.compare == "tahoe":
+        from tahoe_grid import compare_tahoe
+
+        result = compare_tahoe(
+            args.compare_mib, args.rounds, args.parity, args.tahoe_servers,
+            fsync=args.compare_fsync == "on",
+        )  # fmt: skip
+    elif args.mode == "cluster":
         if args.drives != 8:
             parser.error("--mode cluster always runs 4 nodes x 2 drives")
         result = run_cluster(sizes, args.rounds, args.parity, args.small_puts, args.multipart_mib)
