@@ -344,7 +344,8 @@ async def run_rounds(
     calls: dict[str, Call], plan: Plan, server_pids: dict[str, int]
 ) -> dict[str, list[float]]:
     """Alternate the systems for ``plan.rounds`` rounds; return every round's raw values."""
-    keys = ("rps", "p50_us", "client_cpu_pct", "server_cpu_pct")
+    keys = ("rps", "p50_us", "client_cpu_pct", "server_cpu_pct",
+            "client_cpu_us_per_call", "server_cpu_us_per_call")  # fmt: skip
     raw: dict[str, list[float]] = {f"{name}_{key}": [] for name in SYSTEMS for key in keys}
     for round_no in range(1, plan.rounds + 1):
         for name in SYSTEMS:
@@ -354,6 +355,10 @@ async def run_rounds(
             raw[f"{name}_p50_us"].append(round(p50, 1))
             raw[f"{name}_client_cpu_pct"].append(round(load.client_cpu))
             raw[f"{name}_server_cpu_pct"].append(round(load.server_cpu))
+            # CPU per call: steadier than calls per second when other work shares the cores.
+            for side, pct in (("client", load.client_cpu), ("server", load.server_cpu)):
+                per_call = pct / 100 / load.rps * 1e6 if load.rps else float("nan")
+                raw[f"{name}_{side}_cpu_us_per_call"].append(round(per_call, 2))
             log(
                 f"round {round_no}/{plan.rounds} {name:8s} {load.rps:7.0f} rps"
                 f" (cpu client {load.client_cpu:3.0f}% server {load.server_cpu:3.0f}%)"
@@ -682,6 +687,19 @@ def rpc_report(plan: Plan, raw: dict[str, list[float]]) -> dict[str, Any]:
     medians = {key: round(statistics.median(values), 1) for key, values in raw.items()}
     vs_grpc = medians["minigrid_rps"] / medians["grpc_rps"]
     vs_http = medians["minigrid_rps"] / medians["http_rps"]
+    cpu_per_call: dict[str, dict[str, float]] = {}
+    for name in SYSTEMS:
+        client, server = (
+            raw[f"{name}_client_cpu_us_per_call"],
+            raw[f"{name}_server_cpu_us_per_call"],
+        )
+        cpu_per_call[name] = {
+            "client": round(statistics.median(client), 2),
+            "server": round(statistics.median(server), 2),
+            "total": round(
+                statistics.median(c + s for c, s in zip(client, server, strict=True)), 2
+            ),
+        }
     return {
         **{f"{name}_rps": medians[f"{name}_rps"] for name in SYSTEMS},
         **{f"{name}_p50_us": medians[f"{name}_p50_us"] for name in SYSTEMS},
@@ -692,6 +710,10 @@ def rpc_report(plan: Plan, raw: dict[str, list[float]]) -> dict[str, Any]:
             }
             for name in SYSTEMS
         },
+        "cpu_us_per_call": cpu_per_call,
+        "minigrid_vs_grpc_cpu": round(
+            cpu_per_call["grpc"]["total"] / cpu_per_call["minigrid"]["total"], 3
+        ),
         "minigrid_vs_grpc": round(vs_grpc, 3),
         "minigrid_vs_http": round(vs_http, 3),
         "target": {"minigrid_vs_grpc": TARGET_VS_GRPC, "minigrid_vs_http": TARGET_VS_HTTP},
