@@ -56,6 +56,10 @@ class StallProxy:
                 continue
             server.settimeout(None)
             with self._lock:
+                if self._closed.is_set():  # close() ran while this connection was being made
+                    client.close()
+                    server.close()
+                    return
                 self._sockets += [client, server]
             self._spawn(self._pump, client, server, "up")
             self._spawn(self._pump, server, client, "down")

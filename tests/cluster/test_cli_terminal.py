@@ -73,7 +73,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     for process in started:
         if process.poll() is None:
             process.kill()
-            process.wait(10)
+        process.communicate(timeout=10)  # reaps it and closes its pipes
 
 
 def part_files(folder: Path) -> list[Path]:
@@ -183,7 +183,7 @@ def run_on_terminal(cluster: LocalCluster, *args: str) -> tuple[int, str]:
         os.close(leader)
         if process.poll() is None:
             process.kill()
-            process.wait(10)
+        process.communicate(timeout=10)  # reaps it and closes its pipes
     assert process.stdout is not None
     process.stdout.close()
     return process.returncode, ANSI.sub("", shown.decode(errors="replace"))

@@ -104,14 +104,19 @@ def test_partial_stream_items_across_muxes_stop_at_the_held_bytes_cap(
     failed ("busy"), each alone."""
     assert grid.hostile is not None
     streams, held = 500, MAX_HELD_BYTES // MIB
-    with grid.watch():
+    with grid.watch() as baseline:
         before = hostile_session(grid)
         grid.hostile.attack("partial_payloads", streams=streams, drive=grid.target_drive,
                             timeout=120)  # fmt: skip
         after = hostile_session(grid)
         assert after["reconnects"] == before["reconnects"]
         assert after["protocol_errors"] == before["protocol_errors"]
-        assert streams - held <= after["refused"] - before["refused"] <= streams - held + 2
+        # The hostile peer never pings its streams: when sending 500 MiB takes longer than the
+        # stream watchdog's window (a loaded machine), the node cancels the first streams
+        # ("not seen for", one log line each) and their bytes make room for later ones.
+        dropped = grid.log_text(0, baseline.log_offset).count("not seen for")
+        excess = streams - held
+        assert excess - dropped <= after["refused"] - before["refused"] <= excess + 2
         wait_for(lambda: hostile_session(grid)["held_bytes"] == 0, 10, "the streams to let go")
 
 

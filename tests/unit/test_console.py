@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import subprocess
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -252,9 +253,15 @@ def test_a_process_identity_is_signalled_only_when_it_is_that_very_process() -> 
         pytest.skip("no /proc here")
     with pytest.raises(NotLocal, match="own process"):
         me.check_local()
-    parent = ProcessIdentity(os.getppid(), 0, me.boot_id, me.pid_ns)
-    with pytest.raises(NotLocal, match=r"another process now|not a node"):
-        parent.check_local()  # a start tick that is not the parent's
+    # A live process of ours that is not a node (the test runner's parent may be PID 1, whose
+    # /proc entry a container can hide).
+    with subprocess.Popen(["sleep", "60"]) as other:
+        try:
+            stranger = ProcessIdentity(other.pid, 0, me.boot_id, me.pid_ns)
+            with pytest.raises(NotLocal, match=r"another process now|not a node"):
+                stranger.check_local()  # a start tick that is not that process's
+        finally:
+            other.kill()
     with pytest.raises(NotLocal, match="another machine"):
         ProcessIdentity(os.getppid(), 0, "other-boot", me.pid_ns).check_local()
     with pytest.raises(NotLocal, match="another PID namespace"):
