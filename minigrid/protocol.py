@@ -20,14 +20,18 @@ an absolute deadline on its own monotonic clock (see :mod:`minigrid.deadline`).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import msgpack
 import xxhash
 
 from .errors import LocalProtocolError, PayloadTooLarge, RemoteProtocolError
+
+#: What :func:`encode` takes as a payload.
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 PROTOCOL_VERSION: Final = 2  # 2: the challenge–response handshake (minigrid.handshake)
 
@@ -105,6 +109,11 @@ _ALL_FLAGS: Final = int(
     | Flags.MORE
 )
 _CHECKSUM_LEN: Final = 8
+#: Payloads from this size up are encoded as a msgpack header joined to the payload, in one copy.
+JOIN_FROM: Final = 4 << 10
+#: Frames from this size up are decoded by hand, each payload a slice of the frame (one copy);
+#: smaller ones go through msgpack's C unpacker, faster per message when messages are small.
+SLICE_FROM: Final = 64 << 10
 _MERGED: Final = int(Op.MERGED)
 # Plain ints on the hot path: ``int & IntFlag`` goes through the enum's reflected operator.
 _CHECKSUM: Final = int(Flags.CHECKSUM)
@@ -141,25 +150,41 @@ def encode(
     deadline_ms: int = 0,
     handler_id: int = 0,
     flags: int = 0,
-    payload: bytes = b"",
+    payload: Buffer = b"",
     checksum: bool = False,
 ) -> bytes:
-    """Encode one message. Raises :class:`LocalProtocolError` for values the wire cannot carry."""
+    """Encode one message. Raises :class:`LocalProtocolError` for values the wire cannot carry.
+
+    ``payload`` may be any bytes-like object (a memoryview of a bigger payload, for one); it is
+    copied exactly once, into the returned message."""
+    size = len(payload)
     if checksum:
-        payload = payload + xxhash.xxh3_64_digest(payload)
+        size += _CHECKSUM_LEN
         flags |= _CHECKSUM
-    if len(payload) > MAX_PAYLOAD:
-        raise PayloadTooLarge(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD} cap")
+    if size > MAX_PAYLOAD:
+        raise PayloadTooLarge(f"payload of {size} bytes is over the {MAX_PAYLOAD} cap")
     if not (0 <= mux_id <= MAX_MUX_ID and 0 <= seq <= MAX_SEQ):
         raise LocalProtocolError(f"mux id {mux_id} or seq {seq} out of range")
     if not (0 <= deadline_ms <= MAX_DEADLINE_MS and 0 <= handler_id <= MAX_HANDLER_ID):
         raise LocalProtocolError(f"deadline {deadline_ms} or handler {handler_id} out of range")
     if op not in _VALID_OPS or flags & ~_ALL_FLAGS:
         raise LocalProtocolError(f"unknown op {op} or flags {flags:#x}")
-    packed: bytes = _packer.pack(
-        [mux_id, seq, deadline_ms, handler_id, int(op), int(flags), payload]
-    )
-    return packed
+    if size < JOIN_FROM:
+        # Small: msgpack's C packer beats building the header in Python, and the copy is tiny.
+        if checksum:
+            payload = bytes(payload) + xxhash.xxh3_64_digest(payload)
+        packed: bytes = _packer.pack(
+            [mux_id, seq, deadline_ms, handler_id, int(op), int(flags), payload]
+        )
+        return packed
+    # Large: only the header goes through msgpack; the payload is copied once, by the join
+    # (packing it would copy it into the packer's growing buffer and then out again).
+    # A 6-array of the header fields: its first byte is swapped for the 7-array's.
+    header = _packer.pack((mux_id, seq, deadline_ms, handler_id, int(op), int(flags)))
+    parts: list[Buffer] = [b"\x97", memoryview(header)[1:], _bin_header(size), payload]
+    if checksum:
+        parts.append(xxhash.xxh3_64_digest(payload))
+    return b"".join(parts)
 
 
 def _bin_header(length: int) -> bytes:
@@ -186,16 +211,24 @@ def merge(encoded: list[bytes]) -> bytes:
     return b"".join([_MERGED_PREFIX, _bin_header(total), *encoded])
 
 
-def _new_unpacker(max_bin: int) -> msgpack.Unpacker:
+_UNPACK_LIMITS: Final[dict[str, Any]] = {
+    "raw": False,
+    "use_list": True,
+    "max_str_len": 0,
+    "max_array_len": 7,
+    "max_map_len": 0,
+    "max_ext_len": 0,
+}
+
+
+def _new_unpacker(max_bin: int, size: int = 64 << 10) -> msgpack.Unpacker:
+    # ``read_size`` is the buffer msgpack allocates up front; left alone it would be 1 MiB
+    # (its default for a cap this big) for every unpacker, however small the data.
     return msgpack.Unpacker(
-        raw=False,
-        use_list=True,
+        read_size=max(1, min(size, MAX_FRAME_SIZE)),
         max_buffer_size=MAX_FRAME_SIZE + 64,
         max_bin_len=max_bin,
-        max_str_len=0,
-        max_array_len=7,
-        max_map_len=0,
-        max_ext_len=0,
+        **_UNPACK_LIMITS,
     )
 
 
@@ -215,16 +248,7 @@ def _to_message(obj: Any) -> Message:
         raise RemoteProtocolError("message header fields must be integers")
     if type(payload) is not bytes:
         raise RemoteProtocolError("message payload must be bin")
-    if op not in _VALID_OPS:
-        raise RemoteProtocolError(f"unknown op {op}")
-    if flags & ~_ALL_FLAGS or flags < 0:
-        raise RemoteProtocolError(f"unknown flags {flags:#x}")
-    if not (
-        0 <= mux_id <= MAX_MUX_ID and 0 <= seq <= MAX_SEQ and 0 <= deadline_ms <= MAX_DEADLINE_MS
-    ):
-        raise RemoteProtocolError("mux id, seq or deadline out of range")
-    if not 0 <= handler_id <= MAX_HANDLER_ID:
-        raise RemoteProtocolError(f"handler id {handler_id} out of range")
+    _check_header(mux_id, seq, deadline_ms, handler_id, op, flags)
     if flags & _CHECKSUM:
         if len(payload) < _CHECKSUM_LEN:
             raise RemoteProtocolError("checksum flag on a payload too short to carry one")
@@ -236,12 +260,62 @@ def _to_message(obj: Any) -> Message:
     return Message(mux_id, seq, deadline_ms, handler_id, op, flags, payload)
 
 
+def _check_header(
+    mux_id: int, seq: int, deadline_ms: int, handler_id: int, op: int, flags: int
+) -> None:
+    if op not in _VALID_OPS:
+        raise RemoteProtocolError(f"unknown op {op}")
+    if flags & ~_ALL_FLAGS or flags < 0:
+        raise RemoteProtocolError(f"unknown flags {flags:#x}")
+    if not (
+        0 <= mux_id <= MAX_MUX_ID and 0 <= seq <= MAX_SEQ and 0 <= deadline_ms <= MAX_DEADLINE_MS
+    ):
+        raise RemoteProtocolError("mux id, seq or deadline out of range")
+    if not 0 <= handler_id <= MAX_HANDLER_ID:
+        raise RemoteProtocolError(f"handler id {handler_id} out of range")
+
+
+def _expand(obj: Any, out: list[Message], count: int) -> int:
+    """Validate one top-level object of a frame and add its message, or the messages merged
+    in it, to ``out``. ``count`` is how many messages the frame held before it; returns the
+    new count (the cap is checked as each one is unpacked, before it is validated)."""
+    count += 1
+    if count > MAX_MERGED:
+        raise _too_many()
+    message = _to_message(obj)
+    if message.op != _MERGED:
+        if len(message.payload) > MAX_PAYLOAD:
+            raise RemoteProtocolError(f"payload of {len(message.payload)} bytes over cap")
+        out.append(message)
+        return count
+    # The MERGED wrapper itself is not a message: its parts are counted instead.
+    count -= 1
+    payload = message.payload
+    inner = _new_unpacker(MAX_PAYLOAD, len(payload))
+    inner.feed(payload)
+    first = count
+    for item in inner:
+        count += 1
+        if count > MAX_MERGED:
+            raise _too_many()
+        part = _to_message(item)
+        if part.op == _MERGED:
+            raise RemoteProtocolError("merged message nested inside a merged message")
+        out.append(part)
+    if inner.tell() != len(payload):
+        raise RemoteProtocolError("merged payload ends inside a message")
+    if count == first:
+        raise RemoteProtocolError("empty merged message")
+    return count
+
+
 class FrameDecoder:
     """Incremental decoder: feed bytes in any pieces, get whole messages out.
 
     A frame may be fed one byte at a time. :meth:`end_frame` checks that a websocket frame ended
     on a message boundary. Merged messages are expanded in place. Only
-    :class:`RemoteProtocolError` ever escapes.
+    :class:`RemoteProtocolError` ever escapes. A frame that arrives whole is faster through
+    :func:`decode_frame`.
     """
 
     def __init__(self) -> None:
@@ -265,7 +339,7 @@ class FrameDecoder:
             self._fed += len(data)
             for obj in unpacker:
                 self._boundary = unpacker.tell()
-                self._expand(obj, out)
+                self._count = _expand(obj, out, self._count)
         except RemoteProtocolError:
             raise
         except Exception as exc:  # msgpack raises many types on garbage
@@ -279,58 +353,161 @@ class FrameDecoder:
             raise RemoteProtocolError(f"frame ended inside a message ({leftover} bytes left)")
         self._count = 0
 
-    def _expand(self, obj: Any, out: list[Message]) -> None:
-        count = self._count + 1
-        if count > MAX_MERGED:
-            raise _too_many()
-        self._count = count
-        message = _to_message(obj)
-        if message.op != _MERGED:
-            if len(message.payload) > MAX_PAYLOAD:
-                raise RemoteProtocolError(f"payload of {len(message.payload)} bytes over cap")
-            out.append(message)
-            return
-        # The MERGED wrapper itself is not a message: its parts are counted instead.
-        count -= 1
-        inner = _new_unpacker(MAX_PAYLOAD)
-        inner.feed(message.payload)
-        first = count
-        for item in inner:
-            count += 1
-            if count > MAX_MERGED:
-                raise _too_many()
-            part = _to_message(item)
-            if part.op == _MERGED:
-                raise RemoteProtocolError("merged message nested inside a merged message")
-            out.append(part)
-        self._count = count
-        if inner.tell() != len(message.payload):
-            raise RemoteProtocolError("merged payload ends inside a message")
-        if count == first:
-            raise RemoteProtocolError("empty merged message")
-
 
 def _too_many() -> RemoteProtocolError:
     return RemoteProtocolError(f"frame holds over {MAX_MERGED} messages")
 
 
 def decode_frame(data: bytes) -> list[Message]:
-    """Decode one complete websocket frame."""
-    decoder = FrameDecoder()
-    messages = decoder.feed(data)
-    decoder.end_frame()
-    return messages
+    """Decode one complete websocket frame.
+
+    A frame under :data:`SLICE_FROM` bytes that is one message (a call, a reply, or a
+    ``MERGED`` batch) is one call into msgpack's C unpacker. A bigger one is parsed by hand:
+    only the headers are decoded, and each payload is copied once, as a slice of the frame.
+    Anything else (messages back to back, or bytes that break the protocol) takes the
+    incremental decoder, which also says precisely what is wrong."""
+    if len(data) > MAX_FRAME_SIZE:
+        raise RemoteProtocolError(f"frame over the {MAX_FRAME_SIZE}-byte cap")
+    if len(data) >= SLICE_FROM:
+        return decode_sliced(data)
+    out: list[Message] = []
+    try:
+        obj = msgpack.unpackb(data, max_bin_len=MAX_FRAME_SIZE, **_UNPACK_LIMITS)
+    except Exception:  # back to back, or malformed: let the careful path sort it out
+        decoder = FrameDecoder()
+        messages = decoder.feed(data)
+        decoder.end_frame()
+        return messages
+    _expand(obj, out, 0)
+    return out
 
 
-def iter_chunks(payload: bytes, size: int = CHUNK_SIZE) -> Iterator[tuple[bytes, bool]]:
-    """Cut ``payload`` into ``(chunk, more)`` pieces of at most ``size`` bytes."""
+# --------------------------------------------------------------------- decoding by hand
+
+_U8: Final = struct.Struct(">B").unpack_from
+_U16: Final = struct.Struct(">H").unpack_from
+_U32: Final = struct.Struct(">I").unpack_from
+#: msgpack's integer forms past the positive fixints: lead byte -> (width, unpacker).
+_INT_FORMS: Final[dict[int, tuple[int, Callable[[bytes, int], tuple[int, ...]]]]] = {
+    0xCC: (1, _U8),
+    0xCD: (2, _U16),
+    0xCE: (4, _U32),
+    0xCF: (8, struct.Struct(">Q").unpack_from),
+    0xD0: (1, struct.Struct(">b").unpack_from),
+    0xD1: (2, struct.Struct(">h").unpack_from),
+    0xD2: (4, struct.Struct(">i").unpack_from),
+    0xD3: (8, struct.Struct(">q").unpack_from),
+}
+#: msgpack's bin forms: lead byte -> (width of the length, unpacker).
+_BIN_FORMS: Final[dict[int, tuple[int, Callable[[bytes, int], tuple[int, ...]]]]] = {
+    0xC4: (1, _U8),
+    0xC5: (2, _U16),
+    0xC6: (4, _U32),
+}
+_ARRAY16_OF_7: Final = b"\xdc\x00\x07"
+_ARRAY32_OF_7: Final = b"\xdd\x00\x00\x00\x07"
+
+
+def decode_sliced(data: bytes) -> list[Message]:
+    """Decode one complete frame by hand (what :func:`decode_frame` does with a big one):
+    headers parsed here, each payload one slice of ``data``. Same messages, same caps and
+    the same errors (as :class:`RemoteProtocolError`) as the incremental decoder."""
+    if len(data) > MAX_FRAME_SIZE:
+        raise RemoteProtocolError(f"frame over the {MAX_FRAME_SIZE}-byte cap")
+    out: list[Message] = []
+    _slice_messages(data, 0, len(data), out, 0, merged=False)
+    return out
+
+
+def _read_uint(data: bytes, pos: int) -> tuple[int, int]:
+    """One msgpack integer at ``pos``: its value and the offset after it."""
+    lead = data[pos]
+    if lead < 0x80:
+        return lead, pos + 1
+    form = _INT_FORMS.get(lead)
+    if form is None:
+        raise RemoteProtocolError("message header fields must be integers")
+    width, unpack = form
+    return unpack(data, pos + 1)[0], pos + 1 + width
+
+
+def _read_message(data: bytes, pos: int, end: int) -> tuple[Message, int, int]:
+    """The message at ``pos`` (its payload still empty), and where its payload starts and
+    ends; it must end by ``end``."""
+    try:
+        lead = data[pos]
+        if lead == 0x97:
+            pos += 1
+        elif data.startswith(_ARRAY16_OF_7, pos):
+            pos += 3
+        elif data.startswith(_ARRAY32_OF_7, pos):
+            pos += 5
+        else:
+            raise RemoteProtocolError(f"message is not a 7-element array (lead byte {lead:#x})")
+        mux_id, pos = _read_uint(data, pos)
+        seq, pos = _read_uint(data, pos)
+        deadline_ms, pos = _read_uint(data, pos)
+        handler_id, pos = _read_uint(data, pos)
+        op, pos = _read_uint(data, pos)
+        flags, pos = _read_uint(data, pos)
+        form = _BIN_FORMS.get(data[pos])
+        if form is None:
+            raise RemoteProtocolError("message payload must be bin")
+        width, unpack = form
+        size = unpack(data, pos + 1)[0]
+    except (IndexError, struct.error) as exc:
+        raise RemoteProtocolError("frame ended inside a message") from exc
+    start = pos + 1 + width
+    stop = start + size
+    if stop > end:
+        raise RemoteProtocolError("frame ended inside a message")
+    _check_header(mux_id, seq, deadline_ms, handler_id, op, flags)
+    return Message(mux_id, seq, deadline_ms, handler_id, op, flags, b""), start, stop
+
+
+def _slice_messages(
+    data: bytes, pos: int, end: int, out: list[Message], count: int, *, merged: bool
+) -> int:
+    """Decode the messages in ``data[pos:end]`` by hand into ``out``; returns the count of
+    messages in the frame so far (the same rules as :func:`_expand`)."""
+    while pos < end:
+        count += 1
+        if count > MAX_MERGED:
+            raise _too_many()
+        message, start, stop = _read_message(data, pos, end)
+        pos = stop
+        if message.flags & _CHECKSUM:
+            if stop - start < _CHECKSUM_LEN:
+                raise RemoteProtocolError("checksum flag on a payload too short to carry one")
+            stop -= _CHECKSUM_LEN
+            if xxhash.xxh3_64_digest(memoryview(data)[start:stop]) != data[stop:pos]:
+                raise RemoteProtocolError("payload checksum mismatch")
+            message.flags &= ~_CHECKSUM
+        if message.op != _MERGED:
+            if stop - start > MAX_PAYLOAD:
+                raise RemoteProtocolError(f"payload of {stop - start} bytes over cap")
+            message.payload = data[start:stop]
+            out.append(message)
+            continue
+        if merged:
+            raise RemoteProtocolError("merged message nested inside a merged message")
+        first = count = count - 1  # the wrapper is not a message: its parts are counted
+        count = _slice_messages(data, start, stop, out, count, merged=True)
+        if count == first:
+            raise RemoteProtocolError("empty merged message")
+    return count
+
+
+def iter_chunks(payload: bytes, size: int = CHUNK_SIZE) -> Iterator[tuple[Buffer, bool]]:
+    """Cut ``payload`` into ``(chunk, more)`` pieces of at most ``size`` bytes. The pieces of
+    a payload that needs cutting are memoryviews of it: :func:`encode` copies each once."""
     if len(payload) <= size:
         yield payload, False
         return
     view = memoryview(payload)
     for start in range(0, len(payload), size):
         end = start + size
-        yield bytes(view[start:end]), end < len(payload)
+        yield view[start:end], end < len(payload)
 
 
 def with_subroute(subroute: str, payload: bytes) -> bytes:

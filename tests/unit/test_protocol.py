@@ -6,6 +6,7 @@ import contextlib
 
 import msgpack
 import pytest
+import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -255,3 +256,128 @@ def test_control_payload_maps_are_validated() -> None:
     for bad in (b"\xc1", protocol.pack_obj([1, 2]), protocol.pack_obj({1: 2})):
         with pytest.raises(RemoteProtocolError):
             protocol.unpack_map(bad, "Connect")
+
+
+# ------------------------------------------------------------ the one-copy paths (issue 17)
+
+
+def _outcome(
+    decode: object, frame: bytes
+) -> list[tuple[int, int, int, int, int, int, bytes]] | str:
+    try:
+        messages = decode(frame)  # type: ignore[operator]
+    except RemoteProtocolError:
+        return "error"
+    return [
+        (m.mux_id, m.seq, m.deadline_ms, m.handler_id, m.op, m.flags, bytes(m.payload))
+        for m in messages
+    ]
+
+
+def _incremental(frame: bytes) -> list[Message]:
+    decoder = FrameDecoder()
+    messages = decoder.feed(frame)
+    decoder.end_frame()
+    return messages
+
+
+@pytest.mark.parametrize("checksum", [False, True])
+@pytest.mark.parametrize(
+    "size", [0, 100, protocol.JOIN_FROM - 9, protocol.JOIN_FROM - 1, protocol.JOIN_FROM, 70_000]
+)
+def test_encoding_by_join_is_byte_for_byte_msgpack(size: int, checksum: bool) -> None:
+    # The wire format did not change: a big payload joined to a hand-made header gives the
+    # bytes msgpack gives for the whole array, also from a memoryview of a bigger buffer.
+    payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    body = payload + (xxhash.xxh3_64_digest(payload) if checksum else b"")
+    flags = int(Flags.MORE) | (int(Flags.CHECKSUM) if checksum else 0)
+    expected = msgpack.packb([2**33, 7, 65_000, 300, int(Op.SERVER_MSG), flags, body],
+                             use_bin_type=True)  # fmt: skip
+    fields = {"mux_id": 2**33, "seq": 7, "deadline_ms": 65_000, "handler_id": 300}
+    got = protocol.encode(Op.SERVER_MSG, **fields, flags=Flags.MORE, payload=payload,
+                          checksum=checksum)  # fmt: skip
+    assert got == expected
+    view = memoryview(b"head" + payload + b"tail")[4 : 4 + size]
+    got = protocol.encode(Op.SERVER_MSG, **fields, flags=Flags.MORE, payload=view,
+                          checksum=checksum)  # fmt: skip
+    assert got == expected
+
+
+def test_a_big_frame_is_decoded_by_slicing() -> None:
+    big = bytes(range(256)) * 1024  # 256 KiB
+    frame = protocol.merge(
+        [
+            protocol.encode(Op.PONG, payload=b"p"),
+            protocol.encode(Op.SERVER_MSG, mux_id=9, seq=3, payload=big, checksum=True),
+            protocol.encode(Op.UNBLOCK_CLIENT, mux_id=9, payload=b"\x01"),
+        ]
+    )
+    assert len(frame) >= protocol.SLICE_FROM
+    messages = protocol.decode_frame(frame)
+    assert [(m.op, m.mux_id, m.seq, m.flags) for m in messages] == [
+        (Op.PONG, 0, 0, 0),
+        (Op.SERVER_MSG, 9, 3, 0),  # the checksum was verified and its flag taken off
+        (Op.UNBLOCK_CLIENT, 9, 0, 0),
+    ]
+    assert messages[1].payload == big and type(messages[1].payload) is bytes
+    assert _outcome(protocol.decode_frame, frame) == _outcome(_incremental, frame)
+    corrupted = bytearray(frame)
+    corrupted[len(frame) // 2] ^= 0x40  # inside the big payload: its checksum breaks
+    with pytest.raises(RemoteProtocolError, match="checksum"):
+        protocol.decode_frame(bytes(corrupted))
+
+
+def test_sliced_decoding_keeps_the_caps() -> None:
+    too_big = msgpack.packb(
+        [0, 0, 0, 0, int(Op.REQUEST), 0, b"x" * (protocol.MAX_PAYLOAD + 1)], use_bin_type=True
+    )
+    with pytest.raises(RemoteProtocolError, match="over cap"):
+        protocol.decode_frame(too_big)  # over SLICE_FROM: the sliced path
+    with pytest.raises(RemoteProtocolError, match="cap"):
+        protocol.decode_frame(b"\x97" * (protocol.MAX_FRAME_SIZE + 1))
+    pings = [protocol.encode(Op.PING, payload=b"x" * 20)] * (protocol.MAX_MERGED + 1)
+    with pytest.raises(RemoteProtocolError, match="over 4096 messages"):
+        protocol.decode_sliced(b"".join(pings))
+    with pytest.raises(RemoteProtocolError, match="over 4096 messages"):
+        protocol.decode_sliced(
+            protocol.merge(pings[:2]) + b"".join(pings[: protocol.MAX_MERGED - 1])
+        )
+    nested = msgpack.packb(
+        [0, 0, 0, 0, int(Op.MERGED), 0, protocol.merge(pings[:2])], use_bin_type=True
+    )
+    with pytest.raises(RemoteProtocolError, match="nested"):
+        protocol.decode_sliced(nested)
+    empty = msgpack.packb([0, 0, 0, 0, int(Op.MERGED), 0, b""], use_bin_type=True)
+    with pytest.raises(RemoteProtocolError, match="empty merged"):
+        protocol.decode_sliced(empty)
+
+
+@given(st.lists(messages, min_size=1, max_size=20), st.booleans())
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+def test_sliced_and_incremental_decoders_agree(batch: list[tuple], merged: bool) -> None:
+    encoded = [
+        protocol.encode(op, mux_id=mux, seq=seq, deadline_ms=dl, handler_id=handler,
+                        flags=sum(set(flags)), payload=payload, checksum=bool(seq % 2))
+        for op, mux, seq, dl, handler, flags, payload in batch
+    ]  # fmt: skip
+    frame = protocol.merge(encoded) if merged else b"".join(encoded)
+    assert _outcome(protocol.decode_sliced, frame) == _outcome(_incremental, frame)
+    assert _outcome(protocol.decode_frame, frame) == _outcome(_incremental, frame)
+
+
+@given(st.data())
+@settings(max_examples=500)
+def test_sliced_decoder_agrees_on_mutated_frames(data: st.DataObject) -> None:
+    # Whatever a peer sends, the hand-made parser says exactly what msgpack says: the same
+    # messages, or a protocol error (and never any other exception).
+    parts = [
+        protocol.encode(Op.REQUEST, mux_id=5, payload=b"hello world", checksum=True),
+        protocol.encode(Op.CONNECT_MUX, mux_id=300, flags=Flags.SUBROUTE, payload=b"\x03/d1x"),
+        protocol.encode(Op.SERVER_MSG, mux_id=2**40, seq=70_000, payload=b"y" * 300),
+    ]
+    frame = bytearray(protocol.merge(parts) if data.draw(st.booleans()) else b"".join(parts))
+    for _ in range(data.draw(st.integers(1, 4))):
+        index = data.draw(st.integers(0, len(frame) - 1))
+        frame[index] = data.draw(st.integers(0, 255))
+    cut = bytes(frame[: data.draw(st.integers(0, len(frame)))])
+    assert _outcome(protocol.decode_sliced, cut) == _outcome(_incremental, cut)
