@@ -260,11 +260,14 @@ class StreamTable:
     def on_stream_ping(self, mux_id: int) -> None:
         mux = self._servers.get(mux_id)
         if mux is None:
-            self._link.control(
-                protocol.encode(
-                    Op.DISCONNECT_CLIENT_MUX, mux_id=mux_id, payload=b"stream unknown on the server"
-                )
+            # Usually the stream has just ended and its last replies and EOF still wait in the
+            # data queue: the answer goes behind them (as data), or the client would fail a
+            # stream that finished. Only when the data queue is full does it jump the queue.
+            message = protocol.encode(
+                Op.DISCONNECT_CLIENT_MUX, mux_id=mux_id, payload=b"stream unknown on the server"
             )
+            if self._link.queue(message) is not None:
+                self._link.control(message)
             return
         mux.last_seen = self._link.now
         self._link.control(protocol.encode(Op.PONG, mux_id=mux_id))

@@ -318,7 +318,8 @@ async def test_a_stream_cancelled_while_its_open_waits_for_room_never_reaches_th
         server.pause_reading()  # our writes back up: socket buffers, then our data queue
         calls = [asyncio.create_task(conn.call(HandlerID.TEST_ECHO, bytes(1 << 20), timeout=30))
                  for _ in range(24)]  # fmt: skip
-        await eventually(lambda: conn.stats().queue_messages >= 4, what="a full client queue")
+        # A full data queue: calls wait for room (queue_messages would count control too).
+        await eventually(lambda: conn.stats().queue_waiters > 0, what="a full client queue")
         stream = conn.stream(HandlerID.TEST_STREAM_STALL + 17)
         opening = asyncio.create_task(stream.open())
         await eventually(

@@ -753,10 +753,23 @@ def test_a_peer_that_does_not_read_is_cut_off() -> None:
 
 
 def test_an_overflowing_control_queue_is_a_peer_that_does_not_read() -> None:
-    s = new_session(registry(), config=GridConfig(max_control_messages=4))
-    pings = [protocol.encode(Op.PING, mux_id=100 + i) for i in range(5)]  # 5 replies owed
+    s = new_session(registry(), config=GridConfig(max_control_messages=4, max_queue_messages=2))
+    # 7 replies owed for streams the node does not know: they go behind the data (2 fit),
+    # then into the control queue (4 fit); the 7th is one too many.
+    pings = [protocol.encode(Op.PING, mux_id=100 + i) for i in range(7)]
     (ended,) = of_type(feed(s, pings), SessionEnded)
     assert ended.cause.kind is CauseKind.PEER_NOT_READING
+
+
+def test_a_stream_ping_just_after_the_end_is_answered_behind_the_eof() -> None:
+    """The client's stream ping crossed the server's EOF: the answer "unknown stream" must not
+    overtake the EOF still queued, or the client fails a stream that finished."""
+    s, mux = server_in(MuxState.RECV_CLOSED)
+    s.streams.end(mux)  # the server's EOF waits in the data queue
+    assert mux.state is MuxState.CLOSED
+    feed(s, [protocol.encode(Op.PING, mux_id=7)])
+    ops = [Op(m.op) for m in sent(s) if m.mux_id == 7]
+    assert ops == [Op.SERVER_MSG, Op.DISCONNECT_CLIENT_MUX], ops
 
 
 def test_a_pong_reporting_a_long_stall_is_passed_on_once() -> None:
