@@ -91,19 +91,23 @@ def test_a_held_complete_is_answered_200_and_kept_alive_then_gets_its_result(
 ) -> None:
     upload_id, data, body = _upload(s3, "kept-alive")
     hold = _Hold(server)
+    connection = None
     try:
         connection = _start_complete(server, "kept-alive", upload_id, body)
         response = connection.getresponse()  # while every assembly is still held
         assert response.status == 200
-        assert hold.waiting() > 0
+        # The 200 leaves after keepalive_after, maybe before the completion has read its part
+        # lists and reached the (held) assembly: wait for it to get there.
+        wait_for(lambda: hold.waiting() > 0, 10, "the assembly to be held")
         head = response.read(len(b'<?xml version="1.0" encoding="UTF-8"?>\n'))
         assert head.startswith(b"<?xml")
         assert response.read(5) == b"     "  # five keep-alive spaces, each inside the timeout
         assert hold.waiting() > 0
         hold.release()
         rest = response.read().decode()
-        connection.close()
     finally:
+        if connection is not None:
+            connection.close()
         hold.done()
         hold.release()
     assert "<CompleteMultipartUploadResult" in rest.strip(), rest
