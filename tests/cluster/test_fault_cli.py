@@ -46,7 +46,7 @@ def cluster(faulty: LocalCluster) -> Iterator[LocalCluster]:
 
 
 def top(cluster: LocalCluster, node: int) -> dict[str, Any]:
-    lines = AdminClient(cluster.load(), timeout=2).lines(node, "GET", "/top", scope="node",
+    lines = AdminClient(cluster.load(), timeout=5).lines(node, "GET", "/top", scope="node",
                                                          count=1)  # fmt: skip
     snapshot: dict[str, Any] = lines[0]["nodes"][0]
     return snapshot
@@ -86,8 +86,14 @@ def test_freeze_is_detected_and_thaw_brings_the_node_back(cluster: LocalCluster)
     wait_for(lambda: state(cluster, 0, 2) not in ("connected", "unknown"), 30,
              "node 0 to give up on the frozen node 2")  # fmt: skip
 
+    seen = {0: 0, 1: 0, 3: 0}
+
     def dials_to_2() -> int:
-        return sum(int(link(cluster, n, 2).get("dials", 0)) for n in (0, 1, 3))
+        # A node's /top that does not answer in time reads as {} (no dials): keep the highest
+        # count each node has shown, so a slow answer never makes the total go back.
+        for n in seen:
+            seen[n] = max(seen[n], int(link(cluster, n, 2).get("dials", 0)))
+        return sum(seen.values())
 
     # Let a redial hang on the frozen node until its dialer gives up (the kernel still
     # accepts; nobody answers): on thaw, node 2 finds that upgrade's connection gone.
