@@ -158,6 +158,7 @@ def frozen_peer(lab: LabContext) -> Result:
     host = cl.host(2)
     down = _first(lab.log_lines(rf"->{host}: connected -> error", "frozen", node=0), frozen_at)
     up = _first(lab.log_lines(rf"->{host}: \S+ -> connected", "frozen", node=0), thawed_at)
+    lost = lab.log_lines(rf"->{host}: session lost", "frozen", node=0, since=frozen_at)
     detection = _since(down, frozen_at, polled)
     given_up = frozen_at + (detection or polled)
     healthy = gets_summary(reader.between(0, frozen_at))
@@ -171,6 +172,8 @@ def frozen_peer(lab: LabContext) -> Result:
         "window_restarted_after_s": _guarded(lab, "frozen", 0, host, frozen_at, down),
         "cause": _cause(down),
         "cause_revised": cause,
+        # None: nothing was waiting on node 2 when the session ended, so no "session lost" line.
+        "failed_at_once": _failed_count(lost[0].text) if lost else None,
         "gets_healthy": healthy,
         "gets_while_frozen": during,
         "gets_until_detected": hedged,
@@ -205,8 +208,8 @@ in {during['worst_s']} s, {s['worst_vs_healthy_median']} times the healthy media
 ({healthy['p50_s']} s; healthy worst {healthy['worst_s']} s). Until node 0 gave up, each GET
 waited for node 2's shards one hedge delay and then read the others instead (median
 {hedged['p50_s']} s over {hedged['ok']} GETs); after it, node 2's drives were skipped without
-a call (median {skipped['p50_s']} s over {skipped['ok']} GETs). After SIGCONT the link was back
-in **{s['reconnect_after_thaw_s']} s**.
+a call (median {skipped['p50_s']} s over {skipped['ok']} GETs). {_casualties_text(s)} After
+SIGCONT the link was back in **{s['reconnect_after_thaw_s']} s**.
 
 In the plot, the last-seen age of the links to node 2 climbs until node 0 gives up, and the
 GETs that were waiting on node 2's drives at the freeze are the slow dots right after it.
@@ -224,6 +227,14 @@ GETs that were waiting on node 2's drives at the freeze are the slow dots right 
   revised from `network-silent` to `remote-stalled`.
 """),
     ]
+
+
+def _casualties_text(s: dict[str, Any]) -> str:
+    if s["failed_at_once"] is None:
+        return ("No call was waiting on node 2 when node 0 gave up (the GETs had already read "
+                "around it), so the grid logged no \"session lost\" line.")
+    return (f"The {s['failed_at_once']} calls and streams still waiting on node 2 failed at "
+            "once with the session (one \"session lost\" line, below).")
 
 
 # --- partitions -----------------------------------------------------------------------------

@@ -103,7 +103,10 @@ def test_frozen_peer(grid: LabCluster, tmp_path: Path) -> None:
     assert s["cause_revised"].startswith("remote-stalled")  # the peer says it was frozen
     assert s["gets_while_frozen"]["ok"] > 0 and s["gets_while_frozen"]["failed"] == 0
     assert s["reconnect_after_thaw_s"] is not None
-    wrote_everything(tmp_path, f"**{s['detection_s']} s**", "SIGSTOP", "session lost")
+    # Whether any call was still waiting on node 2 when it was given up depends on the hedges.
+    casualties = "no \"session lost\" line" if s["failed_at_once"] is None else "session lost ("
+    wrote_everything(tmp_path, f"**{s['detection_s']} s**", "SIGSTOP", "connected -> error",
+                     casualties)
 
 
 @pytest.mark.timeout(120)
