@@ -212,9 +212,25 @@ class ErasureSet:
         counts = Counter(a.version_key() for a in answers if isinstance(a, ObjectMeta))
         agreed = [version for version, count in counts.items() if count >= quorum]
         if not agreed:
-            return False
+            return self._absence_settled(answers, silent, counts)
         best = max(agreed)
         return all(count + silent < quorum for version, count in counts.items() if version > best)
+
+    def _absence_settled(
+        self, answers: Sequence[ObjectMeta | StorageError], silent: int, counts: Counter[Any]
+    ) -> bool:
+        """A read quorum already says "not found", no version could reach a read quorum with
+        the silent drives' copies, and the silent drives could not turn "no such object" into
+        "no such bucket": the verdict :meth:`pick_metadata` gives cannot change (a GET of a
+        missing key with a node frozen answers 404 without waiting out the stragglers)."""
+        quorum = self.read_quorum
+        absent = sum(1 for a in answers if isinstance(a, FileNotFound | VolumeNotFound))
+        no_bucket = sum(1 for a in answers if isinstance(a, VolumeNotFound))
+        return (
+            absent >= quorum
+            and all(count + silent < quorum for count in counts.values())
+            and (no_bucket >= quorum or no_bucket + silent < quorum)
+        )
 
     def pick_metadata(
         self, bucket: str, key: str, copies: Sequence[ObjectMeta | StorageError]

@@ -10,7 +10,8 @@ import pytest
 from storage_helpers import MIB, payload, read_all
 from test_faults import Set, positions_by_shard
 
-from storage.erasure_set import METADATA
+from storage.erasure_set import METADATA, ErasureSet
+from storage.errors import FileNotFound, ObjectNotFound, VolumeNotFound
 from storage.latency import DriveLatency
 from storage.reader import FIRST_CHUNK, NEXT_CHUNK
 from tests.conftest import eventually
@@ -186,3 +187,32 @@ async def test_stragglers_are_cut_early_only_when_they_cannot_change_the_version
     assert not settled([old] * 4 + [new] * 2, 2)  # ... but 2 + 2 could: wait for them
     assert not settled([old] * 3 + [new] * 3, 2)  # no version agreed yet
     assert not settled([new] * 4, 4)  # four silent drives could hold a newer version
+
+
+@pytest.mark.asyncio
+async def test_a_missing_key_is_settled_without_waiting_for_a_frozen_node(
+    faulty_set: Set, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layer, drives = faulty_set
+    settled = layer.sets[0].metadata_settled
+    missing, no_bucket = FileNotFound("x"), VolumeNotFound("x")
+    assert settled([missing] * 6, 2)  # two silent copies cannot make a quorum of 4
+    assert not settled([missing] * 4, 4)  # four could
+    assert settled([missing] * 5 + [no_bucket], 2)  # nor a "no such bucket" quorum: 1 + 2 < 4
+    assert not settled([missing] * 4 + [no_bucket] * 2, 2)  # 2 + 2 could make "no bucket"
+    await layer.put_object("bkt", "obj", payload(MIB, seed=46))
+    meta = await drives[0].read_metadata("bkt", "obj")
+    assert not settled([meta] * 2 + [missing] * 4, 2)  # 2 + 2 silent copies could be a quorum
+    assert settled([meta] + [missing] * 5, 2)
+    # A node (two drives) frozen: they never answer. With an unbounded straggler wait, only
+    # the settled rule can end the read, so the 404 proves it was applied.
+    monkeypatch.setattr(ErasureSet, "straggler_wait", lambda self: 3600.0)
+    holds = [drive.hold("read_metadata") for drive in drives[6:]]
+    try:
+        async with asyncio.timeout(60):
+            with pytest.raises(ObjectNotFound):
+                await layer.head_object("bkt", "nothing-here")
+    finally:
+        for held in holds:
+            held.set()
+    assert all(d.calls["read_metadata"] == 1 for d in drives[6:])  # asked, then cut off
