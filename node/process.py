@@ -167,7 +167,10 @@ class Node:
             self.drives = self._cluster_drives(self.grid.peers)
             sets = [[self.drives[p] for p in positions] for positions in self.layout.sets()]
             self.layer = ObjectLayer(
-                sets, parity=self.layout.parity, deployment_id=self.layout.deployment_id
+                sets,
+                parity=self.layout.parity,
+                deployment_id=self.layout.deployment_id,
+                rejoin=self.grid.peers.rejoin,
             )
             self.gateway = self._gateway(self.layer)
             self.healing = self._healing(self.layer, self.grid.peers, self.gateway)

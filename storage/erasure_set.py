@@ -35,6 +35,10 @@ from storage.quorum import Agreement, reduce_quorum
 
 T = TypeVar("T")
 
+#: Waits (bounded) for drives whose peer was lost moments ago and is reconnecting, until
+#: ``needed`` of them are back (see :meth:`storage.peers.PeerTable.rejoin`).
+Rejoin = Callable[[Sequence[Drive], int], Awaitable[None]]
+
 #: The latency kind of metadata reads in :attr:`ErasureSet.latency`.
 METADATA = "metadata"
 MIN_STRAGGLER_WAIT = 0.2
@@ -56,6 +60,9 @@ class ErasureSet:
     #: Per-drive recent latency (shard reads and metadata reads), shared by every set of a
     #: layer: it times hedged shard reads and the metadata straggler cut-off.
     latency: DriveLatency = field(default_factory=DriveLatency)
+    #: Set by the node: lets a call that is short of a quorum of online drives wait a moment
+    #: for peers that are reconnecting (a node just thawed finds every session gone at once).
+    rejoin: Rejoin | None = None
 
     @property
     def write_quorum(self) -> int:
@@ -72,6 +79,16 @@ class ErasureSet:
     def online(self) -> int:
         """Drives the peer table currently believes are usable."""
         return sum(1 for drive in self.drives if drive.is_online())
+
+    async def _await_rejoin(self) -> None:
+        """Short of even a read quorum of online drives: give peers lost moments ago (and
+        redialling) a bounded moment to come back, up to a write quorum, before the call fails
+        for want of them. A set with a read quorum online (a node down for good) never waits
+        here: reads can go on, and a write that needs more fails at once, as before."""
+        online = self.online()
+        if self.rejoin is not None and online < self.read_quorum:
+            offline = [drive for drive in self.drives if not drive.is_online()]
+            await self.rejoin(offline, self.write_quorum - online)
 
     async def fan_out(
         self, call: Callable[[Drive], Awaitable[T]], *, patience: float | None = None
@@ -103,6 +120,7 @@ class ErasureSet:
         the silent drives can no longer change the outcome, a drive silent after the quorum
         is waited for only until its own deadline for that kind (at most
         :meth:`straggler_wait` after the quorum); a drive cut off is marked late."""
+        await self._await_rejoin()
         loop = asyncio.get_running_loop()
         missing = object()  # "no answer yet" (None is a valid answer)
         results: list[Any] = [missing] * len(self.drives)
@@ -159,6 +177,7 @@ class ErasureSet:
             except StorageError as exc:
                 return exc
 
+        await self._await_rejoin()
         return list(await asyncio.gather(*(one(p, d) for p, d in enumerate(self.drives))))
 
     async def _wait_quorum_then_stragglers(
@@ -254,4 +273,4 @@ class ErasureSet:
         )
 
 
-__all__ = ["MAX_STRAGGLER_WAIT", "MIN_STRAGGLER_WAIT", "ErasureSet", "Results"]
+__all__ = ["MAX_STRAGGLER_WAIT", "MIN_STRAGGLER_WAIT", "ErasureSet", "Rejoin", "Results"]

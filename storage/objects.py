@@ -24,7 +24,7 @@ from typing import Any
 from storage import buckets, list_objects, multipart
 from storage.drive import Drive
 from storage.erasure import DEFAULT_BLOCK_SIZE
-from storage.erasure_set import ErasureSet
+from storage.erasure_set import ErasureSet, Rejoin
 from storage.errors import (
     BucketNotFound,
     FileNotFound,
@@ -70,6 +70,7 @@ class ObjectLayer:
         inline_limit: int = INLINE_LIMIT,
         deployment_id: str = "",
         min_part_size: int = MIN_PART_SIZE,
+        rejoin: Rejoin | None = None,
     ) -> None:
         if not sets:
             raise InvalidArgument("an object layer needs at least one erasure set")
@@ -82,7 +83,9 @@ class ObjectLayer:
             count = len(drives)
             chosen = check_parity(count, parity) if parity is not None else default_parity(count)
             self.sets.append(
-                ErasureSet(number, list(drives), count - chosen, chosen, self.hedge, self.latency)
+                ErasureSet(
+                    number, list(drives), count - chosen, chosen, self.hedge, self.latency, rejoin
+                )
             )
         self.block_size = block_size
         self.inline_limit = inline_limit

@@ -14,21 +14,35 @@ Each change is logged once, as one line (``peer 127.0.0.1:9002 offline (reset: .
 offline only update its ``last_cause``, and failed requests are never logged here or in
 RemoteDrive: hundreds of queued requests failing together must not set off a storm of log
 lines (Tahoe-LAFS ticket #502).
+
+A peer lost moments ago is usually redialling. :meth:`PeerTable.rejoin` lets an operation that
+is short of a quorum of online drives wait a bounded moment (``REJOIN_WAIT``) for such peers
+instead of failing at once: a node thawed after SIGSTOP finds every session gone together and
+would otherwise answer the requests that queued while it was frozen with 503 a few milliseconds
+before its links are back. A peer offline for longer than ``REJOIN_WINDOW`` is not waited for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from minigrid.connection import Connection
 from minigrid.manager import Manager
 from minigrid.state import State
+from storage.drive import Drive
 from storage.remote import RemoteDrive
 
 log = logging.getLogger("storage.peers")
+
+#: Peers that went offline at most this long ago (seconds) are worth waiting for.
+REJOIN_WINDOW = 5.0
+#: The longest an operation waits for them (seconds).
+REJOIN_WAIT = 1.5
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,10 @@ class PeerTable:
         self.manager = manager
         self._loop = asyncio.get_running_loop()
         self._peers: dict[str, _Peer] = {}
+        #: The peer of each registered drive, by the drive's id.
+        self._drive_peers: dict[int, _Peer] = {}
+        #: Set (and replaced) whenever a peer comes back online: what :meth:`rejoin` waits on.
+        self._back = asyncio.Event()
         for host in manager.peers:
             self._entry(host)
         manager.state_listeners.append(self._on_state)
@@ -110,12 +128,43 @@ class PeerTable:
         """Keep ``drive``'s availability in step with its peer's connection."""
         peer = self._entry(drive.host)
         peer.drives.append(drive)
+        self._drive_peers[id(drive)] = peer
         drive.set_online(peer.online)
 
     def is_online(self, host: str) -> bool:
         """Whether the table holds ``host`` online (False for an unknown host)."""
         peer = self._peers.get(host)
         return peer is not None and peer.online
+
+    def _rejoining(self, peer: _Peer | None) -> bool:
+        """Whether ``peer`` was lost moments ago and may be back soon."""
+        return (
+            peer is not None
+            and not peer.online
+            and peer.ever_online
+            and peer.state is not State.SHUTDOWN
+            and self._loop.time() - peer.since <= REJOIN_WINDOW
+        )
+
+    async def rejoin(self, drives: Sequence[Drive], needed: int) -> None:
+        """Wait until ``needed`` of ``drives`` are online again, while enough of them are on
+        peers lost less than ``REJOIN_WINDOW`` ago, for at most ``REJOIN_WAIT``. Returns
+        without waiting when they could not make ``needed`` anyway (a drive of this node, or
+        a peer down for longer, is not coming back in a moment)."""
+        deadline = self._loop.time() + REJOIN_WAIT
+        while True:
+            back = sum(1 for drive in drives if drive.is_online())
+            coming = sum(
+                1
+                for drive in drives
+                if not drive.is_online() and self._rejoining(self._drive_peers.get(id(drive)))
+            )
+            remaining = deadline - self._loop.time()
+            if back >= needed or back + coming < needed or remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._back.wait()
 
     # --- following the grid -------------------------------------------------------------------
 
@@ -134,6 +183,9 @@ class PeerTable:
         peer.changes += 1
         for drive in peer.drives:
             drive.set_online(online)
+        if online:
+            self._back.set()
+            self._back = asyncio.Event()
         if online and peer.ever_online:
             log.info("peer %s back online after %.1fs", peer.host, elapsed)
         elif online:

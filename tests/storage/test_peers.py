@@ -17,9 +17,10 @@ import pytest
 
 from minigrid import GridConfig, Manager, State
 from minigrid.testing import LocalGrid, local_grid
+from storage import peers as peers_module
 from storage.drive import Drive
 from storage.drive_service import serve_drives
-from storage.errors import DriveOffline, ObjectNotFound
+from storage.errors import DriveOffline, ObjectNotFound, ReadQuorum
 from storage.local import LocalDrive
 from storage.objects import ObjectLayer
 from storage.peers import PeerTable
@@ -81,7 +82,9 @@ async def cluster(tmp_path: Path, config: GridConfig | None = None) -> AsyncIter
                     else:
                         drives.append(peers.remote_drive(grid.hosts[owner], path))
             # Node 0 formats every drive over the grid; the others read the formats back.
-            layer = await ObjectLayer.open(drives, len(drives), hedge_floor=0.05)
+            layer = await ObjectLayer.open(
+                drives, len(drives), hedge_floor=0.05, rejoin=peers.rejoin
+            )
             nodes.append(Node(manager, local[n], peers, drives, layer))
         yield Cluster(grid, nodes)
         for node in nodes:
@@ -221,3 +224,53 @@ async def test_peer_table_marks_drives_offline_at_once_and_logs_each_change_once
         # Node 2 saw node 0 go away too, once, and come back, once.
         theirs = [line for line in lines if line.startswith(f"peer {c.hosts[0]} ")]
         assert len(theirs) == 2, lines
+
+
+@pytest.mark.asyncio
+async def test_a_node_that_loses_every_peer_at_once_waits_for_them_to_redial(
+    tmp_path: Path,
+) -> None:
+    """What a node thawed after SIGSTOP sees: every session gone together, the requests that
+    queued while it was frozen arriving the same moment. They wait for the redials (the first
+    comes after 0.3-0.6 s here), not fail short of a quorum."""
+    async with cluster(tmp_path, QUICK_RECONNECT) as c:
+        node = c.nodes[0]
+        await node.layer.make_bucket("bkt")
+        stored = await put_all(node.layer)
+        conns = [node.manager.connection(host) for host in c.hosts[1:]]
+        for conn in conns:
+            conn.drop()
+        for conn in conns:
+            await conn.wait_state(State.ERROR, timeout=5)
+        assert node.layer.sets[0].online() == 2  # 2 of 8: the read quorum is 4, the write 5
+        async with asyncio.timeout(30):
+            info, data = await asyncio.gather(
+                node.layer.head_object("bkt", "large"), read_all(node.layer, "bkt", "small")
+            )
+        assert info.size == 5 * MIB and data == stored["small"]
+        assert all(node.peers.is_online(host) for host in c.hosts[1:])
+
+
+@pytest.mark.asyncio
+async def test_a_peer_lost_longer_ago_is_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with cluster(tmp_path, QUICK_RECONNECT) as c:
+        node = c.nodes[0]
+        await node.layer.make_bucket("bkt")
+        await put_all(node.layer)
+        # Any wait would be an hour; a peer counts as lost "long ago" at once.
+        monkeypatch.setattr(peers_module, "REJOIN_WAIT", 3600.0)
+        monkeypatch.setattr(peers_module, "REJOIN_WINDOW", -1.0)
+        for host in c.hosts[1:]:
+            node.manager.connection(host).drop()
+        for host in c.hosts[1:]:
+            await node.manager.connection(host).wait_state(State.ERROR, timeout=5)
+        async with asyncio.timeout(30):
+            with pytest.raises(ReadQuorum):
+                await node.layer.head_object("bkt", "large")
+        # Only drives on peers can come back: this node's own two are not worth a wait either.
+        monkeypatch.setattr(peers_module, "REJOIN_WINDOW", 3600.0)
+        local_only = [d for d in node.drives if not isinstance(d, RemoteDrive)]
+        async with asyncio.timeout(30):
+            await node.peers.rejoin(local_only, 1)
