@@ -42,7 +42,7 @@ log = logging.getLogger("storage.peers")
 #: Peers that went offline at most this long ago (seconds) are worth waiting for.
 REJOIN_WINDOW = 5.0
 #: The longest an operation waits for them (seconds).
-REJOIN_WAIT = 1.5
+REJOIN_WAIT = 3.0
 
 
 @dataclass(frozen=True)

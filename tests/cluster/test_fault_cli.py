@@ -8,13 +8,17 @@ links, loop lag, clock, drives) and ends with ``fault clear``. The refusal witho
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import boto3
 import pytest
+from botocore.config import Config
 
 from cli.adminclient import AdminClient, AdminError
 from cli.fault import process_state
@@ -80,6 +84,18 @@ def ok(cluster: LocalCluster, *args: str) -> str:
 
 
 def test_freeze_is_detected_and_thaw_brings_the_node_back(cluster: LocalCluster) -> None:
+    data = payload(300_000, seed=7)
+    cluster.boto(0).put_object(Bucket="bkt", Key="thawed", Body=data)
+    signer = boto3.client(
+        "s3",
+        endpoint_url=cluster.urls[2],
+        aws_access_key_id=cluster.config["access_key"],
+        aws_secret_access_key=cluster.config["secret_key"],
+        region_name="us-east-1",
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+    url = urlsplit(signer.generate_presigned_url(
+        "get_object", Params={"Bucket": "bkt", "Key": "thawed"}, ExpiresIn=600))  # fmt: skip
     assert "SIGSTOP" in ok(cluster, "freeze", "2")
     assert process_state(cluster.load(), 2) == "frozen"
     assert "node 2: frozen" in ok(cluster, "list")
@@ -99,7 +115,20 @@ def test_freeze_is_detected_and_thaw_brings_the_node_back(cluster: LocalCluster)
     # accepts; nobody answers): on thaw, node 2 finds that upgrade's connection gone.
     given_up = dials_to_2()
     wait_for(lambda: dials_to_2() >= given_up + 2, 60, "a dial to node 2 to time out")
-    assert "SIGCONT" in ok(cluster, "thaw", "2")
+    # GETs sent to the frozen node wait in its kernel (the connection is accepted, the request
+    # buffered). On thaw they arrive together with the news that every session was closed:
+    # they wait for the redials instead of failing short of a read quorum (503).
+    queued = [http.client.HTTPConnection(url.netloc, timeout=60) for _ in range(4)]
+    try:
+        for conn in queued:
+            conn.request("GET", f"{url.path}?{url.query}")
+        assert "SIGCONT" in ok(cluster, "thaw", "2")
+        for conn in queued:
+            answer = conn.getresponse()
+            assert (answer.status, answer.read()) == (200, data)
+    finally:
+        for conn in queued:
+            conn.close()
     wait_for(lambda: state(cluster, 0, 2) == "connected", 30, "node 2 to be back")
     # It says it was frozen, not the network: the cause is revised from network-silent once
     # the thawed node's first pong reports its stall (which may follow the reconnect).
