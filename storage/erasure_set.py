@@ -22,6 +22,7 @@ from storage.drive import Drive
 from storage.errors import (
     BucketNotFound,
     DriveNotFound,
+    DriveOffline,
     FileNotFound,
     ObjectNotFound,
     ReadQuorum,
@@ -212,13 +213,29 @@ class ErasureSet:
     async def read_metadata(
         self, bucket: str, key: str, *, patience: float | None = None
     ) -> Results[ObjectMeta]:
-        """Every drive's copy of an object's metadata (or why it has none)."""
-        return await self.fan_out_positions(
-            lambda position: self.drives[position].read_metadata(bucket, key),
-            patience=patience,
-            timed=METADATA,
-            settled=self.metadata_settled,
-        )
+        """Every drive's copy of an object's metadata (or why it has none).
+
+        When the answers fall short of a read quorum because the drives went offline during
+        the read (a node thawed after SIGSTOP: the calls it had just sent fail as every
+        session closes), the read is made once more, after :meth:`_await_rejoin` gave the
+        peers their moment to redial. It reads and changes nothing, so asking again is safe."""
+
+        def read() -> Awaitable[Results[ObjectMeta]]:
+            return self.fan_out_positions(
+                lambda position: self.drives[position].read_metadata(bucket, key),
+                patience=patience,
+                timed=METADATA,
+                settled=self.metadata_settled,
+            )
+
+        copies = await read()
+        if (
+            self.rejoin is not None
+            and sum(1 for copy in copies if not isinstance(copy, StorageError)) < self.read_quorum
+            and any(isinstance(copy, DriveOffline) for copy in copies)
+        ):
+            copies = await read()
+        return copies
 
     def metadata_settled(self, answers: Sequence[ObjectMeta | StorageError], silent: int) -> bool:
         """Whether the ``silent`` drives could no longer change the version a read picks: a

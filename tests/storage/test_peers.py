@@ -25,6 +25,7 @@ from storage.local import LocalDrive
 from storage.objects import ObjectLayer
 from storage.peers import PeerTable
 from storage.remote import RemoteDrive
+from storage.testing import FaultyDrive
 from tests.conftest import eventually
 from tests.storage.storage_helpers import MIB, chunks_of, payload, read_all
 from tests.storage.test_remote_drive import loop_errors_checked
@@ -44,6 +45,7 @@ class Node:
     peers: PeerTable
     drives: list[Drive]  # the set, in global order: node 0's drives, node 1's, ...
     layer: ObjectLayer
+    served: list[FaultyDrive]  # what its peers reach over the grid: its local drives, wrapped
 
     def remote_drives(self, host: str) -> list[RemoteDrive]:
         return [d for d in self.drives if isinstance(d, RemoteDrive) and d.host == host]
@@ -65,7 +67,9 @@ async def cluster(tmp_path: Path, config: GridConfig | None = None) -> AsyncIter
         [await LocalDrive.open(str(tmp_path / f"n{n}" / path.strip("/"))) for path in PATHS]
         for n in range(NODES)
     ]
-    served: Iterator[list[LocalDrive]] = iter(local)
+    # What each node serves its peers: its local drives, wrapped so a test can hold calls.
+    wrapped = [[FaultyDrive(drive) for drive in drives] for drives in local]
+    served: Iterator[list[FaultyDrive]] = iter(wrapped)
 
     def register(manager: Manager) -> None:
         serve_drives(manager, dict(zip(PATHS, next(served), strict=True)))
@@ -85,7 +89,7 @@ async def cluster(tmp_path: Path, config: GridConfig | None = None) -> AsyncIter
             layer = await ObjectLayer.open(
                 drives, len(drives), hedge_floor=0.05, rejoin=peers.rejoin
             )
-            nodes.append(Node(manager, local[n], peers, drives, layer))
+            nodes.append(Node(manager, local[n], peers, drives, layer, wrapped[n]))
         yield Cluster(grid, nodes)
         for node in nodes:
             node.peers.close()
@@ -274,3 +278,37 @@ async def test_a_peer_lost_longer_ago_is_not_waited_for(
         local_only = [d for d in node.drives if not isinstance(d, RemoteDrive)]
         async with asyncio.timeout(30):
             await node.peers.rejoin(local_only, 1)
+
+
+@pytest.mark.asyncio
+async def test_a_metadata_read_cut_off_by_the_sessions_closing_is_made_again(
+    tmp_path: Path,
+) -> None:
+    """The other half of a thaw: calls already sent when every session closes fail with
+    DriveOffline. The read is made once more after the redials, not failed short of a quorum."""
+    async with cluster(tmp_path, QUICK_RECONNECT) as c:
+        node = c.nodes[0]
+        await node.layer.make_bucket("bkt")
+        await put_all(node.layer)
+        remote = [drive for other in c.nodes[1:] for drive in other.served]
+        holds = [drive.hold("read_metadata") for drive in remote]
+        try:
+            async with asyncio.timeout(30):
+                head = asyncio.create_task(node.layer.head_object("bkt", "large"))
+                await eventually(
+                    lambda: sum(d.held["read_metadata"] for d in remote) == 6,
+                    what="node 0's six remote metadata reads held by its peers",
+                )
+                for host in c.hosts[1:]:
+                    node.manager.connection(host).drop()
+                for host in c.hosts[1:]:
+                    await node.manager.connection(host).wait_state(State.ERROR, timeout=5)
+                for held in holds:
+                    held.set()
+                assert (await head).size == 5 * MIB
+        finally:
+            for held in holds:
+                held.set()
+        # Asked again: the six cut off, then at least the three remote drives a write quorum
+        # needs once the first peers are back (the last peer may still be redialling).
+        assert sum(d.calls["read_metadata"] for d in remote) >= 6 + 3
