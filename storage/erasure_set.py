@@ -32,7 +32,7 @@ from storage.errors import (
 from storage.latency import DriveLatency, HedgeDelay, node_of
 from storage.meta import ObjectMeta
 from storage.placement import read_quorum, write_quorum
-from storage.quorum import Agreement, reduce_quorum
+from storage.quorum import Agreement, count_ok, reduce_quorum
 
 T = TypeVar("T")
 
@@ -231,7 +231,7 @@ class ErasureSet:
         copies = await read()
         if (
             self.rejoin is not None
-            and sum(1 for copy in copies if not isinstance(copy, StorageError)) < self.read_quorum
+            and count_ok(copies) < self.read_quorum
             and any(isinstance(copy, DriveOffline) for copy in copies)
         ):
             copies = await read()

@@ -85,8 +85,6 @@ class PeerTable:
         self.manager = manager
         self._loop = asyncio.get_running_loop()
         self._peers: dict[str, _Peer] = {}
-        #: The peer of each registered drive, by the drive's id.
-        self._drive_peers: dict[int, _Peer] = {}
         #: Set (and replaced) whenever a peer comes back online: what :meth:`rejoin` waits on.
         self._back = asyncio.Event()
         for host in manager.peers:
@@ -128,7 +126,6 @@ class PeerTable:
         """Keep ``drive``'s availability in step with its peer's connection."""
         peer = self._entry(drive.host)
         peer.drives.append(drive)
-        self._drive_peers[id(drive)] = peer
         drive.set_online(peer.online)
 
     def is_online(self, host: str) -> bool:
@@ -136,8 +133,9 @@ class PeerTable:
         peer = self._peers.get(host)
         return peer is not None and peer.online
 
-    def _rejoining(self, peer: _Peer | None) -> bool:
-        """Whether ``peer`` was lost moments ago and may be back soon."""
+    def _rejoining(self, drive: Drive) -> bool:
+        """Whether ``drive`` is on a peer lost moments ago that may be back soon."""
+        peer = self._peers.get(drive.host) if isinstance(drive, RemoteDrive) else None
         return (
             peer is not None
             and not peer.online
@@ -157,7 +155,7 @@ class PeerTable:
             coming = sum(
                 1
                 for drive in drives
-                if not drive.is_online() and self._rejoining(self._drive_peers.get(id(drive)))
+                if not drive.is_online() and self._rejoining(drive)
             )
             remaining = deadline - self._loop.time()
             if back >= needed or back + coming < needed or remaining <= 0:

@@ -334,15 +334,19 @@ def _remove_dangling(lab: LabContext) -> int:
     """One heal of the bucket with ``--remove-dangling``; how many remnants it removed. Safe
     for the checker: an acknowledged write is on a write quorum (5 drives), never dangling, and
     the final reads would find it lost if this removed it."""
-    for _attempt in range(5):
+
+    healed: list[list[dict[str, Any]]] = []
+
+    def heal() -> bool:
         try:
-            lines = lab.cl.admin.lines(0, "POST", "/heal", bucket="soak",
-                                       **{"remove-dangling": "true"})  # fmt: skip
-        except Exception:  # a node still busy after the faults: try again
-            time.sleep(1.0)
-            continue
-        return sum(1 for line in lines if line.get("object", {}).get("outcome") == "deleted")
-    return 0
+            healed.append(lab.cl.admin.lines(0, "POST", "/heal", bucket="soak",
+                                             **{"remove-dangling": "true"}))  # fmt: skip
+        except AdminError:  # a node still busy after the faults: try again
+            return False
+        return True
+
+    lab.wait_for(heal, 60, "a heal with --remove-dangling", interval=1.0)
+    return sum(1 for line in healed[0] if line.get("object", {}).get("outcome") == "deleted")
 
 
 def _wait_redundant(lab: LabContext) -> float | None:

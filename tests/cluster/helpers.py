@@ -183,9 +183,11 @@ class LocalCluster:
                             config["admin_secret_key"], ca=self.ca)  # fmt: skip
 
     def boto(self, node: int = 0, *, secret_key: str | None = None,
-             verify: str | bool | None = None, timeout: float = 60) -> Any:  # fmt: skip
+             verify: str | bool | None = None, timeout: float = 60,
+             signature_version: str | None = None) -> Any:  # fmt: skip
         """A boto3 client for node ``node``; https is verified against the cluster's CA
-        unless ``verify`` says otherwise."""
+        unless ``verify`` says otherwise (``signature_version="s3v4"`` for presigned URLs:
+        boto3 presigns with version 2 by default)."""
         config = self.config
         return boto3.client(
             "s3",
@@ -195,7 +197,7 @@ class LocalCluster:
             aws_secret_access_key=secret_key or config["secret_key"],
             region_name="us-east-1",
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-                          read_timeout=timeout),
+                          read_timeout=timeout, signature_version=signature_version),
         )
 
     def info(self, timeout: float = 3.0) -> dict[str, Any]:

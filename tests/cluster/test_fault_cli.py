@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from cli.adminclient import AdminClient, AdminError
 from cli.fault import process_state
@@ -86,15 +84,7 @@ def ok(cluster: LocalCluster, *args: str) -> str:
 def test_freeze_is_detected_and_thaw_brings_the_node_back(cluster: LocalCluster) -> None:
     data = payload(300_000, seed=7)
     cluster.boto(0).put_object(Bucket="bkt", Key="thawed", Body=data)
-    signer = boto3.client(
-        "s3",
-        endpoint_url=cluster.urls[2],
-        aws_access_key_id=cluster.config["access_key"],
-        aws_secret_access_key=cluster.config["secret_key"],
-        region_name="us-east-1",
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-    )
-    url = urlsplit(signer.generate_presigned_url(
+    url = urlsplit(cluster.boto(2, signature_version="s3v4").generate_presigned_url(
         "get_object", Params={"Bucket": "bkt", "Key": "thawed"}, ExpiresIn=600))  # fmt: skip
     assert "SIGSTOP" in ok(cluster, "freeze", "2")
     assert process_state(cluster.load(), 2) == "frozen"
